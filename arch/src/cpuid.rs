@@ -1,0 +1,173 @@
+//! CPUID normalisation: KVM's supported set, patched per vCPU so each one sees its own APIC ID,
+//! the VM's topology (one socket, one thread per core) and the hypervisor bit.
+
+use kvm_bindings::{kvm_cpuid_entry2, CpuId};
+
+const LEAF_FEATURES: u32 = 0x1;
+const LEAF_CACHE_PARAMS: u32 = 0x4;
+const LEAF_PMU: u32 = 0xa;
+const LEAF_EXT_TOPOLOGY: u32 = 0xb;
+const LEAF_EXT_TOPOLOGY_V2: u32 = 0x1f;
+
+const ECX_TSC_DEADLINE_BIT: u32 = 24;
+const ECX_HYPERVISOR_BIT: u32 = 31;
+const EDX_HTT_BIT: u32 = 28;
+/// CLFLUSH line size in 8-byte units (EBX bits 15:8 of leaf 1).
+const CLFLUSH_LINE_SIZE: u32 = 8;
+
+const TOPOLOGY_LEVEL_SMT: u32 = 1;
+const TOPOLOGY_LEVEL_CORE: u32 = 2;
+
+/// The placement of one vCPU in the VM.
+#[derive(Clone, Copy, Debug)]
+pub struct VcpuTopology {
+    pub apic_id: u8,
+    pub vcpu_count: u8,
+    /// Whether KVM emulates the TSC-deadline timer (KVM_CAP_TSC_DEADLINE_TIMER).
+    pub tsc_deadline: bool,
+}
+
+/// Number of APIC-ID bits needed to number `count` cores.
+fn bits_for(count: u8) -> u32 {
+    (u32::from(count.max(1)) - 1).checked_ilog2().map_or(0, |b| b + 1)
+}
+
+/// Patches `cpuid` (KVM's supported set) for one vCPU.
+pub fn normalize(cpuid: &mut CpuId, topo: VcpuTopology) {
+    for entry in cpuid.as_mut_slice().iter_mut() {
+        normalize_entry(entry, topo);
+    }
+}
+
+fn normalize_entry(e: &mut kvm_cpuid_entry2, t: VcpuTopology) {
+    let count = u32::from(t.vcpu_count);
+    let apic = u32::from(t.apic_id);
+    match e.function {
+        LEAF_FEATURES => {
+            e.ebx = (apic << 24) | (count << 16) | (CLFLUSH_LINE_SIZE << 8) | (e.ebx & 0xff);
+            e.ecx |= 1 << ECX_HYPERVISOR_BIT;
+            if t.tsc_deadline {
+                e.ecx |= 1 << ECX_TSC_DEADLINE_BIT;
+            }
+            if count > 1 {
+                e.edx |= 1 << EDX_HTT_BIT;
+            } else {
+                e.edx &= !(1 << EDX_HTT_BIT);
+            }
+        }
+        LEAF_CACHE_PARAMS => {
+            // EAX[31:26]: cores per package - 1; EAX[25:14]: threads sharing this cache - 1.
+            let cache_level = (e.eax >> 5) & 0x7;
+            let sharing = if cache_level >= 3 { count - 1 } else { 0 };
+            e.eax = (e.eax & 0x3fff) | (sharing << 14) | ((count - 1) << 26);
+        }
+        LEAF_PMU => {
+            // No virtual PMU: its counters cannot move between hosts of different models.
+            e.eax = 0;
+            e.ebx = 0;
+            e.ecx = 0;
+            e.edx = 0;
+        }
+        LEAF_EXT_TOPOLOGY | LEAF_EXT_TOPOLOGY_V2 => {
+            e.edx = apic;
+            match e.index {
+                0 => {
+                    e.eax = 0;
+                    e.ebx = 1;
+                    e.ecx = (TOPOLOGY_LEVEL_SMT << 8) | e.index;
+                }
+                1 => {
+                    e.eax = bits_for(t.vcpu_count);
+                    e.ebx = count;
+                    e.ecx = (TOPOLOGY_LEVEL_CORE << 8) | e.index;
+                }
+                _ => {
+                    e.eax = 0;
+                    e.ebx = 0;
+                    e.ecx = e.index;
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Features of `source` (a CPUID table) that `host` (KVM's supported set) lacks, as
+/// "leaf 0x1 ecx bit 28" strings: a guest started on the source may use them, so a destination
+/// without them cannot run it. Only the feature-flag leaves are compared.
+pub fn missing_features(source: &[kvm_cpuid_entry2], host: &[kvm_cpuid_entry2]) -> Vec<String> {
+    const FEATURE_LEAVES: &[(u32, u32)] = &[(0x1, 0), (0x7, 0), (0x7, 1), (0xd, 1), (0x8000_0001, 0), (0x8000_0007, 0), (0x8000_0008, 0)];
+    let mut missing = Vec::new();
+    for &(function, index) in FEATURE_LEAVES {
+        let Some(s) = source.iter().find(|e| e.function == function && e.index == index) else { continue };
+        let h = host.iter().find(|e| e.function == function && e.index == index);
+        let regs = [("ecx", s.ecx, h.map_or(0, |h| h.ecx)), ("edx", s.edx, h.map_or(0, |h| h.edx))];
+        let regs_ebx = [("ebx", s.ebx, h.map_or(0, |h| h.ebx))];
+        // Leaf 1 EBX holds the APIC ID and counts, not features.
+        let all: Vec<_> = if function == 0x7 { regs.iter().chain(regs_ebx.iter()).collect() } else { regs.iter().collect() };
+        for (name, sv, hv) in all {
+            let lacking = sv & !hv;
+            for bit in 0..32 {
+                if lacking & (1 << bit) != 0 {
+                    if function == LEAF_FEATURES && *name == "ecx" && (bit == ECX_HYPERVISOR_BIT || bit == ECX_TSC_DEADLINE_BIT) {
+                        continue;
+                    }
+                    if function == LEAF_FEATURES && *name == "edx" && bit == EDX_HTT_BIT {
+                        continue;
+                    }
+                    missing.push(format!("leaf {function:#x}.{index} {name} bit {bit}"));
+                }
+            }
+        }
+    }
+    missing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(function: u32, index: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 { function, index, ..Default::default() }
+    }
+
+    #[test]
+    fn leaf1_carries_apic_id_count_and_hypervisor_bit() {
+        let mut e = entry(1, 0);
+        normalize_entry(&mut e, VcpuTopology { apic_id: 3, vcpu_count: 4, tsc_deadline: true });
+        assert_eq!(e.ebx >> 24, 3);
+        assert_eq!((e.ebx >> 16) & 0xff, 4);
+        assert_ne!(e.ecx & (1 << 31), 0);
+        assert_ne!(e.ecx & (1 << 24), 0);
+        assert_ne!(e.edx & (1 << 28), 0);
+    }
+
+    #[test]
+    fn extended_topology_numbers_cores() {
+        let t = VcpuTopology { apic_id: 2, vcpu_count: 3, tsc_deadline: false };
+        let mut smt = entry(0xb, 0);
+        let mut core = entry(0xb, 1);
+        normalize_entry(&mut smt, t);
+        normalize_entry(&mut core, t);
+        assert_eq!((smt.eax, smt.ebx, smt.ecx >> 8, smt.edx), (0, 1, 1, 2));
+        assert_eq!((core.eax, core.ebx, core.ecx >> 8, core.edx), (2, 3, 2, 2));
+    }
+
+    #[test]
+    fn bits_for_counts() {
+        assert_eq!(bits_for(1), 0);
+        assert_eq!(bits_for(2), 1);
+        assert_eq!(bits_for(3), 2);
+        assert_eq!(bits_for(4), 2);
+        assert_eq!(bits_for(5), 3);
+    }
+
+    #[test]
+    fn missing_features_names_the_bit() {
+        let mut s = entry(0x7, 0);
+        s.ebx = 1 << 5; // AVX2
+        let h = entry(0x7, 0);
+        assert_eq!(missing_features(&[s], &[h]), vec!["leaf 0x7.0 ebx bit 5".to_string()]);
+        assert!(missing_features(&[s], &[s]).is_empty());
+    }
+}

@@ -1,0 +1,7 @@
+//! Legacy PC devices on the port I/O bus.
+
+mod i8042;
+mod serial;
+
+pub use i8042::I8042;
+pub use serial::{Serial, SerialSnapshot, COM1_BASE, COM1_IRQ, SERIAL_PORT_SIZE};
