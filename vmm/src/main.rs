@@ -1,1 +1,22 @@
-fn main(){}
+//! The `vmm` command line.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp_millis()
+        .init();
+    let args = cli::Cli::parse();
+    match cli::execute(args) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            vmm::console::restore_terminal();
+            eprintln!("vmm: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

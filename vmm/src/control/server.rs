@@ -1,0 +1,134 @@
+//! The control socket server: a tokio runtime on its own thread accepts connections, parses
+//! requests and hands them to the VM's owner thread, which answers through a oneshot channel.
+//! The same runtime turns SIGINT/SIGTERM/SIGHUP into events, so the owner stops the VM cleanly.
+
+use std::os::unix::net::UnixListener as StdUnixListener;
+use std::sync::mpsc::Sender;
+use std::thread::JoinHandle;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{oneshot, watch};
+
+use super::protocol::{Request, Response};
+use crate::events::VmEvent;
+
+/// Longest request line accepted; anything longer is a client error.
+const MAX_REQUEST_LEN: usize = 64 * 1024;
+
+pub struct ControlServer {
+    shutdown: watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ControlServer {
+    pub fn start(listener: StdUnixListener, events: Sender<VmEvent>) -> std::io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let thread = std::thread::Builder::new().name("control".into()).spawn(move || {
+            runtime.block_on(async move {
+                let listener = match UnixListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        log::error!("control socket: {e}");
+                        return;
+                    }
+                };
+                tokio::select! {
+                    _ = accept_loop(listener, events.clone()) => {}
+                    _ = forward_signals(events) => {}
+                    _ = wait_shutdown(shutdown_rx) => {}
+                }
+            });
+        })?;
+        Ok(ControlServer { shutdown, thread: Some(thread) })
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn wait_shutdown(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn forward_signals(events: Sender<VmEvent>) {
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        log::error!("cannot install signal handlers");
+        return std::future::pending().await;
+    };
+    loop {
+        let name = tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+            _ = hup.recv() => "SIGHUP",
+        };
+        if events.send(VmEvent::Signal(name)).is_err() {
+            return;
+        }
+    }
+}
+
+async fn accept_loop(listener: UnixListener, events: Sender<VmEvent>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve_connection(stream, events.clone()));
+            }
+            Err(e) => {
+                log::warn!("control socket accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(stream: UnixStream, events: Sender<VmEvent>) {
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::new(reader);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match (&mut reader).take(MAX_REQUEST_LEN as u64 + 1).read_line(&mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let response = if line.len() > MAX_REQUEST_LEN {
+            Response::error("request too long")
+        } else {
+            match serde_json::from_str::<Request>(line.trim()) {
+                Ok(request) => dispatch(request, &events).await,
+                Err(e) => Response::error(format!("bad request: {e}")),
+            }
+        };
+        let mut out = serde_json::to_vec(&response).expect("responses serialise");
+        out.push(b'\n');
+        if writer.write_all(&out).await.is_err() || line.len() > MAX_REQUEST_LEN {
+            return;
+        }
+    }
+}
+
+async fn dispatch(request: Request, events: &Sender<VmEvent>) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if events.send(VmEvent::Control(request, tx)).is_err() {
+        return Response::error("the VM is shutting down");
+    }
+    rx.await.unwrap_or_else(|_| Response::error("the VM is shutting down"))
+}

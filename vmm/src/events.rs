@@ -1,0 +1,41 @@
+//! Events delivered to the thread that owns a running VM.
+
+use tokio::sync::oneshot;
+
+use crate::control::protocol::{Request, Response};
+use crate::vcpu::VcpuOutcome;
+
+pub enum VmEvent {
+    /// A control-socket request and where to send its answer.
+    Control(Request, oneshot::Sender<Response>),
+    /// The guest wrote the reset command to the i8042 controller.
+    GuestReset,
+    /// A vCPU thread ended on its own.
+    VcpuExited { index: u8, outcome: VcpuOutcome },
+    /// SIGINT, SIGTERM or SIGHUP reached the process.
+    Signal(&'static str),
+    /// The console user typed the escape sequence (Ctrl-A x).
+    ConsoleQuit,
+}
+
+/// An [`devices::Interrupt`] that posts a fixed event to the VM's owner.
+pub struct EventLine {
+    tx: std::sync::Mutex<std::sync::mpsc::Sender<VmEvent>>,
+    make: fn() -> VmEvent,
+}
+
+impl EventLine {
+    pub fn new(tx: std::sync::mpsc::Sender<VmEvent>, make: fn() -> VmEvent) -> Self {
+        EventLine { tx: std::sync::Mutex::new(tx), make }
+    }
+}
+
+impl devices::Interrupt for EventLine {
+    fn trigger(&self) -> std::io::Result<()> {
+        self.tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send((self.make)())
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the VM owner has gone"))
+    }
+}

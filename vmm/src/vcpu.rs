@@ -1,0 +1,305 @@
+//! vCPU threads: each owns its KVM vCPU fd and runs KVM_RUN in a loop, dispatching port I/O
+//! and MMIO exits through the bus maps. Pausing follows DESIGN.md: set the request, kick the
+//! thread with a signal whose handler sets `immediate_exit`, and count the vCPU as paused only
+//! once KVM_RUN has returned EINTR (so a pending PIO/MMIO has completed).
+
+use std::cell::Cell;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use devices::Bus;
+use kvm_bindings::kvm_run;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::events::VmEvent;
+
+/// KVM_SYSTEM_EVENT_* types.
+const SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+const SYSTEM_EVENT_RESET: u32 = 2;
+const SYSTEM_EVENT_CRASH: u32 = 3;
+
+fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+thread_local! {
+    /// The kvm_run area of the vCPU this thread runs, for the kick signal handler.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    KVM_RUN.with(|p| {
+        let run = p.get();
+        if !run.is_null() {
+            // SAFETY: `run` points at this thread's vCPU kvm_run mapping, set before the first
+            // KVM_RUN and cleared before the fd is dropped; a byte store is async-signal-safe.
+            unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+        }
+    });
+}
+
+/// Installs the kick handler once per process.
+pub fn install_kick_handler() -> std::io::Result<()> {
+    static ONCE: std::sync::OnceLock<Result<(), i32>> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| register_signal_handler(kick_signal(), kick_handler).map_err(|e| e.errno()))
+        .map_err(std::io::Error::from_raw_os_error)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Request {
+    Run,
+    Pause,
+    Stop,
+}
+
+struct Gate {
+    request: Request,
+    paused: usize,
+    exited: usize,
+}
+
+/// Shared run/pause/stop control of all vCPUs of a VM.
+pub struct VcpuControl {
+    gate: Mutex<Gate>,
+    changed: Condvar,
+}
+
+impl VcpuControl {
+    fn new() -> Arc<Self> {
+        Arc::new(VcpuControl {
+            gate: Mutex::new(Gate { request: Request::Run, paused: 0, exited: 0 }),
+            changed: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Gate> {
+        self.gate.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What ended a vCPU's run loop.
+#[derive(Debug)]
+pub enum VcpuOutcome {
+    /// The guest asked for a reset (i8042, KVM system event) or power-off.
+    Reset,
+    PowerOff,
+    /// The guest or KVM failed; the message says how.
+    Failed(String),
+}
+
+/// Everything one vCPU thread needs.
+pub struct VcpuContext {
+    pub index: u8,
+    pub fd: VcpuFd,
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub events: Sender<VmEvent>,
+}
+
+/// The running vCPU threads of a VM.
+pub struct VcpuSet {
+    control: Arc<VcpuControl>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("cannot install the vCPU kick signal handler")]
+    Signal(#[source] std::io::Error),
+    #[error("cannot start the thread of vCPU {0}")]
+    Spawn(u8, #[source] std::io::Error),
+    #[error("vCPUs did not stop within {0:?}")]
+    Timeout(Duration),
+}
+
+impl VcpuSet {
+    /// Starts one thread per vCPU; they begin running the guest at once.
+    pub fn start(contexts: Vec<VcpuContext>) -> Result<Self, VcpuError> {
+        install_kick_handler().map_err(VcpuError::Signal)?;
+        let control = VcpuControl::new();
+        let mut threads = Vec::new();
+        for ctx in contexts {
+            let index = ctx.index;
+            let control = control.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("vcpu{index}"))
+                .spawn(move || vcpu_thread(ctx, control))
+                .map_err(|e| VcpuError::Spawn(index, e))?;
+            threads.push(t);
+        }
+        Ok(VcpuSet { control, threads })
+    }
+
+    fn kick_all(&self) {
+        for t in &self.threads {
+            // A thread that already exited cannot be signalled; that is fine.
+            let _ = t.kill(kick_signal());
+        }
+    }
+
+    /// Waits until every vCPU that is still alive is parked in the paused state.
+    fn wait_parked(&self, timeout: Duration) -> Result<(), VcpuError> {
+        let deadline = Instant::now() + timeout;
+        let mut gate = self.control.lock();
+        while gate.paused + gate.exited < self.threads.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(VcpuError::Timeout(timeout));
+            }
+            // Re-kick periodically: a kick that landed between the gate check and KVM_RUN is
+            // covered by immediate_exit, but a thread blocked elsewhere may need another one.
+            let (g, _) = self.control.changed.wait_timeout(gate, left.min(Duration::from_millis(50))).unwrap_or_else(|e| e.into_inner());
+            gate = g;
+            if gate.paused + gate.exited < self.threads.len() {
+                drop(gate);
+                self.kick_all();
+                gate = self.control.lock();
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops all vCPUs in guest mode; returns once each has left KVM_RUN.
+    pub fn pause(&self) -> Result<(), VcpuError> {
+        self.control.lock().request = Request::Pause;
+        self.kick_all();
+        self.wait_parked(Duration::from_secs(10))
+    }
+
+    pub fn resume(&self) {
+        self.control.lock().request = Request::Run;
+        self.control.changed.notify_all();
+    }
+
+    /// Ends every vCPU thread and joins them.
+    pub fn stop(mut self) -> Result<(), VcpuError> {
+        self.control.lock().request = Request::Stop;
+        self.control.changed.notify_all();
+        self.kick_all();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.control.lock().exited == self.threads.len() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(VcpuError::Timeout(Duration::from_secs(10)));
+            }
+            self.kick_all();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        Ok(())
+    }
+
+    pub fn count(&self) -> usize {
+        self.threads.len()
+    }
+}
+
+fn vcpu_thread(mut ctx: VcpuContext, control: Arc<VcpuControl>) {
+    KVM_RUN.with(|p| p.set(ctx.fd.get_kvm_run() as *mut kvm_run));
+    let outcome = run_loop(&mut ctx, &control);
+    KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
+    {
+        let mut gate = control.lock();
+        gate.exited += 1;
+        control.changed.notify_all();
+    }
+    if let Some(outcome) = outcome {
+        let _ = ctx.events.send(VmEvent::VcpuExited { index: ctx.index, outcome });
+    }
+}
+
+/// Runs the guest until a stop request (None) or a guest/KVM event that ends the VM.
+fn run_loop(ctx: &mut VcpuContext, control: &VcpuControl) -> Option<VcpuOutcome> {
+    loop {
+        {
+            let mut gate = control.lock();
+            if gate.request == Request::Pause {
+                gate.paused += 1;
+                control.changed.notify_all();
+                while gate.request == Request::Pause {
+                    gate = control.changed.wait(gate).unwrap_or_else(|e| e.into_inner());
+                }
+                gate.paused -= 1;
+            }
+            if gate.request == Request::Stop {
+                return None;
+            }
+        }
+        match ctx.fd.run() {
+            Ok(exit) => {
+                if let Some(outcome) = handle_exit(exit, &ctx.pio, &ctx.mmio) {
+                    if let VcpuOutcome::Failed(msg) = outcome {
+                        return Some(VcpuOutcome::Failed(describe_failure(&ctx.fd, ctx.index, &msg)));
+                    }
+                    return Some(outcome);
+                }
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                ctx.fd.set_kvm_immediate_exit(0);
+            }
+            Err(e) => return Some(VcpuOutcome::Failed(format!("vCPU {}: KVM_RUN failed: {e}", ctx.index))),
+        }
+    }
+}
+
+fn handle_exit(exit: VcpuExit<'_>, pio: &Bus, mmio: &Bus) -> Option<VcpuOutcome> {
+    match exit {
+        VcpuExit::IoIn(port, data) => {
+            if !pio.read(u64::from(port), data) {
+                // An empty ISA port floats high.
+                data.fill(0xff);
+            }
+        }
+        VcpuExit::IoOut(port, data) => {
+            pio.write(u64::from(port), data);
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            if !mmio.read(addr, data) {
+                data.fill(0xff);
+            }
+        }
+        VcpuExit::MmioWrite(addr, data) => {
+            mmio.write(addr, data);
+        }
+        // With the in-kernel irqchip KVM handles HLT itself; if it returns anyway, re-enter.
+        VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr => {}
+        VcpuExit::Shutdown => {
+            return Some(VcpuOutcome::Failed("the guest triple-faulted (KVM_EXIT_SHUTDOWN)".into()));
+        }
+        VcpuExit::SystemEvent(kind, _) => {
+            return Some(match kind {
+                SYSTEM_EVENT_RESET => VcpuOutcome::Reset,
+                SYSTEM_EVENT_SHUTDOWN => VcpuOutcome::PowerOff,
+                SYSTEM_EVENT_CRASH => VcpuOutcome::Failed("the guest reported a crash (KVM_SYSTEM_EVENT_CRASH)".into()),
+                other => VcpuOutcome::Failed(format!("unknown KVM system event {other}")),
+            });
+        }
+        VcpuExit::FailEntry(reason, cpu) => {
+            return Some(VcpuOutcome::Failed(format!(
+                "KVM could not enter the guest (KVM_EXIT_FAIL_ENTRY, hardware reason {reason:#x}, cpu {cpu})"
+            )));
+        }
+        VcpuExit::InternalError => {
+            return Some(VcpuOutcome::Failed("KVM internal error (KVM_EXIT_INTERNAL_ERROR), often an instruction KVM cannot emulate".into()));
+        }
+        other => {
+            return Some(VcpuOutcome::Failed(format!("unexpected vCPU exit {other:?}")));
+        }
+    }
+    None
+}
+
+/// Adds where the vCPU was to a failure message.
+fn describe_failure(fd: &VcpuFd, index: u8, msg: &str) -> String {
+    match fd.get_regs() {
+        Ok(r) => format!("vCPU {index}: {msg} at rip {:#x} (rsp {:#x})", r.rip, r.rsp),
+        Err(_) => format!("vCPU {index}: {msg}"),
+    }
+}

@@ -1,0 +1,163 @@
+//! Building a VM: the KVM VM with its in-kernel irqchip and PIT, guest memory, the kernel and
+//! its boot structures, the legacy devices on the buses, and the vCPUs with their boot state.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+
+use arch::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, KVM_TSS_ADDRESS};
+use arch::MemoryLayout;
+use devices::legacy::{Serial, COM1_BASE, COM1_IRQ, I8042, SERIAL_PORT_SIZE};
+use devices::Bus;
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use linux_loader::cmdline::Cmdline;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::config::VmConfig;
+use crate::events::{EventLine, VmEvent};
+use crate::memory::{self, GuestMemoryMmap};
+use crate::vcpu::VcpuContext;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot open /dev/kvm (is KVM available and are you allowed to use it?)")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    #[error("this KVM lacks a required capability: {0:?}")]
+    MissingCap(Cap),
+    #[error("{what} failed")]
+    Kvm { what: &'static str, #[source] source: kvm_ioctls::Error },
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    #[error("cannot open {what} {path}")]
+    OpenFile { what: &'static str, path: String, #[source] source: std::io::Error },
+    #[error(transparent)]
+    Loader(#[from] arch::loader::LoaderError),
+    #[error("invalid kernel command line: {0}")]
+    Cmdline(String),
+    #[error(transparent)]
+    BootParams(#[from] arch::bootparams::BootParamsError),
+    #[error(transparent)]
+    MpTable(#[from] arch::mptable::MpTableError),
+    #[error("cannot set up vCPU {index}")]
+    VcpuRegs { index: u8, #[source] source: arch::regs::RegsError },
+    #[error("cannot create an eventfd")]
+    EventFd(#[source] std::io::Error),
+    #[error("cannot place a device on the bus")]
+    Bus(#[from] devices::BusError),
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
+    move |source| BuildError::Kvm { what, source }
+}
+
+/// A VM ready to run: everything but the vCPU threads.
+pub struct BuiltVm {
+    pub kvm: Kvm,
+    pub vm_fd: Arc<VmFd>,
+    pub memory: GuestMemoryMmap,
+    pub serial: Arc<Mutex<Serial>>,
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub vcpus: Vec<VcpuContext>,
+}
+
+const REQUIRED_CAPS: &[Cap] = &[Cap::Irqchip, Cap::Pit2, Cap::UserMemory, Cap::SetTssAddr, Cap::Irqfd, Cap::ExtCpuid];
+
+/// Builds the VM described by `config`. Guest console output goes to `console_out`.
+pub fn build(config: &VmConfig, console_out: Box<dyn Write + Send>, events: Sender<VmEvent>) -> Result<BuiltVm, BuildError> {
+    let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;
+    for cap in REQUIRED_CAPS {
+        if !kvm.check_extension(*cap) {
+            return Err(BuildError::MissingCap(*cap));
+        }
+    }
+    let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    vm_fd.set_tss_address(KVM_TSS_ADDRESS as usize).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    // The irqchip must exist before the vCPUs so each gets an in-kernel local APIC.
+    vm_fd.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+    vm_fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+
+    let layout = MemoryLayout::new(config.memory_bytes);
+    let memory = memory::create(&layout)?;
+    memory::register(&vm_fd, &memory, 0)?;
+
+    let entry = load_guest_images(config, &layout, &memory)?;
+    arch::mptable::write_mptable(&memory, config.vcpus)?;
+    arch::regs::write_boot_tables(&memory).map_err(|source| BuildError::VcpuRegs { index: 0, source })?;
+
+    // Legacy devices on the port bus.
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+    vm_fd.register_irqfd(&serial_irq, COM1_IRQ).map_err(kvm_err("KVM_IRQFD (COM1)"))?;
+    let serial = Arc::new(Mutex::new(Serial::new(Arc::new(serial_irq), console_out)));
+    let i8042 = Arc::new(Mutex::new(I8042::new(Arc::new(EventLine::new(events.clone(), || VmEvent::GuestReset)))));
+    let mut pio = Bus::new();
+    pio.insert(serial.clone(), COM1_BASE, SERIAL_PORT_SIZE)?;
+    pio.insert(i8042, I8042::BASE, I8042::SIZE)?;
+    let pio = Arc::new(pio);
+    let mmio = Arc::new(Bus::new());
+
+    let vcpus = create_vcpus(&kvm, &vm_fd, config.vcpus, entry, &pio, &mmio, &events)?;
+    Ok(BuiltVm { kvm, vm_fd: Arc::new(vm_fd), memory, serial, pio, mmio, vcpus })
+}
+
+/// Loads kernel, command line and initrd, and writes the zero page; returns the entry point.
+fn load_guest_images(config: &VmConfig, layout: &MemoryLayout, memory: &GuestMemoryMmap) -> Result<vm_memory::GuestAddress, BuildError> {
+    let open = |what, path: &std::path::Path| {
+        File::open(path).map_err(|source| BuildError::OpenFile { what, path: path.display().to_string(), source })
+    };
+    let mut kernel_file = open("kernel", &config.kernel)?;
+    let kernel = arch::loader::load_kernel(memory, &mut kernel_file)?;
+
+    let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| BuildError::Cmdline(e.to_string()))?;
+    cmdline.insert_str(&config.cmdline).map_err(|e| BuildError::Cmdline(e.to_string()))?;
+    linux_loader::loader::load_cmdline(memory, vm_memory::GuestAddress(CMDLINE_START), &cmdline)
+        .map_err(|e| BuildError::Cmdline(e.to_string()))?;
+    let cmdline_len = cmdline.as_cstring().map_err(|e| BuildError::Cmdline(e.to_string()))?.as_bytes().len();
+
+    let initrd = match &config.initrd {
+        Some(path) => {
+            let mut f = open("initrd", path)?;
+            // initrd_addr_max from the bzImage header; an ELF vmlinux accepts any 32-bit address.
+            let addr_max = kernel.setup_header.map_or(0xffff_ffff, |h| u64::from(h.initrd_addr_max));
+            Some(arch::loader::load_initrd(memory, layout, kernel.end, addr_max, &mut f)?)
+        }
+        None => None,
+    };
+    arch::bootparams::write_zero_page(
+        memory,
+        layout,
+        &arch::bootparams::ZeroPageInput { setup_header: kernel.setup_header, cmdline_len, initrd },
+    )?;
+    Ok(kernel.entry)
+}
+
+fn create_vcpus(
+    kvm: &Kvm,
+    vm_fd: &VmFd,
+    count: u8,
+    entry: vm_memory::GuestAddress,
+    pio: &Arc<Bus>,
+    mmio: &Arc<Bus>,
+    events: &Sender<VmEvent>,
+) -> Result<Vec<VcpuContext>, BuildError> {
+    let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+    let mut out = Vec::new();
+    for index in 0..count {
+        let fd = vm_fd.create_vcpu(u64::from(index)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        let mut cpuid = supported.clone();
+        arch::cpuid::normalize(&mut cpuid, arch::cpuid::VcpuTopology { apic_id: index, vcpu_count: count, tsc_deadline });
+        let regs_err = |source| BuildError::VcpuRegs { index, source };
+        fd.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+        arch::regs::setup_msrs(&fd).map_err(regs_err)?;
+        arch::regs::setup_regs(&fd, entry).map_err(regs_err)?;
+        arch::regs::setup_sregs(&fd).map_err(regs_err)?;
+        arch::regs::setup_fpu(&fd).map_err(regs_err)?;
+        arch::regs::setup_lapic(&fd).map_err(regs_err)?;
+        out.push(VcpuContext { index, fd, pio: pio.clone(), mmio: mmio.clone(), events: events.clone() });
+    }
+    Ok(out)
+}
