@@ -1,1 +1,228 @@
+//! Helpers for the integration tests: the tiny guests, the `vmm` binary, a VMM process wrapper
+//! that watches the console, and the rule for tests that need /dev/kvm (fail in CI, skip with a
+//! reason on a developer's machine).
 
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Path of an assembled tiny guest (tests/guests/NAME.S).
+pub fn guest(name: &str) -> PathBuf {
+    let p = Path::new(env!("GUEST_DIR")).join(format!("{name}.elf"));
+    assert!(p.exists(), "guest {name} was not built: {}", p.display());
+    p
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The `vmm` binary: $VMM_BIN if set, else built here once with cargo.
+pub fn vmm_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("VMM_BIN") {
+            return PathBuf::from(p);
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "vmm", "--bin", "vmm"])
+            .current_dir(workspace_root())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build of vmm failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+        target.join("debug").join("vmm")
+    })
+    .clone()
+}
+
+/// True when tests needing /dev/kvm can run. Without it: a failure under CI=true, otherwise
+/// false after printing why the test is skipped.
+pub fn require_kvm(test: &str) -> bool {
+    let ok = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    if ok {
+        return true;
+    }
+    if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
+        panic!("{test}: /dev/kvm is not usable and CI=true: KVM tests must run in CI");
+    }
+    eprintln!("SKIP {test}: /dev/kvm is not usable on this machine (would fail under CI=true)");
+    false
+}
+
+/// A private runtime directory (standing for one host), removed on drop.
+pub struct RuntimeDir(pub PathBuf);
+
+impl RuntimeDir {
+    pub fn new(tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("vmm-test-{}-{tag}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        RuntimeDir(p)
+    }
+}
+
+impl Drop for RuntimeDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `vmm --runtime-dir DIR ARGS...` to completion (bounded) and returns status, stdout, stderr.
+pub fn vmm_cli(dir: &Path, args: &[&str], timeout: Duration) -> (ExitStatus, String, String) {
+    let mut child = Command::new(vmm_bin())
+        .arg("--runtime-dir")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vmm");
+    let out = collect(child.stdout.take().unwrap());
+    let err = collect(child.stderr.take().unwrap());
+    let status = wait_bounded(&mut child, timeout).unwrap_or_else(|| {
+        kill(&mut child);
+        panic!("vmm {args:?} did not finish within {timeout:?}");
+    });
+    (status, join_text(out), join_text(err))
+}
+
+fn collect<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        s
+    })
+}
+
+fn join_text(h: std::thread::JoinHandle<String>) -> String {
+    h.join().unwrap_or_default()
+}
+
+fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A `vmm run` process whose console output is collected line by line. Killed (by PID) on drop.
+pub struct VmProcess {
+    child: Child,
+    lines: Receiver<String>,
+    pub console: Arc<Mutex<Vec<String>>>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl VmProcess {
+    /// Starts `vmm --runtime-dir DIR run ARGS...`.
+    pub fn start(dir: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(vmm_bin())
+            .arg("--runtime-dir")
+            .arg(dir)
+            .arg("run")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn vmm run");
+        let (tx, lines) = mpsc::channel();
+        let console = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().unwrap();
+        let sink = console.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line.clone());
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Some(collect(child.stderr.take().unwrap()));
+        VmProcess { child, lines, console, stderr }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for a console line containing `needle`; returns it.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "no console line containing {needle:?} within {timeout:?}; console tail: {:?}",
+                    self.tail(20)
+                ),
+            }
+        }
+    }
+
+    /// Discards console lines received so far.
+    pub fn drain(&mut self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+
+    /// Collects the lines that arrive within `d`.
+    pub fn lines_during(&mut self, d: Duration) -> Vec<String> {
+        let deadline = Instant::now() + d;
+        let mut out = Vec::new();
+        while let Ok(l) = self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            out.push(l);
+        }
+        out
+    }
+
+    pub fn tail(&self, n: usize) -> Vec<String> {
+        let c = self.console.lock().unwrap();
+        c[c.len().saturating_sub(n)..].to_vec()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sending a signal to our own child process by PID.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits (bounded) for the process to exit; returns its status and stderr.
+    pub fn wait_exit(mut self, timeout: Duration) -> (ExitStatus, String) {
+        let status = wait_bounded(&mut self.child, timeout);
+        let Some(status) = status else {
+            kill(&mut self.child);
+            panic!("vmm did not exit within {timeout:?}; console tail: {:?}", self.tail(20));
+        };
+        let err = self.stderr.take().map(join_text).unwrap_or_default();
+        (status, err)
+    }
+}
+
+impl Drop for VmProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            kill(&mut self.child);
+        }
+    }
+}

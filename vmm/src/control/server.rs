@@ -3,7 +3,9 @@
 //! The same runtime turns SIGINT/SIGTERM/SIGHUP into events, so the owner stops the VM cleanly.
 
 use std::os::unix::net::UnixListener as StdUnixListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -16,6 +18,8 @@ use crate::events::VmEvent;
 
 /// Longest request line accepted; anything longer is a client error.
 const MAX_REQUEST_LEN: usize = 64 * 1024;
+/// How long a stopping server waits for answers still being written.
+const RESPONSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct ControlServer {
     shutdown: watch::Sender<bool>,
@@ -36,10 +40,16 @@ impl ControlServer {
                         return;
                     }
                 };
+                let pending = Arc::new(AtomicUsize::new(0));
                 tokio::select! {
-                    _ = accept_loop(listener, events.clone()) => {}
+                    _ = accept_loop(listener, events.clone(), pending.clone()) => {}
                     _ = forward_signals(events) => {}
                     _ = wait_shutdown(shutdown_rx) => {}
+                }
+                // Let answers already decided (a "stop" among them) reach their clients.
+                let deadline = tokio::time::Instant::now() + RESPONSE_GRACE;
+                while pending.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                 }
             });
         })?;
@@ -85,11 +95,11 @@ async fn forward_signals(events: Sender<VmEvent>) {
     }
 }
 
-async fn accept_loop(listener: UnixListener, events: Sender<VmEvent>) {
+async fn accept_loop(listener: UnixListener, events: Sender<VmEvent>, pending: Arc<AtomicUsize>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(serve_connection(stream, events.clone()));
+                tokio::spawn(serve_connection(stream, events.clone(), pending.clone()));
             }
             Err(e) => {
                 log::warn!("control socket accept: {e}");
@@ -99,7 +109,7 @@ async fn accept_loop(listener: UnixListener, events: Sender<VmEvent>) {
     }
 }
 
-async fn serve_connection(stream: UnixStream, events: Sender<VmEvent>) {
+async fn serve_connection(stream: UnixStream, events: Sender<VmEvent>, pending: Arc<AtomicUsize>) {
     let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::new(reader);
     let mut line = String::new();
@@ -109,6 +119,7 @@ async fn serve_connection(stream: UnixStream, events: Sender<VmEvent>) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
+        pending.fetch_add(1, Ordering::SeqCst);
         let response = if line.len() > MAX_REQUEST_LEN {
             Response::error("request too long")
         } else {
@@ -119,7 +130,9 @@ async fn serve_connection(stream: UnixStream, events: Sender<VmEvent>) {
         };
         let mut out = serde_json::to_vec(&response).expect("responses serialise");
         out.push(b'\n');
-        if writer.write_all(&out).await.is_err() || line.len() > MAX_REQUEST_LEN {
+        let written = writer.write_all(&out).await.is_ok();
+        pending.fetch_sub(1, Ordering::SeqCst);
+        if !written || line.len() > MAX_REQUEST_LEN {
             return;
         }
     }
