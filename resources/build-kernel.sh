@@ -29,8 +29,10 @@ if [ -f "$out/bzImage" ] && [ -f "$out/vmlinux" ]; then
 fi
 
 work="$cache/kernel-build-$key"
-rm -rf "$work"
+# Leftovers of interrupted builds (of any config) only take space.
+rm -rf "$cache"/kernel-build-* "$out.tmp"
 mkdir -p "$work"
+trap 'rm -rf "$work" "$out.tmp"' EXIT
 echo "build-kernel: unpacking linux-source $src_version" >&2
 tar -C "$work" -xf "$src_tar"
 cd "$work"/linux-source-6.1

@@ -2,6 +2,8 @@
 //! that watches the console, and the rule for tests that need /dev/kvm (fail in CI, skip with a
 //! reason on a developer's machine).
 
+pub mod rig;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -1,0 +1,69 @@
+# Two commands on a fresh machine:
+#   make run    build everything (Debian packages, vmm, guest kernel, root filesystem) and boot the
+#               default microVM: directly on hardware KVM, inside the nested rig on a PVM host
+#   make test   the whole test suite (unit, tiny-guest KVM tests, Linux guest in the nested rig)
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+ROOT := $(CURDIR)
+BUILD := $(ROOT)/build
+export VMM_CACHE_DIR ?= /var/cache/vmm
+STATIC_TARGET := x86_64-unknown-linux-gnu
+STATIC_VMM := $(ROOT)/target/$(STATIC_TARGET)/release/vmm
+DEB_PACKAGES := binutils qemu-system-x86 busybox-static cpio e2fsprogs gzip kmod iproute2 \
+                linux-source-6.1 bc flex bison make gcc libelf-dev libssl-dev xz-utils
+
+.PHONY: all deps build vmm-static artifacts rig run test unit-test kvm-test rig-test bench clean
+
+all: build
+
+deps:
+	@resources/apt-install.sh $(DEB_PACKAGES)
+
+build:
+	cargo build --release --bin vmm
+
+# A statically linked vmm runs inside the L1 host's initramfs with no libraries to copy.
+vmm-static:
+	RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target $(STATIC_TARGET) --bin vmm
+
+# Guest kernel and filesystems, cached under $(VMM_CACHE_DIR) by a hash of their inputs and
+# linked into build/guest.
+artifacts: deps
+	@mkdir -p $(BUILD)/guest
+	@kdir=$$(resources/build-kernel.sh | tail -n1); fsdir=$$(resources/build-guest-fs.sh | tail -n1); \
+	  ln -sfn $$kdir/bzImage $(BUILD)/guest/bzImage; ln -sfn $$kdir/vmlinux $(BUILD)/guest/vmlinux; \
+	  ln -sfn $$fsdir/initramfs.cpio.gz $(BUILD)/guest/initramfs.cpio.gz; ln -sfn $$fsdir/rootfs.ext4 $(BUILD)/guest/rootfs.ext4; \
+	  echo "guest artifacts: $$(ls $(BUILD)/guest | tr '\n' ' ')"
+
+rig: artifacts vmm-static
+	resources/rig/build-l1.sh $(BUILD)/rig $(STATIC_VMM) $(BUILD)/guest $(BUILD)/guest
+
+run: deps build artifacts
+	@if [ -e /sys/module/kvm_intel ] || [ -e /sys/module/kvm_amd ]; then \
+	  echo "make run: hardware KVM: booting the default microVM directly (Ctrl-A x quits)"; \
+	  $(ROOT)/target/release/vmm run --name default --kernel $(BUILD)/guest/bzImage \
+	    --initrd $(BUILD)/guest/initramfs.cpio.gz --memory 256M --vcpus 2; \
+	else \
+	  $(MAKE) --no-print-directory rig; \
+	  echo "make run: this host's KVM is PVM (kvm_pvm), which cannot run a stock Linux guest natively;"; \
+	  echo "make run: booting the default microVM inside the nested rig (an L1 host under QEMU with its own KVM)."; \
+	  echo "make run: type 'reboot -f' in the guest (or Ctrl-A x) to end it; the L1 host then powers off."; \
+	  resources/rig/run-l1.sh $(BUILD)/rig console; \
+	fi
+
+unit-test:
+	cargo test --workspace --exclude vmm-tests
+
+kvm-test:
+	cargo test -p vmm-tests --test boot --test lifecycle --test cli_errors
+
+rig-test:
+	cargo test -p vmm-tests --test nested_linux -- --nocapture
+
+test: deps artifacts rig
+	cargo build --workspace --all-targets
+	$(MAKE) --no-print-directory unit-test kvm-test rig-test
+
+clean:
+	cargo clean
+	rm -rf $(BUILD)
