@@ -29,7 +29,7 @@ fn detect_in(modules: &Path) -> HostKvm {
 pub const PVM_LINUX_REFUSAL: &str = "this host's /dev/kvm is PVM (module kvm_pvm, no kvm_intel/kvm_amd): \
 it runs only PVM-aware guest kernels natively and emulates any other kernel instruction by instruction \
 (about 3000x slower), so a stock Linux guest would appear to hang. Run Linux guests on a host with \
-hardware KVM, or inside the project's nested test rig (`make rig-boot`); pass --allow-emulated-kernel \
+hardware KVM, or inside the project's nested test rig (`make run` uses it); pass --allow-emulated-kernel \
 to start it here anyway.";
 
 #[cfg(test)]
