@@ -1,0 +1,12 @@
+//! virtio-blk (virtio 1.x section 5.2) backed by a raw image file or a block device.
+
+mod device;
+mod disk;
+mod request;
+
+pub use device::Block;
+pub use disk::{Disk, DiskError, DiskOptions};
+
+pub const SECTOR_SIZE: u64 = 512;
+/// Length of the ID string GET_ID returns.
+pub const ID_BYTES: usize = 20;
