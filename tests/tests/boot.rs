@@ -67,3 +67,46 @@ fn two_vcpus_both_make_progress() {
     let (status, err) = vm.wait_exit(T);
     assert_eq!(status.code(), Some(0), "{err}");
 }
+
+#[test]
+fn a_virtio_disk_answers_on_its_mmio_window() {
+    if !require_kvm("a_virtio_disk_answers_on_its_mmio_window") {
+        return;
+    }
+    let dir = RuntimeDir::new("probe");
+    let disk = dir.0.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let g = guest("virtio_probe");
+    let disk_arg = format!("{},serial=probe", disk.display());
+    let (status, out, err) = vmm_cli(&dir.0, &["run", "--name", "probe", "--kernel", g.to_str().unwrap(), "--memory", "64M", "--disk", &disk_arg], T);
+    // Magic "virt", MMIO version 2, device type 2 (block), capacity in 512-byte sectors.
+    assert!(out.contains("VIRTIO magic=0000000074726976 version=2 device=2 capacity=2048"), "stdout: {out:?} stderr: {err:?}");
+    assert_eq!(status.code(), Some(0), "{err}");
+}
+
+#[test]
+fn a_disk_in_use_by_another_vmm_is_refused() {
+    if !require_kvm("a_disk_in_use_by_another_vmm_is_refused") {
+        return;
+    }
+    let dir = RuntimeDir::new("disklock");
+    let disk = dir.0.join("shared.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let hb = guest("heartbeat");
+    let mut first = VmProcess::start(&dir.0, &["--name", "first", "--kernel", hb.to_str().unwrap(), "--memory", "64M", "--disk", disk.to_str().unwrap()]);
+    first.wait_for("cpu0 tick 1", T);
+    let g = guest("hello");
+    let (st, out, err) = vmm_cli(&dir.0, &["run", "--name", "second", "--kernel", g.to_str().unwrap(), "--memory", "64M", "--disk", disk.to_str().unwrap()], T);
+    assert_eq!(st.code(), Some(1));
+    assert!(!out.contains("Hello"));
+    assert!(err.contains("is in use by another process"), "{err}");
+    // Read-only users are refused too while a writer holds it.
+    let ro = format!("{},readonly=on", disk.display());
+    let (st, _, err) = vmm_cli(&dir.0, &["run", "--name", "third", "--kernel", g.to_str().unwrap(), "--memory", "64M", "--disk", &ro], T);
+    assert_eq!(st.code(), Some(1), "{err}");
+    first.signal(libc::SIGTERM);
+    assert_eq!(first.wait_exit(T).0.code(), Some(0));
+    // Released with the first VMM.
+    let (st, out, _) = vmm_cli(&dir.0, &["run", "--name", "second", "--kernel", g.to_str().unwrap(), "--memory", "64M", "--disk", disk.to_str().unwrap()], T);
+    assert!(st.success() && out.contains("Hello"));
+}

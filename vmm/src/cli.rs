@@ -75,6 +75,10 @@ struct RunArgs {
     /// Number of vCPUs (1-32).
     #[arg(long, value_name = "N", default_value_t = 1)]
     vcpus: u64,
+    /// A virtio-blk disk: a raw image file or block device (a shared LUN), repeatable.
+    /// The VMM holds an exclusive lock on each writable disk while it runs.
+    #[arg(long, value_name = "PATH[,readonly=on][,direct=on][,serial=ID]")]
+    disk: Vec<String>,
     /// On a PVM host, start a stock Linux kernel even though it will be emulated (very slow).
     #[arg(long)]
     allow_emulated_kernel: bool,
@@ -112,6 +116,7 @@ fn run_vm(args: RunArgs, runtime_dir: PathBuf) -> anyhow::Result<u8> {
         cmdline: args.cmdline,
         memory_bytes,
         vcpus,
+        disks: args.disk.iter().map(|d| config::DiskConfig::parse(d)).collect::<Result<_, _>>()?,
     };
     let end = run::run(RunOptions { config, runtime_dir, allow_emulated_kernel: args.allow_emulated_kernel })?;
     eprintln!("vmm: {}", end.describe(&args.name));

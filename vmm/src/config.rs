@@ -17,6 +17,48 @@ pub struct VmConfig {
     pub cmdline: String,
     pub memory_bytes: u64,
     pub vcpus: u8,
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+}
+
+/// A `--disk PATH[,readonly=on][,direct=on][,serial=ID]` argument.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub readonly: bool,
+    #[serde(default)]
+    pub direct: bool,
+    #[serde(default)]
+    pub serial: Option<String>,
+}
+
+impl DiskConfig {
+    pub fn parse(arg: &str) -> Result<Self, ConfigError> {
+        let bad = |why: &str| ConfigError::BadDevice { arg: arg.to_string(), why: why.to_string() };
+        let mut parts = arg.split(',');
+        let path = parts.next().filter(|p| !p.is_empty()).ok_or_else(|| bad("the path comes first"))?;
+        let mut disk = DiskConfig { path: PathBuf::from(path), readonly: false, direct: false, serial: None };
+        for opt in parts {
+            let (key, value) = opt.split_once('=').ok_or_else(|| bad("options are key=value"))?;
+            match key {
+                "readonly" => disk.readonly = parse_switch(value).ok_or_else(|| bad("readonly takes on or off"))?,
+                "direct" => disk.direct = parse_switch(value).ok_or_else(|| bad("direct takes on or off"))?,
+                "serial" if value.len() <= 20 && value.is_ascii() => disk.serial = Some(value.to_string()),
+                "serial" => return Err(bad("serial is at most 20 ASCII characters")),
+                other => return Err(bad(&format!("unknown option '{other}' (readonly, direct, serial)"))),
+            }
+        }
+        Ok(disk)
+    }
+}
+
+fn parse_switch(v: &str) -> Option<bool> {
+    match v {
+        "on" | "true" | "yes" | "1" => Some(true),
+        "off" | "false" | "no" | "0" => Some(false),
+        _ => None,
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -29,6 +71,8 @@ pub enum ConfigError {
     MemoryUnaligned,
     #[error("invalid VM name '{0}': use 1 to 64 letters, digits, '.', '_' or '-', not starting with '.' or '-'")]
     BadName(String),
+    #[error("invalid device '{arg}': {why}")]
+    BadDevice { arg: String, why: String },
     #[error("--vcpus must be between 1 and {max}, not {given}")]
     BadVcpus { given: u64, max: u8 },
 }
@@ -102,6 +146,16 @@ mod tests {
         }
         for bad in ["", ".hidden", "-x", "a/b", "sp ace", &"x".repeat(65)] {
             assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn disks() {
+        let d = DiskConfig::parse("/shared/web1.img,readonly=on,serial=abc").unwrap();
+        assert_eq!(d, DiskConfig { path: "/shared/web1.img".into(), readonly: true, direct: false, serial: Some("abc".into()) });
+        assert!(DiskConfig::parse("/x,direct=on").unwrap().direct);
+        for bad in ["", ",readonly=on", "/x,readonly", "/x,readonly=maybe", "/x,cache=none", &format!("/x,serial={}", "s".repeat(21))] {
+            assert!(DiskConfig::parse(bad).is_err(), "{bad}");
         }
     }
 

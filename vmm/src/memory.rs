@@ -6,7 +6,7 @@ use kvm_ioctls::VmFd;
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
-pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<AtomicBitmap>;
+pub use devices::virtio::GuestMemoryMmap;
 pub type GuestRegionMmap = vm_memory::GuestRegionMmap<AtomicBitmap>;
 
 #[derive(Debug, thiserror::Error)]

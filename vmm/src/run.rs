@@ -12,6 +12,7 @@ use crate::config::VmConfig;
 use crate::console::{spawn_stdin_forwarder, RawTerminal};
 use crate::control::protocol::{Request, Response, VmInfo, VmState};
 use crate::control::server::ControlServer;
+use crate::event_loop::EventLoop;
 use crate::events::VmEvent;
 use crate::host::{self, HostKvm};
 use crate::paths::{socket_path, NameLock};
@@ -85,6 +86,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunEnd> {
     let raw_terminal = RawTerminal::enable();
     spawn_stdin_forwarder(built.serial.clone(), tx.clone());
     let memory = built.memory;
+    let event_loop = EventLoop::start(built.virtio).context("cannot start the device event loop")?;
     let vcpus = VcpuSet::start(built.vcpus)?;
     let started = Instant::now();
     let mut state = VmState::Running;
@@ -120,6 +122,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunEnd> {
         std::mem::forget(memory);
         log::error!("{e}");
     }
+    drop(event_loop);
     Ok(end)
 }
 

@@ -6,16 +6,20 @@ use std::io::Write;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
-use arch::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, KVM_TSS_ADDRESS};
+use arch::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, FIRST_DEVICE_IRQ, KVM_TSS_ADDRESS, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
 use arch::MemoryLayout;
 use devices::legacy::{Serial, COM1_BASE, COM1_IRQ, I8042, SERIAL_PORT_SIZE};
+use devices::virtio::block::{Block, Disk, DiskOptions};
+use devices::virtio::mmio::MmioTransport;
+use devices::virtio::{VirtioDevice, VirtioInterrupt};
 use devices::Bus;
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Cap, Kvm, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use linux_loader::cmdline::Cmdline;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::VmConfig;
+use crate::event_loop::VirtioSubscriber;
 use crate::events::{EventLine, VmEvent};
 use crate::memory::{self, GuestMemoryMmap};
 use crate::vcpu::VcpuContext;
@@ -46,7 +50,14 @@ pub enum BuildError {
     EventFd(#[source] std::io::Error),
     #[error("cannot place a device on the bus")]
     Bus(#[from] devices::BusError),
+    #[error(transparent)]
+    Disk(#[from] devices::virtio::block::DiskError),
+    #[error("too many virtio devices: {0} (at most {max})", max = MAX_VIRTIO_DEVICES)]
+    TooManyDevices(usize),
 }
+
+/// IOAPIC pins 5..23 are free for virtio devices.
+const MAX_VIRTIO_DEVICES: usize = (arch::layout::IOAPIC_PINS - arch::layout::FIRST_DEVICE_IRQ) as usize;
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
     move |source| BuildError::Kvm { what, source }
@@ -61,6 +72,8 @@ pub struct BuiltVm {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
     pub vcpus: Vec<VcpuContext>,
+    /// Virtio devices with their queue eventfds, for the event loop.
+    pub virtio: Vec<VirtioSubscriber>,
 }
 
 const REQUIRED_CAPS: &[Cap] = &[Cap::Irqchip, Cap::Pit2, Cap::UserMemory, Cap::SetTssAddr, Cap::Irqfd, Cap::ExtCpuid];
@@ -84,7 +97,27 @@ pub fn build(config: &VmConfig, console_out: Box<dyn Write + Send>, events: Send
     let memory = memory::create(&layout)?;
     memory::register(&vm_fd, &memory, 0)?;
 
-    let entry = load_guest_images(config, &layout, &memory)?;
+    let mut mmio = Bus::new();
+    let mut cmdline = config.cmdline.clone();
+    let mut virtio_devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    for disk in &config.disks {
+        let opts = DiskOptions { path: disk.path.clone(), readonly: disk.readonly, direct: disk.direct, serial: disk.serial.clone() };
+        virtio_devices.push(Box::new(Block::new(Disk::open(&opts)?)));
+    }
+    if virtio_devices.len() > MAX_VIRTIO_DEVICES {
+        return Err(BuildError::TooManyDevices(virtio_devices.len()));
+    }
+    let mut virtio = Vec::new();
+    for (i, device) in virtio_devices.into_iter().enumerate() {
+        let base = VIRTIO_MMIO_START + i as u64 * VIRTIO_MMIO_SIZE;
+        let irq = FIRST_DEVICE_IRQ + i as u32;
+        virtio.push(attach_virtio(&vm_fd, &memory, &mut mmio, device, base, irq)?);
+        cmdline.push(' ');
+        cmdline.push_str(&devices::virtio::mmio::cmdline_entry(base, VIRTIO_MMIO_SIZE, irq));
+    }
+    let mmio = Arc::new(mmio);
+
+    let entry = load_guest_images(config, &cmdline, &layout, &memory)?;
     arch::mptable::write_mptable(&memory, config.vcpus)?;
     arch::regs::write_boot_tables(&memory).map_err(|source| BuildError::VcpuRegs { index: 0, source })?;
 
@@ -97,14 +130,39 @@ pub fn build(config: &VmConfig, console_out: Box<dyn Write + Send>, events: Send
     pio.insert(serial.clone(), COM1_BASE, SERIAL_PORT_SIZE)?;
     pio.insert(i8042, I8042::BASE, I8042::SIZE)?;
     let pio = Arc::new(pio);
-    let mmio = Arc::new(Bus::new());
 
     let vcpus = create_vcpus(&kvm, &vm_fd, config.vcpus, entry, &pio, &mmio, &events)?;
-    Ok(BuiltVm { kvm, vm_fd: Arc::new(vm_fd), memory, serial, pio, mmio, vcpus })
+    Ok(BuiltVm { kvm, vm_fd: Arc::new(vm_fd), memory, serial, pio, mmio, vcpus, virtio })
+}
+
+/// Puts a virtio device behind an MMIO transport at `base`: its interrupt through an irqfd on
+/// `irq`, each queue's notifications through an ioeventfd on QueueNotify matching the queue index.
+fn attach_virtio(
+    vm_fd: &VmFd,
+    memory: &GuestMemoryMmap,
+    mmio: &mut Bus,
+    device: Box<dyn VirtioDevice>,
+    base: u64,
+    irq: u32,
+) -> Result<VirtioSubscriber, BuildError> {
+    let irq_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+    vm_fd.register_irqfd(&irq_evt, irq).map_err(kvm_err("KVM_IRQFD (virtio)"))?;
+    let interrupt = Arc::new(VirtioInterrupt::new(Arc::new(irq_evt)));
+    let queue_count = device.queue_max_sizes().len();
+    let mut queue_events = Vec::with_capacity(queue_count);
+    for q in 0..queue_count {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
+        let addr = IoEventAddress::Mmio(base + devices::virtio::mmio::REG_QUEUE_NOTIFY);
+        vm_fd.register_ioevent(&evt, &addr, q as u32).map_err(kvm_err("KVM_IOEVENTFD (virtio queue)"))?;
+        queue_events.push(evt);
+    }
+    let transport = Arc::new(Mutex::new(MmioTransport::new(device, memory.clone(), interrupt)));
+    mmio.insert(transport.clone(), base, VIRTIO_MMIO_SIZE)?;
+    Ok(VirtioSubscriber::new(transport, queue_events))
 }
 
 /// Loads kernel, command line and initrd, and writes the zero page; returns the entry point.
-fn load_guest_images(config: &VmConfig, layout: &MemoryLayout, memory: &GuestMemoryMmap) -> Result<vm_memory::GuestAddress, BuildError> {
+fn load_guest_images(config: &VmConfig, cmdline_str: &str, layout: &MemoryLayout, memory: &GuestMemoryMmap) -> Result<vm_memory::GuestAddress, BuildError> {
     let open = |what, path: &std::path::Path| {
         File::open(path).map_err(|source| BuildError::OpenFile { what, path: path.display().to_string(), source })
     };
@@ -112,7 +170,7 @@ fn load_guest_images(config: &VmConfig, layout: &MemoryLayout, memory: &GuestMem
     let kernel = arch::loader::load_kernel(memory, &mut kernel_file)?;
 
     let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| BuildError::Cmdline(e.to_string()))?;
-    cmdline.insert_str(&config.cmdline).map_err(|e| BuildError::Cmdline(e.to_string()))?;
+    cmdline.insert_str(cmdline_str).map_err(|e| BuildError::Cmdline(e.to_string()))?;
     linux_loader::loader::load_cmdline(memory, vm_memory::GuestAddress(CMDLINE_START), &cmdline)
         .map_err(|e| BuildError::Cmdline(e.to_string()))?;
     let cmdline_len = cmdline.as_cstring().map_err(|e| BuildError::Cmdline(e.to_string()))?.as_bytes().len();
