@@ -79,6 +79,10 @@ struct RunArgs {
     /// The VMM holds an exclusive lock on each writable disk while it runs.
     #[arg(long, value_name = "PATH[,readonly=on][,direct=on][,serial=ID]")]
     disk: Vec<String>,
+    /// A virtio-net NIC on a tap device (created if it does not exist), repeatable. Without
+    /// mac=, a stable MAC is derived from the VM name.
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
+    net: Vec<String>,
     /// On a PVM host, start a stock Linux kernel even though it will be emulated (very slow).
     #[arg(long)]
     allow_emulated_kernel: bool,
@@ -117,6 +121,7 @@ fn run_vm(args: RunArgs, runtime_dir: PathBuf) -> anyhow::Result<u8> {
         memory_bytes,
         vcpus,
         disks: args.disk.iter().map(|d| config::DiskConfig::parse(d)).collect::<Result<_, _>>()?,
+        nets: args.net.iter().enumerate().map(|(i, n)| config::NetConfig::parse(n, &args.name, i)).collect::<Result<_, _>>()?,
     };
     let end = run::run(RunOptions { config, runtime_dir, allow_emulated_kernel: args.allow_emulated_kernel })?;
     eprintln!("vmm: {}", end.describe(&args.name));

@@ -19,6 +19,35 @@ pub struct VmConfig {
     pub vcpus: u8,
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
+    #[serde(default)]
+    pub nets: Vec<NetConfig>,
+}
+
+/// A `--net tap=NAME[,mac=MAC]` argument.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetConfig {
+    pub tap: String,
+    pub mac: [u8; 6],
+}
+
+impl NetConfig {
+    /// Parses the argument; without mac=, the MAC is derived from the VM name and NIC index.
+    pub fn parse(arg: &str, vm_name: &str, index: usize) -> Result<Self, ConfigError> {
+        let bad = |why: &str| ConfigError::BadDevice { arg: arg.to_string(), why: why.to_string() };
+        let mut tap = None;
+        let mut mac = None;
+        for opt in arg.split(',') {
+            let (key, value) = opt.split_once('=').ok_or_else(|| bad("options are key=value"))?;
+            match key {
+                "tap" if !value.is_empty() && value.len() < 16 => tap = Some(value.to_string()),
+                "tap" => return Err(bad("the tap name is 1 to 15 characters")),
+                "mac" => mac = Some(devices::virtio::net::parse_mac(value).ok_or_else(|| bad("mac looks like 52:54:00:12:34:56"))?),
+                other => return Err(bad(&format!("unknown option '{other}' (tap, mac)"))),
+            }
+        }
+        let tap = tap.ok_or_else(|| bad("tap=NAME is required"))?;
+        Ok(NetConfig { tap, mac: mac.unwrap_or_else(|| devices::virtio::net::default_mac(vm_name, index)) })
+    }
 }
 
 /// A `--disk PATH[,readonly=on][,direct=on][,serial=ID]` argument.
@@ -156,6 +185,17 @@ mod tests {
         assert!(DiskConfig::parse("/x,direct=on").unwrap().direct);
         for bad in ["", ",readonly=on", "/x,readonly", "/x,readonly=maybe", "/x,cache=none", &format!("/x,serial={}", "s".repeat(21))] {
             assert!(DiskConfig::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn nets() {
+        let n = NetConfig::parse("tap=tap0,mac=52:54:00:12:34:56", "web1", 0).unwrap();
+        assert_eq!(n, NetConfig { tap: "tap0".into(), mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56] });
+        let d = NetConfig::parse("tap=tap1", "web1", 1).unwrap();
+        assert_eq!(d.mac, devices::virtio::net::default_mac("web1", 1));
+        for bad in ["", "tap0", "mac=52:54:00:12:34:56", "tap=", "tap=averyveryverylongname", "tap=t,mac=xx", "tap=t,queues=2"] {
+            assert!(NetConfig::parse(bad, "v", 0).is_err(), "{bad}");
         }
     }
 

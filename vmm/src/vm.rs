@@ -11,6 +11,7 @@ use arch::MemoryLayout;
 use devices::legacy::{Serial, COM1_BASE, COM1_IRQ, I8042, SERIAL_PORT_SIZE};
 use devices::virtio::block::{Block, Disk, DiskOptions};
 use devices::virtio::mmio::MmioTransport;
+use devices::virtio::net::{Net, Tap};
 use devices::virtio::{VirtioDevice, VirtioInterrupt};
 use devices::Bus;
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
@@ -52,6 +53,8 @@ pub enum BuildError {
     Bus(#[from] devices::BusError),
     #[error(transparent)]
     Disk(#[from] devices::virtio::block::DiskError),
+    #[error(transparent)]
+    Tap(#[from] devices::virtio::net::TapError),
     #[error("too many virtio devices: {0} (at most {max})", max = MAX_VIRTIO_DEVICES)]
     TooManyDevices(usize),
 }
@@ -103,6 +106,10 @@ pub fn build(config: &VmConfig, console_out: Box<dyn Write + Send>, events: Send
     for disk in &config.disks {
         let opts = DiskOptions { path: disk.path.clone(), readonly: disk.readonly, direct: disk.direct, serial: disk.serial.clone() };
         virtio_devices.push(Box::new(Block::new(Disk::open(&opts)?)));
+    }
+    for net in &config.nets {
+        let tap = Tap::open(&net.tap)?;
+        virtio_devices.push(Box::new(Net::new(Box::new(tap), net.mac)));
     }
     if virtio_devices.len() > MAX_VIRTIO_DEVICES {
         return Err(BuildError::TooManyDevices(virtio_devices.len()));

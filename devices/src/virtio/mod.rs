@@ -6,7 +6,7 @@
 
 pub mod block;
 pub mod mmio;
-// pub mod net;
+pub mod net;
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
