@@ -58,7 +58,7 @@ kvm-test:
 	cargo test -p vmm-tests --test boot --test lifecycle --test cli_errors
 
 rig-test:
-	cargo test -p vmm-tests --test nested_linux -- --nocapture
+	cargo test -p vmm-tests --test nested_linux -- --nocapture --test-threads=1
 
 test: deps artifacts rig
 	cargo build --workspace --all-targets

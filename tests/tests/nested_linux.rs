@@ -9,50 +9,69 @@ fn hardware_kvm() -> bool {
     std::path::Path::new("/sys/module/kvm_intel").exists() || std::path::Path::new("/sys/module/kvm_amd").exists()
 }
 
-#[test]
-fn linux_guest_with_two_vcpus_boots_to_init_and_reboot_ends_vmm() {
+/// Runs a scenario of resources/rig/scenarios: inside the nested rig on a PVM host, directly
+/// (in a private network namespace) on a hardware-KVM host.
+fn scenario(test: &str, name: &str, markers: &[&str]) {
     if hardware_kvm() {
-        direct::boot_two_vcpus();
+        direct::run(name);
         return;
     }
-    if !require_rig("linux_guest_with_two_vcpus_boots_to_init_and_reboot_ends_vmm") {
+    if !require_rig(test) {
         return;
     }
-    let run = run_scenario(
-        "boot",
-        Duration::from_secs(900),
-        &["RIG: L1 host up", "Linux version", "VMM-GUEST: init reached", "RIG-RESULT"],
-    );
-    println!("nested boot took {:.1} s; milestones:", run.elapsed.as_secs_f64());
+    let run = run_scenario(name, Duration::from_secs(1200), markers);
+    println!("scenario {name} took {:.1} s in the nested rig; milestones:", run.elapsed.as_secs_f64());
     for (mark, t) in &run.marks {
         println!("  {t:>7.1} s  {mark}");
     }
-    assert!(run.passed, "{}\nconsole tail:\n{}", run.verdict, run.console[run.console.len().saturating_sub(40)..].join("\n"));
+    for line in run.console.iter().filter(|l| l.starts_with("RIG:") || l.starts_with("VMM-GUEST:")) {
+        println!("  | {line}");
+    }
+    assert!(run.passed, "{}\nconsole tail:\n{}", run.verdict, run.console[run.console.len().saturating_sub(60)..].join("\n"));
 }
 
-/// The same scenario on hardware KVM, straight from the built artifacts.
+#[test]
+fn linux_guest_with_two_vcpus_boots_to_init_and_reboot_ends_vmm() {
+    scenario(
+        "linux_guest_with_two_vcpus_boots_to_init_and_reboot_ends_vmm",
+        "boot",
+        &["RIG: L1 host up", "VMM-GUEST: init reached", "RIG: bzimage-2cpu ok", "RIG: vmlinux-1cpu ok", "RIG-RESULT"],
+    );
+}
+
+#[test]
+fn linux_guest_disk_survives_reboot_and_network_carries_64mib() {
+    scenario(
+        "linux_guest_disk_survives_reboot_and_network_carries_64mib",
+        "disk-net",
+        &["RIG: L1 host up", "RIG: disk ok", "VMM-GUEST: ping-host ok", "RIG: tcp stream ok", "RIG: guest answers ping", "RIG-RESULT"],
+    );
+}
+
+/// Scenarios on hardware KVM, straight from the built artifacts.
 mod direct {
     use std::path::Path;
-    use std::time::Duration;
+    use std::process::Command;
 
-    use vmm_tests::{vmm_cli, RuntimeDir};
-
-    pub fn boot_two_vcpus() {
-        let guest = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("build/guest");
-        let kernel = guest.join("bzImage");
-        let initrd = guest.join("initramfs.cpio.gz");
-        assert!(kernel.exists() && initrd.exists(), "guest artifacts missing under {}; run `make artifacts`", guest.display());
-        let dir = RuntimeDir::new("linux");
-        let (st, out, err) = vmm_cli(
-            &dir.0,
-            &[
-                "run", "--name", "boot", "--kernel", kernel.to_str().unwrap(), "--initrd", initrd.to_str().unwrap(),
-                "--memory", "256M", "--vcpus", "2", "--cmdline", "console=ttyS0 reboot=k panic=1 pci=off vmm.workload=cpus",
-            ],
-            Duration::from_secs(120),
-        );
-        assert!(out.contains("VMM-GUEST: init reached, cpus=2"), "{out}\n{err}");
-        assert!(out.contains("cpus-online=0-1"), "{out}");
-        assert_eq!(st.code(), Some(0), "{err}");
+    pub fn run(name: &str) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let guest = root.join("build/guest");
+        assert!(guest.join("bzImage").exists(), "guest artifacts missing under {}; run `make artifacts`", guest.display());
+        let bin_dir = vmm_tests::vmm_bin().parent().unwrap().to_path_buf();
+        let work = vmm_tests::RuntimeDir::new(name);
+        let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+        // A private network namespace stands for the L1 host's own network.
+        let out = Command::new("unshare")
+            .args(["--net", "sh"])
+            .arg(root.join("resources/rig/scenarios").join(name))
+            .env("PATH", path)
+            .env("RIG_GUEST", &guest)
+            .env("RIG_WORK", &work.0)
+            .env("VMM_RUNTIME_DIR", &work.0)
+            .output()
+            .expect("run the scenario");
+        let text = String::from_utf8_lossy(&out.stdout);
+        println!("{text}");
+        assert!(out.status.success(), "scenario {name} failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
     }
 }
