@@ -67,3 +67,7 @@ test: deps artifacts rig
 clean:
 	cargo clean
 	rm -rf $(BUILD)
+
+bench: deps artifacts rig
+	cargo build --release --bin vmm
+	VMM_BIN=$(ROOT)/target/release/vmm cargo run --release -p vmm-tests --bin bench
