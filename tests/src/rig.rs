@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Console silence after which an L1 is taken as hung.
+/// Console silence after which an L1 is taken as hung (a lockup report also counts).
 const SILENCE_LIMIT: Duration = Duration::from_secs(45);
 
 pub struct RigRun {
@@ -72,7 +72,7 @@ pub fn run_scenario(scenario: &str, timeout: Duration, markers: &[&str]) -> RigR
             }
         }
     }
-    panic!("rig: scenario {scenario} hung twice (console silent for {SILENCE_LIMIT:?}); logs under build/rig-logs");
+    panic!("rig: scenario {scenario} hung twice (console silent for {SILENCE_LIMIT:?} or an L1 lockup report); logs under build/rig-logs");
 }
 
 fn attempt_once(scenario: &str, timeout: Duration, markers: &[&str], attempt: u32) -> Attempt {
@@ -116,6 +116,13 @@ fn attempt_once(scenario: &str, timeout: Duration, markers: &[&str], attempt: u3
                 }
                 if line.contains("RIG-RESULT:") {
                     verdict = Some(line.clone());
+                }
+                // The L1 kernel noticed one of its CPUs stuck (the same TCG wake-up loss seen
+                // as an IPI that is never answered): this attempt will not finish.
+                if line.contains("soft lockup") || line.contains("rcu_sched self-detected stall") || line.contains("rcu: INFO: rcu_preempt") {
+                    console.push(line);
+                    hung = true;
+                    break;
                 }
                 console.push(line);
                 if verdict.is_some() {
