@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
 
-use super::{GuestMemoryMmap, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
+use virtio_queue::QueueState;
+
+use super::{GuestMemoryMmap, QueueSnapshot, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1};
 use crate::BusDevice;
 
 const MAGIC_VALUE: u32 = 0x7472_6976; // "virt"
@@ -58,6 +60,38 @@ pub struct MmioTransport {
     queue_sel: u32,
     status: u32,
     config_generation: u32,
+    /// While frozen (a migration's final phase), notifications are not processed; thawing
+    /// re-runs every queue so none is lost.
+    frozen: bool,
+}
+
+/// Everything the transport and its device need to continue on another host.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TransportSnapshot {
+    pub device_type: u32,
+    pub status: u32,
+    pub driver_features: u64,
+    pub device_features_sel: u32,
+    pub driver_features_sel: u32,
+    pub queue_sel: u32,
+    pub interrupt_status: u32,
+    pub config_generation: u32,
+    /// The queues: as configured before activation, or as the device holds them after.
+    pub queues: Vec<QueueSnapshot>,
+    #[serde(with = "serde_bytes", default)]
+    pub extra: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("device type {found} where the source had {expected}")]
+    DeviceType { expected: u32, found: u32 },
+    #[error("{given} queues in the state, the device has {expected}")]
+    QueueCount { given: usize, expected: usize },
+    #[error("queue {0} state is invalid: {1}")]
+    Queue(usize, String),
+    #[error("activation failed: {0}")]
+    Activate(#[from] super::ActivateError),
 }
 
 impl MmioTransport {
@@ -74,7 +108,93 @@ impl MmioTransport {
             queue_sel: 0,
             status: 0,
             config_generation: 0,
+            frozen: false,
         }
+    }
+
+    pub fn snapshot(&self) -> TransportSnapshot {
+        let queues = if self.status & STATUS_DRIVER_OK != 0 {
+            self.device.queue_states().into_iter().map(QueueSnapshot::from).collect()
+        } else {
+            self.queues.iter().map(|q| QueueSnapshot::from(q.state())).collect()
+        };
+        TransportSnapshot {
+            device_type: self.device.device_type(),
+            status: self.status,
+            driver_features: self.driver_features,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            queue_sel: self.queue_sel,
+            interrupt_status: self.interrupt.status(),
+            config_generation: self.config_generation,
+            queues,
+            extra: self.device.save_extra(),
+        }
+    }
+
+    /// Restores a snapshot into this (fresh) transport; it stays frozen until [`Self::thaw`].
+    pub fn restore(&mut self, s: &TransportSnapshot) -> Result<(), RestoreError> {
+        let found = self.device.device_type();
+        if s.device_type != found {
+            return Err(RestoreError::DeviceType { expected: s.device_type, found });
+        }
+        let expected = self.device.queue_max_sizes().len();
+        if s.queues.len() != expected {
+            return Err(RestoreError::QueueCount { given: s.queues.len(), expected });
+        }
+        let mut queues = Vec::with_capacity(expected);
+        for (i, (q, &max)) in s.queues.iter().zip(self.device.queue_max_sizes()).enumerate() {
+            if q.max_size != max {
+                return Err(RestoreError::Queue(i, format!("max size {} where the device has {max}", q.max_size)));
+            }
+            queues.push(Queue::try_from(QueueState::from(*q)).map_err(|e| RestoreError::Queue(i, format!("{e:?}")))?);
+        }
+        self.frozen = true;
+        self.status = s.status;
+        self.driver_features = s.driver_features;
+        self.device_features_sel = s.device_features_sel;
+        self.driver_features_sel = s.driver_features_sel;
+        self.queue_sel = s.queue_sel;
+        self.config_generation = s.config_generation;
+        self.interrupt.set_status(s.interrupt_status);
+        if s.status & STATUS_FEATURES_OK != 0 {
+            self.device.set_driver_features(s.driver_features);
+        }
+        if s.status & STATUS_DRIVER_OK != 0 && s.status & STATUS_DEVICE_NEEDS_RESET == 0 {
+            self.device.activate(self.mem.clone(), self.interrupt.clone(), queues)?;
+        } else {
+            self.queues = queues;
+        }
+        self.device.restore_extra(&s.extra);
+        Ok(())
+    }
+
+    /// Stops processing notifications (they are picked up again by [`Self::thaw`]).
+    pub fn freeze(&mut self) {
+        self.frozen = true;
+    }
+
+    /// Resumes processing and re-runs every queue, then raises the interrupt once: a kick or
+    /// an interrupt that fell into the frozen window (or a migration) must not be lost.
+    pub fn thaw(&mut self) {
+        self.frozen = false;
+        if self.is_active() {
+            self.process_all_queues();
+            self.interrupt.signal_used_queue();
+        }
+    }
+
+    fn process_all_queues(&mut self) {
+        for i in 0..self.device.queue_max_sizes().len() {
+            if !self.device.process_queue(i) {
+                self.needs_reset();
+                return;
+            }
+        }
+    }
+
+    pub fn is_frozen(&self) -> bool {
+        self.frozen
     }
 
     fn fresh_queues(device: &dyn VirtioDevice) -> Vec<Queue> {
@@ -103,7 +223,7 @@ impl MmioTransport {
 
     /// Called by the event loop when the guest notified queue `index`.
     pub fn notify_queue(&mut self, index: usize) {
-        if !self.is_active() {
+        if !self.is_active() || self.frozen {
             return;
         }
         if !self.device.process_queue(index) {
@@ -221,6 +341,12 @@ impl MmioTransport {
         if let Err(e) = self.device.activate(self.mem.clone(), self.interrupt.clone(), queues) {
             log::warn!("virtio-mmio: activation failed: {e}");
             self.needs_reset();
+            return;
+        }
+        // Buffers posted before the driver set DRIVER_OK (and frames already waiting on a
+        // backend) are picked up now.
+        if !self.frozen {
+            self.process_all_queues();
         }
     }
 
@@ -314,6 +440,9 @@ pub(crate) mod tests {
             self.0.lock().unwrap().notified.push(index);
             true
         }
+        fn queue_states(&self) -> Vec<QueueState> {
+            vec![Queue::new(16).unwrap().state(), Queue::new(8).unwrap().state()]
+        }
     }
 
     pub fn memory() -> GuestMemoryMmap {
@@ -381,8 +510,9 @@ pub(crate) mod tests {
         wr(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
         assert_eq!(log.lock().unwrap().activated, Some(2));
         assert_eq!(log.lock().unwrap().features, VIRTIO_F_VERSION_1 | 1);
+        // Activation runs every queue once (buffers posted before DRIVER_OK), then the kick.
         wr(&mut t, REG_QUEUE_NOTIFY, 1);
-        assert_eq!(log.lock().unwrap().notified, vec![1]);
+        assert_eq!(log.lock().unwrap().notified, vec![0, 1, 1]);
         // Queue setup is frozen once the driver is done.
         wr(&mut t, REG_QUEUE_SEL, 0);
         wr(&mut t, REG_QUEUE_READY, 0);
@@ -390,6 +520,52 @@ pub(crate) mod tests {
         wr(&mut t, REG_STATUS, 0);
         assert_eq!(log.lock().unwrap().resets, 1);
         assert_eq!(rd(&mut t, REG_STATUS), 0);
+    }
+
+    fn activated() -> (MmioTransport, Arc<Mutex<Log>>) {
+        let (mut t, log) = transport();
+        wr(&mut t, REG_DRIVER_FEATURES_SEL, 1);
+        wr(&mut t, REG_DRIVER_FEATURES, 1);
+        wr(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        setup_queue(&mut t, 0, 0x10000);
+        setup_queue(&mut t, 1, 0x20000);
+        wr(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        (t, log)
+    }
+
+    #[test]
+    fn frozen_transports_defer_notifications_until_thawed() {
+        let (mut t, log) = activated();
+        log.lock().unwrap().notified.clear();
+        t.freeze();
+        wr(&mut t, REG_QUEUE_NOTIFY, 0);
+        assert!(log.lock().unwrap().notified.is_empty());
+        t.thaw();
+        assert_eq!(log.lock().unwrap().notified, vec![0, 1], "every queue re-run");
+        assert_ne!(rd(&mut t, REG_INTERRUPT_STATUS) & super::super::INTERRUPT_USED_RING, 0);
+    }
+
+    #[test]
+    fn snapshot_restores_into_a_fresh_transport() {
+        let (t, _) = activated();
+        let snap = t.snapshot();
+        assert_eq!(snap.queues.len(), 2);
+        let (mut fresh, log) = transport();
+        fresh.restore(&snap).unwrap();
+        assert_eq!(log.lock().unwrap().activated, Some(2));
+        assert_eq!(log.lock().unwrap().features, VIRTIO_F_VERSION_1);
+        assert!(fresh.is_frozen());
+        assert!(log.lock().unwrap().notified.is_empty(), "nothing runs before thaw");
+        assert_eq!(rd(&mut fresh, REG_STATUS), snap.status);
+        let mut wrong = snap.clone();
+        wrong.device_type = 1;
+        assert!(matches!(transport().0.restore(&wrong), Err(RestoreError::DeviceType { .. })));
+        let mut bad = snap.clone();
+        bad.queues[1].size = 3; // not a power of two
+        assert!(matches!(transport().0.restore(&bad), Err(RestoreError::Queue(1, _))));
+        let mut short = snap;
+        short.queues.pop();
+        assert!(matches!(transport().0.restore(&short), Err(RestoreError::QueueCount { .. })));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueState};
 use vm_memory::bitmap::AtomicBitmap;
 
 use crate::Interrupt;
@@ -103,6 +103,71 @@ pub trait VirtioDevice: Send {
     }
     /// One of [`Self::backend_fds`] is readable.
     fn process_backend(&mut self, _fd: RawFd) {}
+    /// State of the queues while active (they belong to the device after activation).
+    fn queue_states(&self) -> Vec<QueueState> {
+        Vec::new()
+    }
+    /// Device-specific state that must move with the VM (e.g. a received frame not yet delivered).
+    fn save_extra(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn restore_extra(&mut self, _extra: &[u8]) {}
+    /// Let go of host resources another host will take over (the disk lock at migration commit).
+    fn release_backend(&mut self) {}
+    /// Take the host resources back (after a migration commit on the destination).
+    fn acquire_backend(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+    /// Make completed writes durable (disk flush before the final migration state).
+    fn flush_backend(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// A queue's state in a form that serialises (virtio-queue's QueueState has no serde).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueSnapshot {
+    pub max_size: u16,
+    pub next_avail: u16,
+    pub next_used: u16,
+    pub event_idx_enabled: bool,
+    pub size: u16,
+    pub ready: bool,
+    pub desc_table: u64,
+    pub avail_ring: u64,
+    pub used_ring: u64,
+}
+
+impl From<QueueState> for QueueSnapshot {
+    fn from(q: QueueState) -> Self {
+        QueueSnapshot {
+            max_size: q.max_size,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx_enabled: q.event_idx_enabled,
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
+    }
+}
+
+impl From<QueueSnapshot> for QueueState {
+    fn from(q: QueueSnapshot) -> Self {
+        QueueState {
+            max_size: q.max_size,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx_enabled: q.event_idx_enabled,
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
+    }
 }
 
 /// Copies a little-endian config structure's bytes at `offset` into `data`; reads past the

@@ -111,8 +111,6 @@ impl VirtioDevice for Block {
         }
         let queue = queues.remove(0);
         self.active = Some(Active { mem, interrupt, queue });
-        // Requests posted before the notification eventfd was wired are picked up now.
-        self.process_requests();
         Ok(())
     }
 
@@ -126,6 +124,24 @@ impl VirtioDevice for Block {
             return true;
         }
         self.process_requests()
+    }
+
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        self.active.iter().map(|a| a.queue.state()).collect()
+    }
+
+    fn release_backend(&mut self) {
+        self.disk.unlock();
+    }
+
+    fn acquire_backend(&mut self) -> Result<(), String> {
+        self.disk.lock().map_err(|e| e.to_string())?;
+        self.disk.drop_cache();
+        Ok(())
+    }
+
+    fn flush_backend(&mut self) -> Result<(), String> {
+        self.disk.flush().map_err(|e| format!("flush of {} failed: {e}", self.disk.path().display()))
     }
 }
 

@@ -44,14 +44,22 @@ pub struct Disk {
 const DIRECT_ALIGN: usize = 4096;
 
 impl Disk {
+    /// Opens the disk and takes its lock.
     pub fn open(opts: &DiskOptions) -> Result<Self, DiskError> {
+        let disk = Self::open_unlocked(opts)?;
+        disk.lock()?;
+        Ok(disk)
+    }
+
+    /// Opens the disk without locking it: a migration destination does this before the source
+    /// lets go, and takes the lock at commit.
+    pub fn open_unlocked(opts: &DiskOptions) -> Result<Self, DiskError> {
         let mut oo = OpenOptions::new();
         oo.read(true).write(!opts.readonly);
         if opts.direct {
             oo.custom_flags(libc::O_DIRECT);
         }
         let file = oo.open(&opts.path).map_err(|e| DiskError::Open(opts.path.clone(), e))?;
-        lock(&file, &opts.path, opts.readonly)?;
         let size = size_of(&file).map_err(|e| DiskError::Size(opts.path.clone(), e))?;
         if size < SECTOR_SIZE {
             return Err(DiskError::Empty(opts.path.clone()));
@@ -61,6 +69,32 @@ impl Disk {
         let n = serial.len().min(ID_BYTES);
         id[..n].copy_from_slice(&serial.as_bytes()[..n]);
         Ok(Disk { file, path: opts.path.clone(), size, readonly: opts.readonly, direct: opts.direct, id })
+    }
+
+    /// Takes the lock (see [`lock`]).
+    pub fn lock(&self) -> Result<(), DiskError> {
+        lock(&self.file, &self.path, self.readonly)
+    }
+
+    /// Releases the lock, so another host's VMM can take the disk over.
+    pub fn unlock(&self) {
+        // SAFETY: flock is plain data; zeroed is a valid value to fill in.
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = libc::F_UNLCK as libc::c_short;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        // SAFETY: F_OFD_SETLK with a valid descriptor and a live flock struct.
+        unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+    }
+
+    /// Forgets cached contents, so reads see what another host wrote to shared storage.
+    pub fn drop_cache(&self) {
+        // SAFETY: advisory call on a valid descriptor.
+        unsafe { libc::posix_fadvise(self.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        if self.file.metadata().map(|m| !m.is_file()).unwrap_or(false) {
+            const BLKFLSBUF: libc::c_ulong = 0x1261;
+            // SAFETY: BLKFLSBUF takes no argument; on a non-block device it fails harmlessly.
+            unsafe { libc::ioctl(self.file.as_raw_fd(), BLKFLSBUF, 0) };
+        }
     }
 
     pub fn path(&self) -> &Path {

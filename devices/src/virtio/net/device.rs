@@ -190,8 +190,6 @@ impl VirtioDevice for Net {
             .try_into()
             .map_err(|q: Vec<Queue>| ActivateError::QueueCount { given: q.len(), needed: 2 })?;
         self.active = Some(Active { mem, interrupt, rx, tx });
-        self.process_tx();
-        self.process_rx();
         Ok(())
     }
 
@@ -214,6 +212,18 @@ impl VirtioDevice for Net {
 
     fn process_backend(&mut self, _fd: RawFd) {
         self.process_rx();
+    }
+
+    fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        self.active.iter().flat_map(|a| [a.rx.state(), a.tx.state()]).collect()
+    }
+
+    fn save_extra(&self) -> Vec<u8> {
+        self.rx_pending.clone().unwrap_or_default()
+    }
+
+    fn restore_extra(&mut self, extra: &[u8]) {
+        self.rx_pending = (!extra.is_empty() && extra.len() <= MAX_FRAME_LEN).then(|| extra.to_vec());
     }
 }
 
