@@ -1,8 +1,18 @@
 //! Live migration: the versioned state envelope, the wire framing, authentication, dirty-page
-//! bookkeeping and (in later modules) the sender and receiver state machines, written against
-//! traits the VMM implements so the protocol is testable without /dev/kvm.
+//! bookkeeping, and the sender and receiver state machines, written against the [`vm`] traits
+//! the VMM implements, so the protocol is testable without /dev/kvm.
 
 pub mod auth;
 pub mod dirty;
 pub mod envelope;
+pub mod progress;
+pub mod protocol;
+pub mod receiver;
+pub mod sender;
+pub mod vm;
 pub mod wire;
+
+pub use protocol::MigrationError;
+
+#[cfg(test)]
+mod tests;

@@ -1,4 +1,5 @@
-//! Framing of the migration stream: every message is `[kind: u8][length: u32 le][payload]`.
+//! Framing of the migration stream: every message is
+//! `[kind: u8][length: u32 le][crc32 of payload: u32 le][payload]`.
 //! Lengths are checked against a limit before any allocation, so a hostile or corrupted
 //! stream ends with an error rather than an out-of-memory abort. Memory travels as raw page
 //! bytes in `Pages` frames; everything else is a state envelope.
@@ -10,6 +11,8 @@ pub const MAX_FRAME: usize = 8 << 20;
 /// Pages per `Pages` frame at most (4 MiB of data).
 pub const MAX_PAGES_PER_FRAME: usize = 1024;
 pub const PAGE_SIZE: usize = 4096;
+/// Frame header: kind, length, CRC32.
+pub const HEADER_LEN: usize = 9;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -59,6 +62,8 @@ pub enum WireError {
     UnknownKind(u8),
     #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
     TooLarge(usize),
+    #[error("{0:?} frame failed its checksum (corrupted in transit)")]
+    Checksum(FrameKind),
     #[error("malformed pages frame: {0}")]
     BadPages(String),
     #[error("expected a {expected:?} frame, got {got:?}")]
@@ -77,16 +82,17 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, kind: FrameKind, payl
     if payload.len() > MAX_FRAME {
         return Err(WireError::TooLarge(payload.len()));
     }
-    let mut header = [0u8; 5];
+    let mut header = [0u8; HEADER_LEN];
     header[0] = kind as u8;
     header[1..5].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    header[5..9].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
     w.write_all(&header).await?;
     w.write_all(payload).await?;
     Ok(())
 }
 
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, WireError> {
-    let mut header = [0u8; 5];
+    let mut header = [0u8; HEADER_LEN];
     r.read_exact(&mut header).await?;
     let kind = FrameKind::from_u8(header[0]).ok_or(WireError::UnknownKind(header[0]))?;
     let len = u32::from_le_bytes(header[1..5].try_into().unwrap()) as usize;
@@ -95,6 +101,9 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, WireEr
     }
     let mut payload = vec![0u8; len];
     r.read_exact(&mut payload).await?;
+    if crc32fast::hash(&payload) != u32::from_le_bytes(header[5..9].try_into().unwrap()) {
+        return Err(WireError::Checksum(kind));
+    }
     if kind == FrameKind::Error {
         return Err(WireError::Remote(String::from_utf8_lossy(&payload).into_owned()));
     }
@@ -201,16 +210,18 @@ mod tests {
         let f = read_frame(&mut b).await.unwrap();
         assert_eq!((f.kind, f.payload.as_slice()), (FrameKind::Config, &b"hello"[..]));
         // An oversized length is refused before allocating.
-        a.write_all(&[6, 0xff, 0xff, 0xff, 0x7f]).await.unwrap();
+        a.write_all(&[6, 0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0]).await.unwrap();
         assert!(matches!(read_frame(&mut b).await, Err(WireError::TooLarge(_))));
         let (mut a, mut b) = tokio::io::duplex(1 << 20);
-        a.write_all(&[99, 0, 0, 0, 0]).await.unwrap();
+        a.write_all(&[99, 0, 0, 0, 0, 0, 0, 0, 0]).await.unwrap();
         assert!(matches!(read_frame(&mut b).await, Err(WireError::UnknownKind(99))));
         write_frame(&mut a, FrameKind::Error, b"disk missing").await.unwrap();
         match read_frame(&mut b).await {
             Err(WireError::Remote(m)) => assert_eq!(m, "disk missing"),
             other => panic!("{other:?}"),
         }
+        a.write_all(&[4, 2, 0, 0, 0, 0, 0, 0, 0, b'h', b'i']).await.unwrap();
+        assert!(matches!(read_frame(&mut b).await, Err(WireError::Checksum(FrameKind::Config))));
         drop(a);
         assert!(matches!(read_frame(&mut b).await, Err(WireError::Io(_))));
     }

@@ -1,0 +1,266 @@
+//! The source side: rounds of memory while the guest runs, a switchover chosen by measured
+//! bandwidth against the downtime budget, then state, commit.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::auth::Key;
+use crate::dirty::{is_zero_page, DirtyBitmap};
+use crate::progress::{Progress, RoundStats, Summary};
+use crate::protocol::{authenticate_source, exchange_hello, Hello, MigrationError};
+use crate::vm::{RamRegion, SourceVm};
+use crate::wire::{self, FrameKind, PagesBuilder, WireError, MAX_PAGES_PER_FRAME, PAGE_SIZE};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnTimeout {
+    /// Give up and keep the guest running on the source.
+    Cancel,
+    /// Pause the guest and copy what is left (a longer pause, but the migration completes).
+    Force,
+}
+
+#[derive(Clone)]
+pub struct SendOptions {
+    /// Stop-and-copy from the start.
+    pub offline: bool,
+    pub downtime_budget: Duration,
+    /// Bytes per second, 0 for no limit.
+    pub max_bandwidth: u64,
+    pub max_rounds: u32,
+    pub timeout: Duration,
+    pub on_timeout: OnTimeout,
+    pub auto_converge: bool,
+    pub key: Option<Key>,
+}
+
+impl Default for SendOptions {
+    fn default() -> Self {
+        SendOptions {
+            offline: false,
+            downtime_budget: Duration::from_millis(300),
+            max_bandwidth: 0,
+            max_rounds: 30,
+            timeout: Duration::from_secs(600),
+            on_timeout: OnTimeout::Force,
+            auto_converge: true,
+            key: None,
+        }
+    }
+}
+
+/// Sends `vm` over `stream`. On an error before commit the guest is running on the source
+/// again when this returns.
+pub async fn send<S, F>(stream: &mut S, vm: &dyn SourceVm, opts: &SendOptions, mut progress: F) -> Result<Summary, MigrationError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnMut(&Progress),
+{
+    let started = Instant::now();
+    let mut run = Run { vm, opts, summary: Summary::default(), paused_at: None, sent: 0 };
+    match run.precopy_and_switch(stream, &mut progress, started).await {
+        Ok(()) => {}
+        Err(e) => {
+            // Tell the destination to discard its half-built VM; ignore a dead connection.
+            let _ = wire::write_frame(stream, FrameKind::Error, e.to_string().as_bytes()).await;
+            vm.stop_dirty_log();
+            vm.throttle(0);
+            if run.paused_at.is_some() {
+                vm.resume().map_err(MigrationError::Source)?;
+            }
+            return Err(e);
+        }
+    }
+    // Point of no return: from here the source never runs the guest again.
+    wire::write_frame(stream, FrameKind::Commit, &[]).await.map_err(|e| MigrationError::AfterCommit(e.to_string()))?;
+    vm.release();
+    let resumed = tokio::time::timeout(Duration::from_secs(60), wire::expect_frame(stream, FrameKind::Resumed)).await;
+    match resumed {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(MigrationError::AfterCommit(e.to_string())),
+        Err(_) => return Err(MigrationError::AfterCommit("no answer within 60 s".into())),
+    }
+    let mut summary = run.summary;
+    summary.downtime_ms = run.paused_at.map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0);
+    summary.total_seconds = started.elapsed().as_secs_f64();
+    summary.bytes_sent = run.sent;
+    summary.throughput_bytes_per_sec = run.sent as f64 / summary.total_seconds.max(1e-6);
+    Ok(summary)
+}
+
+struct Run<'a> {
+    vm: &'a dyn SourceVm,
+    opts: &'a SendOptions,
+    summary: Summary,
+    paused_at: Option<Instant>,
+    sent: u64,
+}
+
+impl Run<'_> {
+    async fn precopy_and_switch<S, F>(&mut self, stream: &mut S, progress: &mut F, started: Instant) -> Result<(), MigrationError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+        F: FnMut(&Progress),
+    {
+        let theirs = exchange_hello(stream, &Hello::new(false), true).await?;
+        authenticate_source(stream, self.opts.key.as_ref(), theirs.auth_required).await?;
+        let config = self.vm.config().map_err(MigrationError::Source)?;
+        wire::write_frame(stream, FrameKind::Config, &config).await?;
+        wire::expect_frame(stream, FrameKind::Accept).await.map_err(|e| match e {
+            WireError::Remote(m) => MigrationError::Refused(m),
+            other => MigrationError::Wire(other),
+        })?;
+
+        let regions = self.vm.regions();
+        if self.opts.offline {
+            self.pause()?;
+            self.summary.switchover = "offline".into();
+        } else {
+            self.vm.start_dirty_log().map_err(MigrationError::Source)?;
+        }
+        // Round 0: everything that is not zero.
+        let mut dirty: Vec<DirtyBitmap> = regions.iter().map(|r| DirtyBitmap::full(r.pages)).collect();
+        let mut round = 0u32;
+        let mut bandwidth = 0f64;
+        let mut throttle = 0u8;
+        loop {
+            let t0 = Instant::now();
+            let stats = self.send_round(stream, &regions, &dirty, round).await?;
+            let secs = t0.elapsed().as_secs_f64().max(1e-6);
+            if stats.bytes > 0 {
+                bandwidth = bandwidth.max(stats.bytes as f64 / secs);
+            }
+            if self.paused_at.is_some() {
+                self.summary.rounds_detail.push(stats);
+                break;
+            }
+            dirty = self.vm.take_dirty().map_err(MigrationError::Source)?;
+            let dirty_pages: u64 = dirty.iter().map(|d| d.count() as u64).sum();
+            let remaining = dirty_pages * PAGE_SIZE as u64;
+            let dirty_rate = remaining as f64 / secs;
+            let expected_ms = if bandwidth > 0.0 { remaining as f64 / bandwidth * 1000.0 } else { 0.0 };
+            let mut stats = stats;
+            stats.seconds = secs;
+            stats.dirty_pages_after = dirty_pages;
+            log::info!(
+                "migration round {round}: sent {} pages ({} zero skipped) in {:.3} s, {:.1} MiB/s, {} pages dirty, expected downtime {:.0} ms",
+                stats.pages_sent, stats.zero_pages, secs, bandwidth / 1048576.0, dirty_pages, expected_ms
+            );
+            self.summary.rounds_detail.push(stats);
+            progress(&Progress {
+                round,
+                remaining_bytes: remaining,
+                rate_bytes_per_sec: bandwidth,
+                dirty_rate_bytes_per_sec: dirty_rate,
+                expected_downtime_ms: expected_ms,
+                bytes_sent: self.sent,
+                throttle_percent: throttle,
+            });
+            round += 1;
+            let budget_ms = self.opts.downtime_budget.as_secs_f64() * 1000.0;
+            let converged = round > 1 && expected_ms <= budget_ms;
+            let out_of_rounds = round >= self.opts.max_rounds;
+            let out_of_time = started.elapsed() >= self.opts.timeout;
+            if converged || out_of_rounds || out_of_time {
+                if !converged && self.opts.on_timeout == OnTimeout::Cancel {
+                    let why = if out_of_time { "timeout" } else { "round limit" };
+                    return Err(MigrationError::NotConverged(format!(
+                        "{why} reached after {round} rounds with {dirty_pages} pages dirty (expected downtime {expected_ms:.0} ms, budget {budget_ms:.0} ms); the guest keeps running here"
+                    )));
+                }
+                self.summary.switchover =
+                    if converged { "converged" } else if out_of_time { "timeout-forced" } else { "round-limit" }.into();
+                self.pause()?;
+                // The last writes before the pause, and any the VMM made while pausing.
+                let last = self.vm.take_dirty().map_err(MigrationError::Source)?;
+                for (d, l) in dirty.iter_mut().zip(&last) {
+                    d.union_with(l);
+                }
+            } else if self.opts.auto_converge && round >= 2 && dirty_rate > bandwidth * 0.5 && throttle < 90 {
+                // The guest dirties memory faster than half the link: take CPU time from it.
+                throttle = (throttle + 20).min(90);
+                self.vm.throttle(throttle);
+            }
+        }
+        self.vm.stop_dirty_log();
+        self.vm.throttle(0);
+        let state = self.vm.save_state().map_err(MigrationError::Source)?;
+        wire::write_frame(stream, FrameKind::State, &state).await?;
+        self.sent += state.len() as u64;
+        wire::expect_frame(stream, FrameKind::Ready).await.map_err(|e| match e {
+            WireError::Remote(m) => MigrationError::Target(m),
+            other => MigrationError::Wire(other),
+        })?;
+        self.summary.rounds = round + 1;
+        Ok(())
+    }
+
+    fn pause(&mut self) -> Result<(), MigrationError> {
+        self.vm.pause().map_err(MigrationError::Source)?;
+        self.paused_at = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn send_round<S>(&mut self, stream: &mut S, regions: &[RamRegion], dirty: &[DirtyBitmap], round: u32) -> Result<RoundStats, MigrationError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut stats = RoundStats { round, ..Default::default() };
+        let skip_zero = round == 0;
+        let mut frame = PagesBuilder::new();
+        let mut buf = vec![0u8; MAX_PAGES_PER_FRAME * PAGE_SIZE];
+        let round_start = Instant::now();
+        for (region, bitmap) in regions.iter().zip(dirty) {
+            for (first, count) in bitmap.runs(MAX_PAGES_PER_FRAME) {
+                let gpa = region.gpa + (first * PAGE_SIZE) as u64;
+                let data = &mut buf[..count * PAGE_SIZE];
+                self.vm.read_memory(gpa, data).map_err(MigrationError::Source)?;
+                // Split the run into sub-runs of pages worth sending.
+                let mut i = 0;
+                while i < count {
+                    if skip_zero && is_zero_page(&data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]) {
+                        stats.zero_pages += 1;
+                        i += 1;
+                        continue;
+                    }
+                    let start = i;
+                    while i < count && (i - start) < frame.room() && !(skip_zero && is_zero_page(&data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE])) {
+                        i += 1;
+                    }
+                    frame.push((gpa / PAGE_SIZE as u64) + start as u64, &data[start * PAGE_SIZE..i * PAGE_SIZE]);
+                    stats.pages_sent += (i - start) as u64;
+                    if frame.room() == 0 {
+                        self.flush(stream, &mut frame, &mut stats, round_start).await?;
+                    }
+                }
+            }
+        }
+        self.flush(stream, &mut frame, &mut stats, round_start).await?;
+        wire::write_frame(stream, FrameKind::RoundEnd, &round.to_le_bytes()).await?;
+        self.summary.pages_sent += stats.pages_sent;
+        self.summary.zero_pages_skipped += stats.zero_pages;
+        Ok(stats)
+    }
+
+    async fn flush<S>(&mut self, stream: &mut S, frame: &mut PagesBuilder, stats: &mut RoundStats, round_start: Instant) -> Result<(), MigrationError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if frame.is_empty() {
+            return Ok(());
+        }
+        let payload = std::mem::take(frame).finish();
+        wire::write_frame(stream, FrameKind::Pages, &payload).await?;
+        stats.bytes += payload.len() as u64;
+        self.sent += (payload.len() + wire::HEADER_LEN) as u64;
+        if self.opts.max_bandwidth > 0 {
+            // Stay under the cap: sleep until the bytes of this round fit in the time spent.
+            let due = Duration::from_secs_f64(stats.bytes as f64 / self.opts.max_bandwidth as f64);
+            let spent = round_start.elapsed();
+            if due > spent {
+                tokio::time::sleep(due - spent).await;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,302 @@
+//! The protocol end to end between a fake source and a fake destination over an in-memory
+//! pipe: live convergence with a guest that keeps writing, zero-page skipping, auth, refusals,
+//! and broken streams (the source must be running again after every failure before commit).
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::auth::Key;
+use crate::dirty::DirtyBitmap;
+use crate::receiver::receive;
+use crate::sender::{send, OnTimeout, SendOptions};
+use crate::vm::{RamRegion, SourceVm, TargetBuilder, TargetVm, VmResult};
+use crate::MigrationError;
+
+const PAGES: usize = 256;
+
+/// A "guest" whose memory is a Vec; every take_dirty, while running, it rewrites a few pages.
+struct FakeSource {
+    mem: Mutex<Vec<u8>>,
+    dirty: Mutex<DirtyBitmap>,
+    running: AtomicBool,
+    writes_per_round: usize,
+    generation: AtomicU32,
+    released: AtomicBool,
+}
+
+impl FakeSource {
+    fn new(writes_per_round: usize) -> Self {
+        let mut mem = vec![0u8; PAGES * 4096];
+        // Half the pages hold data, the rest stay zero.
+        for p in 0..PAGES / 2 {
+            mem[p * 4096] = p as u8 | 1;
+        }
+        FakeSource {
+            mem: Mutex::new(mem),
+            dirty: Mutex::new(DirtyBitmap::new(PAGES)),
+            running: AtomicBool::new(true),
+            writes_per_round,
+            generation: AtomicU32::new(1),
+            released: AtomicBool::new(false),
+        }
+    }
+
+    fn guest_writes(&self) {
+        if !self.running.load(Ordering::SeqCst) {
+            return;
+        }
+        let g = self.generation.fetch_add(1, Ordering::SeqCst);
+        let mut mem = self.mem.lock().unwrap();
+        let mut dirty = self.dirty.lock().unwrap();
+        for i in 0..self.writes_per_round {
+            let page = (g as usize * 7 + i * 13) % PAGES;
+            mem[page * 4096 + 8..page * 4096 + 12].copy_from_slice(&g.to_le_bytes());
+            dirty.set(page);
+        }
+    }
+}
+
+impl SourceVm for FakeSource {
+    fn config(&self) -> VmResult<Vec<u8>> {
+        Ok(b"fake-config".to_vec())
+    }
+    fn regions(&self) -> Vec<RamRegion> {
+        vec![RamRegion { gpa: 0, pages: PAGES }]
+    }
+    fn read_memory(&self, gpa: u64, buf: &mut [u8]) -> VmResult<()> {
+        let mem = self.mem.lock().unwrap();
+        buf.copy_from_slice(&mem[gpa as usize..gpa as usize + buf.len()]);
+        Ok(())
+    }
+    fn start_dirty_log(&self) -> VmResult<()> {
+        self.dirty.lock().unwrap().clear();
+        Ok(())
+    }
+    fn stop_dirty_log(&self) {}
+    fn take_dirty(&self) -> VmResult<Vec<DirtyBitmap>> {
+        self.guest_writes();
+        let mut d = self.dirty.lock().unwrap();
+        let out = d.clone();
+        d.clear();
+        Ok(vec![out])
+    }
+    fn pause(&self) -> VmResult<()> {
+        self.running.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+    fn resume(&self) -> VmResult<()> {
+        self.running.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+    fn save_state(&self) -> VmResult<Vec<u8>> {
+        Ok(b"cpu-and-device-state".to_vec())
+    }
+    fn release(&self) {
+        self.released.store(true, Ordering::SeqCst);
+    }
+    fn throttle(&self, _percent: u8) {}
+}
+
+#[derive(Default)]
+struct Shared {
+    mem: Vec<u8>,
+    state: Vec<u8>,
+    resumed: bool,
+}
+
+struct FakeTarget(Arc<Mutex<Shared>>);
+
+impl TargetVm for FakeTarget {
+    fn regions(&self) -> Vec<RamRegion> {
+        vec![RamRegion { gpa: 0, pages: PAGES }]
+    }
+    fn write_memory(&mut self, gpa: u64, data: &[u8]) -> VmResult<()> {
+        self.0.lock().unwrap().mem[gpa as usize..gpa as usize + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+    fn restore_state(&mut self, state: &[u8]) -> VmResult<()> {
+        self.0.lock().unwrap().state = state.to_vec();
+        Ok(())
+    }
+    fn acquire(&mut self) -> VmResult<()> {
+        Ok(())
+    }
+    fn resume(&mut self) -> VmResult<()> {
+        self.0.lock().unwrap().resumed = true;
+        Ok(())
+    }
+}
+
+struct Builder {
+    shared: Arc<Mutex<Shared>>,
+    refuse: Option<String>,
+}
+
+impl TargetBuilder for Builder {
+    fn build(&mut self, config: &[u8]) -> VmResult<Box<dyn TargetVm>> {
+        if let Some(why) = &self.refuse {
+            return Err(why.clone());
+        }
+        assert_eq!(config, b"fake-config");
+        self.shared.lock().unwrap().mem = vec![0u8; PAGES * 4096];
+        Ok(Box::new(FakeTarget(self.shared.clone())))
+    }
+}
+
+fn key(s: &str) -> Key {
+    Key::new(s.as_bytes().to_vec()).unwrap()
+}
+
+struct Outcome {
+    source: Result<crate::progress::Summary, MigrationError>,
+    target: Result<(), MigrationError>,
+    shared: Arc<Mutex<Shared>>,
+    src: Arc<FakeSource>,
+}
+
+async fn migrate(src: FakeSource, opts: SendOptions, dest_key: Option<Key>, refuse: Option<String>) -> Outcome {
+    let (mut a, mut b) = tokio::io::duplex(1 << 20);
+    let src = Arc::new(src);
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    let mut builder = Builder { shared: shared.clone(), refuse };
+    let target = tokio::spawn(async move { receive(&mut b, &mut builder, dest_key.as_ref()).await.map(|_| ()) });
+    let source = send(&mut a, src.as_ref(), &opts, |_| {}).await;
+    drop(a);
+    let target = target.await.unwrap();
+    Outcome { source, target, shared, src }
+}
+
+#[tokio::test]
+async fn live_migration_converges_and_copies_memory_exactly() {
+    let opts = SendOptions { downtime_budget: Duration::from_secs(5), ..Default::default() };
+    let o = migrate(FakeSource::new(8), opts, None, None).await;
+    let summary = o.source.unwrap();
+    o.target.unwrap();
+    let shared = o.shared.lock().unwrap();
+    assert!(shared.resumed);
+    assert_eq!(shared.state, b"cpu-and-device-state");
+    assert_eq!(shared.mem, *o.src.mem.lock().unwrap(), "destination memory equals the paused source's");
+    assert!(o.src.released.load(Ordering::SeqCst));
+    assert!(!o.src.running.load(Ordering::SeqCst), "the source never resumes after commit");
+    assert_eq!(summary.switchover, "converged");
+    assert!(summary.rounds >= 2);
+    assert_eq!(summary.zero_pages_skipped, (PAGES / 2) as u64, "round 0 skips the zero pages");
+}
+
+#[tokio::test]
+async fn a_guest_that_never_converges_is_forced_or_cancelled_as_asked() {
+    let opts = SendOptions { downtime_budget: Duration::ZERO, max_rounds: 4, auto_converge: false, ..Default::default() };
+    let o = migrate(FakeSource::new(64), opts.clone(), None, None).await;
+    assert_eq!(o.source.unwrap().switchover, "round-limit");
+    assert_eq!(o.shared.lock().unwrap().mem, *o.src.mem.lock().unwrap());
+
+    let cancel = SendOptions { on_timeout: OnTimeout::Cancel, ..opts };
+    let o = migrate(FakeSource::new(64), cancel, None, None).await;
+    assert!(matches!(o.source, Err(MigrationError::NotConverged(_))), "{:?}", o.source.err());
+    assert!(o.target.is_err());
+    assert!(o.src.running.load(Ordering::SeqCst), "the guest keeps running on the source");
+    assert!(!o.src.released.load(Ordering::SeqCst));
+}
+
+#[tokio::test]
+async fn offline_migration_pauses_first() {
+    let opts = SendOptions { offline: true, ..Default::default() };
+    let o = migrate(FakeSource::new(8), opts, None, None).await;
+    let s = o.source.unwrap();
+    assert_eq!(s.switchover, "offline");
+    assert_eq!(s.rounds, 1);
+    assert_eq!(o.shared.lock().unwrap().mem, *o.src.mem.lock().unwrap());
+}
+
+#[tokio::test]
+async fn keys_must_match_on_both_ends() {
+    let with = |k: &str| SendOptions { key: Some(key(k)), ..Default::default() };
+    let o = migrate(FakeSource::new(1), with("0123456789abcdef"), Some(key("0123456789abcdef")), None).await;
+    o.source.unwrap();
+    let o = migrate(FakeSource::new(1), with("0123456789abcdef"), Some(key("fedcba9876543210")), None).await;
+    assert!(matches!(o.source, Err(MigrationError::Auth(_))), "{:?}", o.source.err());
+    assert!(matches!(o.target, Err(MigrationError::Auth(_))));
+    assert!(o.src.running.load(Ordering::SeqCst));
+    let o = migrate(FakeSource::new(1), SendOptions::default(), Some(key("0123456789abcdef")), None).await;
+    let err = o.source.unwrap_err().to_string();
+    assert!(err.contains("requires a key"), "{err}");
+    let o = migrate(FakeSource::new(1), with("0123456789abcdef"), None, None).await;
+    let err = o.source.unwrap_err().to_string();
+    assert!(err.contains("does not authenticate"), "{err}");
+}
+
+#[tokio::test]
+async fn a_refusal_reaches_the_source_with_its_reason() {
+    let o = migrate(FakeSource::new(1), SendOptions::default(), None, Some("disk /shared/x.img is missing".into())).await;
+    match o.source {
+        Err(MigrationError::Refused(m)) => assert!(m.contains("disk /shared/x.img is missing"), "{m}"),
+        other => panic!("{:?}", other.err()),
+    }
+    assert!(o.src.running.load(Ordering::SeqCst));
+}
+
+/// Forwards bytes from the source to the destination, damaging the stream at byte `at`:
+/// flipping a byte, or cutting the connection.
+async fn damaged(flip: bool, at: usize) -> Outcome {
+    let (mut a, mut a_far) = tokio::io::duplex(1 << 20);
+    let (mut b_far, mut b) = tokio::io::duplex(1 << 20);
+    let src = Arc::new(FakeSource::new(8));
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    let mut builder = Builder { shared: shared.clone(), refuse: None };
+    let target = tokio::spawn(async move { receive(&mut b, &mut builder, None).await.map(|_| ()) });
+    let proxy = tokio::spawn(async move {
+        let (mut ar, mut aw) = tokio::io::split(&mut a_far);
+        let (mut br, mut bw) = tokio::io::split(&mut b_far);
+        let up = async {
+            let mut seen = 0usize;
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let n = match ar.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if seen + n > at {
+                    if flip {
+                        buf[at - seen] ^= 0xff;
+                    } else {
+                        let _ = bw.write_all(&buf[..at - seen]).await;
+                        break;
+                    }
+                }
+                seen += n;
+                if bw.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+            let _ = bw.shutdown().await;
+        };
+        let down = async {
+            let _ = tokio::io::copy(&mut br, &mut aw).await;
+        };
+        if flip {
+            tokio::join!(up, down);
+        } else {
+            tokio::select! { _ = up => {}, _ = down => {} }
+        }
+    });
+    let source = send(&mut a, src.as_ref(), &SendOptions::default(), |_| {}).await;
+    drop(a);
+    let target = target.await.unwrap();
+    proxy.abort();
+    Outcome { source, target, shared, src }
+}
+
+#[tokio::test]
+async fn a_cut_or_corrupted_stream_fails_cleanly_and_the_source_keeps_running() {
+    for (flip, at) in [(false, 300), (false, 100_000), (true, 90), (true, 200_000)] {
+        let o = tokio::time::timeout(Duration::from_secs(20), damaged(flip, at)).await.unwrap_or_else(|_| panic!("flip={flip} at={at} hung"));
+        assert!(o.source.is_err(), "flip={flip} at={at}: the source must notice");
+        assert!(o.target.is_err(), "flip={flip} at={at}: the destination must discard");
+        assert!(!o.shared.lock().unwrap().resumed);
+        assert!(o.src.running.load(Ordering::SeqCst), "flip={flip} at={at}: source running again");
+        assert!(!o.src.released.load(Ordering::SeqCst));
+    }
+}

@@ -1,0 +1,59 @@
+//! What the protocol needs from a VM, on each side. The VMM implements these over KVM; tests
+//! implement them over plain memory.
+
+use crate::dirty::DirtyBitmap;
+
+/// A run of guest RAM: guest-physical start and number of 4 KiB pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RamRegion {
+    pub gpa: u64,
+    pub pages: usize,
+}
+
+pub type VmResult<T> = Result<T, String>;
+
+/// The running VM being migrated away.
+pub trait SourceVm: Send + Sync {
+    /// The VM's configuration as the destination needs it to build an empty twin (an envelope).
+    fn config(&self) -> VmResult<Vec<u8>>;
+    fn regions(&self) -> Vec<RamRegion>;
+    /// Copies guest memory at `gpa` into `buf`.
+    fn read_memory(&self, gpa: u64, buf: &mut [u8]) -> VmResult<()>;
+    /// Starts recording writes (KVM dirty log and the VMM's own writes) and forgets older ones.
+    fn start_dirty_log(&self) -> VmResult<()>;
+    fn stop_dirty_log(&self);
+    /// Pages written since the last call (or since start), one bitmap per region.
+    fn take_dirty(&self) -> VmResult<Vec<DirtyBitmap>>;
+    /// Stops the guest: vCPUs out of guest mode, devices frozen, disks flushed.
+    fn pause(&self) -> VmResult<()>;
+    /// Lets the guest run again (a migration that failed before commit).
+    fn resume(&self) -> VmResult<()>;
+    /// Device, vCPU and VM state of the paused guest (an envelope).
+    fn save_state(&self) -> VmResult<Vec<u8>>;
+    /// Lets go of what the destination takes over (disk locks); after this the source never runs the guest again.
+    fn release(&self);
+    /// Slows the vCPUs to `percent` of their time slices (auto-converge); 0 = no throttling.
+    fn throttle(&self, percent: u8);
+}
+
+/// An empty VM on the destination, built from the source's config.
+pub trait TargetVm: Send {
+    fn regions(&self) -> Vec<RamRegion>;
+    fn write_memory(&mut self, gpa: u64, data: &[u8]) -> VmResult<()>;
+    fn restore_state(&mut self, state: &[u8]) -> VmResult<()>;
+    /// Takes over what the source released (disk locks, page caches dropped).
+    fn acquire(&mut self) -> VmResult<()>;
+    /// Starts the guest (devices re-signalled, clock notified, MAC announced).
+    fn resume(&mut self) -> VmResult<()>;
+}
+
+/// Checks a source's config and builds the empty VM, or says why it cannot.
+pub trait TargetBuilder {
+    fn build(&mut self, config: &[u8]) -> VmResult<Box<dyn TargetVm>>;
+}
+
+/// Finds the region holding `pages` pages at `gpa`.
+pub fn region_index(regions: &[RamRegion], gpa: u64, pages: usize) -> Option<usize> {
+    let end = gpa.checked_add((pages as u64).checked_mul(4096)?)?;
+    regions.iter().position(|r| gpa >= r.gpa && end <= r.gpa + r.pages as u64 * 4096)
+}
