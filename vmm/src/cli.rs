@@ -8,11 +8,14 @@ use clap::{Args, Parser, Subcommand};
 
 use vmm::config::{self, VmConfig, DEFAULT_CMDLINE};
 use vmm::control::client::{self, ClientError};
-use vmm::control::protocol::{Request, VmInfo};
+use vmm::control::protocol::{MigrateRequest, Request, VmInfo};
+use vmm::migrate::transport::Endpoint;
 use vmm::paths;
 use vmm::run::{self, RunOptions};
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
+/// A migration reports progress every round; this long without a line means it is stuck.
+const MIGRATE_LINE_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// A KVM virtual machine monitor for x86-64 microVMs.
 ///
@@ -53,6 +56,43 @@ enum Command {
     Resume { name: String },
     /// Stop a VM: its `vmm run` process exits.
     Stop { name: String },
+    /// Move a running VM to another host (live pre-copy; --offline for stop-and-copy). The
+    /// destination waits with `vmm run --name NAME --incoming tcp:ADDR:PORT`; the disk must be
+    /// on shared storage at the same path there. On success the VM runs there and the local
+    /// `vmm run` exits; on failure before the switchover it keeps running here.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Args, Debug)]
+struct MigrateArgs {
+    name: String,
+    /// Destination: tcp:HOST:PORT or unix:PATH.
+    #[arg(long, value_name = "ENDPOINT")]
+    to: String,
+    /// Stop-and-copy: pause first, move, resume on the destination.
+    #[arg(long)]
+    offline: bool,
+    /// Longest acceptable pause of the guest at the switchover, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 300)]
+    downtime_ms: u64,
+    /// Bandwidth cap in MiB/s (0: none).
+    #[arg(long, value_name = "MIB_S", default_value_t = 0)]
+    max_bandwidth: u64,
+    /// Give up converging after this many seconds (see --on-timeout).
+    #[arg(long, value_name = "S", default_value_t = 600)]
+    timeout: u64,
+    /// Give up converging after this many rounds (see --on-timeout).
+    #[arg(long, value_name = "N", default_value_t = 30)]
+    max_rounds: u32,
+    /// When the guest does not converge in time: cancel (it keeps running here) or force a stop-and-copy.
+    #[arg(long, value_name = "cancel|force", default_value = "force")]
+    on_timeout: String,
+    /// Pre-shared key (at least 16 bytes) for mutual authentication; the destination needs the same.
+    #[arg(long, value_name = "FILE")]
+    auth_key_file: Option<PathBuf>,
+    /// Print the final summary as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -61,8 +101,17 @@ struct RunArgs {
     #[arg(long)]
     name: String,
     /// Kernel image: a bzImage or an ELF vmlinux (entered in 64-bit mode).
-    #[arg(long, value_name = "PATH")]
-    kernel: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "incoming")]
+    kernel: Option<PathBuf>,
+    /// Start empty and wait for this VM to arrive by migration on tcp:ADDR:PORT or unix:PATH.
+    #[arg(long, value_name = "ENDPOINT", conflicts_with_all = ["kernel", "initrd"])]
+    incoming: Option<String>,
+    /// With --incoming: accept only a source holding this pre-shared key (at least 16 bytes).
+    #[arg(long, value_name = "FILE", requires = "incoming")]
+    auth_key_file: Option<PathBuf>,
+    /// With --incoming on a non-loopback address: accept an unauthenticated source anyway.
+    #[arg(long, requires = "incoming")]
+    insecure: bool,
     /// Initial ramdisk (e.g. a gzip'd cpio archive).
     #[arg(long, value_name = "PATH")]
     initrd: Option<PathBuf>,
@@ -105,17 +154,92 @@ pub fn execute(cli: Cli) -> anyhow::Result<u8> {
         Command::Pause { name } => simple(&dir, &name, Request::Pause, "paused"),
         Command::Resume { name } => simple(&dir, &name, Request::Resume, "resumed"),
         Command::Stop { name } => simple(&dir, &name, Request::Stop, "stopped"),
+        Command::Migrate(args) => migrate(&dir, args),
     }
+}
+
+fn migrate(dir: &std::path::Path, args: MigrateArgs) -> anyhow::Result<u8> {
+    let req = MigrateRequest {
+        to: args.to.clone(),
+        offline: args.offline,
+        downtime_ms: Some(args.downtime_ms),
+        max_bandwidth_mib: Some(args.max_bandwidth),
+        timeout_secs: Some(args.timeout),
+        on_timeout: Some(args.on_timeout.clone()),
+        max_rounds: Some(args.max_rounds),
+        auth_key_file: args.auth_key_file.as_ref().map(|p| {
+            // The VM process reads the key: give it a path that does not depend on our cwd.
+            std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()).display().to_string()
+        }),
+    };
+    config::validate_name(&args.name)?;
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let socket = paths::socket_path(dir, &args.name);
+    let result = client::request_streaming(&socket, &args.name, &Request::Migrate(req), MIGRATE_LINE_TIMEOUT, |r| {
+        if let Some(p) = &r.progress {
+            let line = format!(
+                "round {:>2}  {:>8.1} MiB left  {:>7.1} MiB/s  dirtying {:>7.1} MiB/s  expected downtime {:>6.0} ms{}",
+                p.round,
+                p.remaining_bytes as f64 / 1048576.0,
+                p.rate_bytes_per_sec / 1048576.0,
+                p.dirty_rate_bytes_per_sec / 1048576.0,
+                p.expected_downtime_ms,
+                if p.throttle_percent > 0 { format!("  throttle {}%", p.throttle_percent) } else { String::new() }
+            );
+            if tty {
+                eprint!("\r{line}\x1b[K");
+            } else {
+                eprintln!("{line}");
+            }
+        }
+    });
+    if tty {
+        eprintln!();
+    }
+    let response = result.with_context(|| format!("migration of '{}' to {} failed", args.name, args.to))?;
+    let s = response.summary.context("the VM answered without a migration summary")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        println!(
+            "{}: migrated to {} in {:.2} s; downtime {:.1} ms; {:.1} MiB sent in {} rounds ({:.1} MiB/s, {} zero pages skipped, switchover: {})",
+            args.name,
+            args.to,
+            s.total_seconds,
+            s.downtime_ms,
+            s.bytes_sent as f64 / 1048576.0,
+            s.rounds,
+            s.throughput_bytes_per_sec / 1048576.0,
+            s.zero_pages_skipped,
+            s.switchover
+        );
+    }
+    Ok(0)
 }
 
 fn run_vm(args: RunArgs, runtime_dir: PathBuf) -> anyhow::Result<u8> {
     config::validate_name(&args.name)?;
+    if let Some(listen) = &args.incoming {
+        let listen = Endpoint::parse(listen).map_err(anyhow::Error::msg)?;
+        let key = match &args.auth_key_file {
+            Some(p) => Some(migration::auth::Key::from_file(p)?),
+            None => None,
+        };
+        if key.is_none() && !listen.is_local_only() && !args.insecure {
+            anyhow::bail!(
+                "refusing to accept guest memory on {listen} from anyone who connects: pass --auth-key-file FILE (the same key on both hosts), or --insecure on a trusted network"
+            );
+        }
+        let end = run::run_incoming(run::IncomingOptions { name: args.name.clone(), runtime_dir, listen, key })?;
+        eprintln!("vmm: {}", end.describe(&args.name));
+        return Ok(end.exit_code());
+    }
     let memory_bytes = config::parse_size(&args.memory)?;
     config::validate_memory(memory_bytes)?;
     let vcpus = config::validate_vcpus(args.vcpus)?;
     let config = VmConfig {
         name: args.name.clone(),
-        kernel: args.kernel,
+        kernel: args.kernel.context("--kernel is required")?,
         initrd: args.initrd,
         cmdline: args.cmdline,
         memory_bytes,

@@ -28,6 +28,12 @@ impl VirtioSubscriber {
     }
 }
 
+impl VirtioSubscriber {
+    pub fn transport(&self) -> Arc<Mutex<MmioTransport>> {
+        self.transport.clone()
+    }
+}
+
 impl MutEventSubscriber for VirtioSubscriber {
     fn init(&mut self, ops: &mut EventOps) {
         for (i, evt) in self.queue_events.iter().enumerate() {

@@ -1,13 +1,18 @@
 //! Events delivered to the thread that owns a running VM.
 
-use tokio::sync::oneshot;
+use tokio::sync::mpsc::UnboundedSender;
 
 use crate::control::protocol::{Request, Response};
 use crate::vcpu::VcpuOutcome;
 
+/// Where the answer to a control request goes: one or more lines, the last one final.
+pub type Responder = UnboundedSender<Response>;
+
 pub enum VmEvent {
     /// A control-socket request and where to send its answer.
-    Control(Request, oneshot::Sender<Response>),
+    Control(Request, Responder),
+    /// The migration worker finished (the VM left, or it failed and the guest runs here again).
+    MigrationFinished { result: Result<migration::progress::Summary, migration::MigrationError>, reply: Responder },
     /// The guest wrote the reset command to the i8042 controller.
     GuestReset,
     /// A vCPU thread ended on its own.

@@ -7,8 +7,24 @@ pub mod control;
 pub mod event_loop;
 pub mod events;
 pub mod host;
+pub mod machine;
 pub mod memory;
+pub mod migrate;
 pub mod paths;
 pub mod run;
 pub mod vcpu;
+pub mod vcpu_state;
 pub mod vm;
+pub mod vm_state;
+
+/// An error and its sources, joined by ": ".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -55,23 +55,34 @@ enum Request {
     Stop,
 }
 
+/// Work a paused vCPU thread runs on its own fd (state save and restore: the fd is the thread's).
+type Work = Box<dyn FnOnce(&mut VcpuFd) + Send>;
+
 struct Gate {
     request: Request,
     paused: usize,
     exited: usize,
+    work: Vec<Option<Work>>,
 }
 
 /// Shared run/pause/stop control of all vCPUs of a VM.
 pub struct VcpuControl {
     gate: Mutex<Gate>,
     changed: Condvar,
+    /// Share of each 10 ms slice the vCPUs sleep (auto-converge), in percent.
+    throttle: std::sync::atomic::AtomicU8,
 }
 
+/// Length of the throttling time slice.
+const THROTTLE_SLICE: Duration = Duration::from_millis(10);
+
 impl VcpuControl {
-    fn new() -> Arc<Self> {
+    fn new(count: usize, start_paused: bool) -> Arc<Self> {
+        let request = if start_paused { Request::Pause } else { Request::Run };
         Arc::new(VcpuControl {
-            gate: Mutex::new(Gate { request: Request::Run, paused: 0, exited: 0 }),
+            gate: Mutex::new(Gate { request, paused: 0, exited: 0, work: (0..count).map(|_| None).collect() }),
             changed: Condvar::new(),
+            throttle: std::sync::atomic::AtomicU8::new(0),
         })
     }
 
@@ -102,7 +113,9 @@ pub struct VcpuContext {
 /// The running vCPU threads of a VM.
 pub struct VcpuSet {
     control: Arc<VcpuControl>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    count: usize,
+    throttler: Mutex<Option<(Arc<std::sync::atomic::AtomicBool>, JoinHandle<()>)>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,13 +126,17 @@ pub enum VcpuError {
     Spawn(u8, #[source] std::io::Error),
     #[error("vCPUs did not stop within {0:?}")]
     Timeout(Duration),
+    #[error("vCPU {0} ended before it could run the request")]
+    Gone(u8),
 }
 
 impl VcpuSet {
-    /// Starts one thread per vCPU; they begin running the guest at once.
-    pub fn start(contexts: Vec<VcpuContext>) -> Result<Self, VcpuError> {
+    /// Starts one thread per vCPU; they begin running the guest at once, or park paused
+    /// (a migration destination restores their state first).
+    pub fn start(contexts: Vec<VcpuContext>, start_paused: bool) -> Result<Self, VcpuError> {
         install_kick_handler().map_err(VcpuError::Signal)?;
-        let control = VcpuControl::new();
+        let count = contexts.len();
+        let control = VcpuControl::new(count, start_paused);
         let mut threads = Vec::new();
         for ctx in contexts {
             let index = ctx.index;
@@ -130,11 +147,15 @@ impl VcpuSet {
                 .map_err(|e| VcpuError::Spawn(index, e))?;
             threads.push(t);
         }
-        Ok(VcpuSet { control, threads })
+        let set = VcpuSet { control, threads: Mutex::new(threads), count, throttler: Mutex::new(None) };
+        if start_paused {
+            set.wait_parked(Duration::from_secs(10))?;
+        }
+        Ok(set)
     }
 
     fn kick_all(&self) {
-        for t in &self.threads {
+        for t in self.threads.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             // A thread that already exited cannot be signalled; that is fine.
             let _ = t.kill(kick_signal());
         }
@@ -144,7 +165,7 @@ impl VcpuSet {
     fn wait_parked(&self, timeout: Duration) -> Result<(), VcpuError> {
         let deadline = Instant::now() + timeout;
         let mut gate = self.control.lock();
-        while gate.paused + gate.exited < self.threads.len() {
+        while gate.paused + gate.exited < self.count {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(VcpuError::Timeout(timeout));
@@ -153,7 +174,7 @@ impl VcpuSet {
             // covered by immediate_exit, but a thread blocked elsewhere may need another one.
             let (g, _) = self.control.changed.wait_timeout(gate, left.min(Duration::from_millis(50))).unwrap_or_else(|e| e.into_inner());
             gate = g;
-            if gate.paused + gate.exited < self.threads.len() {
+            if gate.paused + gate.exited < self.count {
                 drop(gate);
                 self.kick_all();
                 gate = self.control.lock();
@@ -175,13 +196,14 @@ impl VcpuSet {
     }
 
     /// Ends every vCPU thread and joins them.
-    pub fn stop(mut self) -> Result<(), VcpuError> {
+    pub fn stop(&self) -> Result<(), VcpuError> {
+        self.throttle(0);
         self.control.lock().request = Request::Stop;
         self.control.changed.notify_all();
         self.kick_all();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if self.control.lock().exited == self.threads.len() {
+            if self.control.lock().exited == self.count {
                 break;
             }
             if Instant::now() > deadline {
@@ -190,14 +212,85 @@ impl VcpuSet {
             self.kick_all();
             std::thread::sleep(Duration::from_millis(5));
         }
-        for t in self.threads.drain(..) {
+        for t in self.threads.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             let _ = t.join();
         }
         Ok(())
     }
 
     pub fn count(&self) -> usize {
-        self.threads.len()
+        self.count
+    }
+
+    /// Runs `f` on every vCPU's own thread, with its fd, and returns the results in vCPU
+    /// order. The vCPUs must be paused.
+    pub fn on_each<T, F>(&self, f: F) -> Result<Vec<T>, VcpuError>
+    where
+        T: Send + 'static,
+        F: Fn(u8, &mut VcpuFd) -> T + Send + Sync + 'static,
+    {
+        let f = Arc::new(f);
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let mut gate = self.control.lock();
+            for i in 0..self.count {
+                let f = f.clone();
+                let tx = tx.clone();
+                gate.work[i] = Some(Box::new(move |fd: &mut VcpuFd| {
+                    let _ = tx.send((i, f(i as u8, fd)));
+                }));
+            }
+        }
+        self.control.changed.notify_all();
+        drop(tx);
+        let mut out: Vec<Option<T>> = (0..self.count).map(|_| None).collect();
+        for _ in 0..self.count {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok((i, v)) => out[i] = Some(v),
+                Err(_) => break,
+            }
+        }
+        out.into_iter()
+            .enumerate()
+            .map(|(i, v)| v.ok_or(VcpuError::Gone(i as u8)))
+            .collect()
+    }
+
+    /// Makes the vCPUs sleep `percent` of every 10 ms slice (0 stops throttling): a kicker
+    /// thread interrupts them each slice, and each sleeps its share before re-entering the guest.
+    pub fn throttle(&self, percent: u8) {
+        let percent = percent.min(99);
+        self.control.throttle.store(percent, std::sync::atomic::Ordering::SeqCst);
+        let mut throttler = self.throttler.lock().unwrap_or_else(|e| e.into_inner());
+        if percent == 0 {
+            if let Some((stop, t)) = throttler.take() {
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                let _ = t.join();
+            }
+            return;
+        }
+        if throttler.is_some() {
+            return;
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pthreads: Vec<libc::pthread_t> = {
+            use std::os::unix::thread::JoinHandleExt;
+            self.threads.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|t| t.as_pthread_t()).collect()
+        };
+        let flag = stop.clone();
+        let spawned = std::thread::Builder::new().name("throttle".into()).spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                for t in &pthreads {
+                    // SAFETY: signalling our own vCPU threads, which outlive this thread
+                    // (stop() ends throttling before joining them).
+                    unsafe { libc::pthread_kill(*t, kick_signal()) };
+                }
+                std::thread::sleep(THROTTLE_SLICE);
+            }
+        });
+        if let Ok(t) = spawned {
+            *throttler = Some((stop, t));
+        }
     }
 }
 
@@ -224,6 +317,12 @@ fn run_loop(ctx: &mut VcpuContext, control: &VcpuControl) -> Option<VcpuOutcome>
                 gate.paused += 1;
                 control.changed.notify_all();
                 while gate.request == Request::Pause {
+                    if let Some(work) = gate.work[ctx.index as usize].take() {
+                        drop(gate);
+                        work(&mut ctx.fd);
+                        gate = control.lock();
+                        continue;
+                    }
                     gate = control.changed.wait(gate).unwrap_or_else(|e| e.into_inner());
                 }
                 gate.paused -= 1;
@@ -243,6 +342,10 @@ fn run_loop(ctx: &mut VcpuContext, control: &VcpuControl) -> Option<VcpuOutcome>
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 ctx.fd.set_kvm_immediate_exit(0);
+                let throttle = control.throttle.load(std::sync::atomic::Ordering::Relaxed);
+                if throttle > 0 {
+                    std::thread::sleep(THROTTLE_SLICE * u32::from(throttle) / 100);
+                }
             }
             Err(e) => return Some(VcpuOutcome::Failed(format!("vCPU {}: KVM_RUN failed: {e}", ctx.index))),
         }

@@ -55,6 +55,8 @@ pub enum BuildError {
     Disk(#[from] devices::virtio::block::DiskError),
     #[error(transparent)]
     Tap(#[from] devices::virtio::net::TapError),
+    #[error("cannot list the vCPU's MSRs: {0}")]
+    Msrs(String),
     #[error("too many virtio devices: {0} (at most {max})", max = MAX_VIRTIO_DEVICES)]
     TooManyDevices(usize),
 }
@@ -64,6 +66,16 @@ const MAX_VIRTIO_DEVICES: usize = (arch::layout::IOAPIC_PINS - arch::layout::FIR
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
     move |source| BuildError::Kvm { what, source }
+}
+
+/// How the VM's initial state comes about.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum BuildMode {
+    /// Load the kernel and boot it.
+    Boot,
+    /// Leave memory empty and the vCPUs unset: a migration fills them in. Disks are opened
+    /// without their locks, which are taken at commit.
+    Incoming,
 }
 
 /// A VM ready to run: everything but the vCPU threads.
@@ -77,12 +89,17 @@ pub struct BuiltVm {
     pub vcpus: Vec<VcpuContext>,
     /// Virtio devices with their queue eventfds, for the event loop.
     pub virtio: Vec<VirtioSubscriber>,
+    pub transports: Vec<Arc<Mutex<MmioTransport>>>,
+    /// Each vCPU's CPUID table.
+    pub cpuids: Vec<kvm_bindings::CpuId>,
+    /// MSRs that are saved and restored.
+    pub msr_list: Vec<u32>,
 }
 
 const REQUIRED_CAPS: &[Cap] = &[Cap::Irqchip, Cap::Pit2, Cap::UserMemory, Cap::SetTssAddr, Cap::Irqfd, Cap::ExtCpuid];
 
 /// Builds the VM described by `config`. Guest console output goes to `console_out`.
-pub fn build(config: &VmConfig, console_out: Box<dyn Write + Send>, events: Sender<VmEvent>) -> Result<BuiltVm, BuildError> {
+pub fn build(config: &VmConfig, mode: BuildMode, console_out: Box<dyn Write + Send>, events: Sender<VmEvent>) -> Result<BuiltVm, BuildError> {
     let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;
     for cap in REQUIRED_CAPS {
         if !kvm.check_extension(*cap) {
@@ -105,7 +122,11 @@ pub fn build(config: &VmConfig, console_out: Box<dyn Write + Send>, events: Send
     let mut virtio_devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for disk in &config.disks {
         let opts = DiskOptions { path: disk.path.clone(), readonly: disk.readonly, direct: disk.direct, serial: disk.serial.clone() };
-        virtio_devices.push(Box::new(Block::new(Disk::open(&opts)?)));
+        let disk = match mode {
+            BuildMode::Boot => Disk::open(&opts)?,
+            BuildMode::Incoming => Disk::open_unlocked(&opts)?,
+        };
+        virtio_devices.push(Box::new(Block::new(disk)));
     }
     for net in &config.nets {
         let tap = Tap::open(&net.tap)?;
@@ -124,9 +145,15 @@ pub fn build(config: &VmConfig, console_out: Box<dyn Write + Send>, events: Send
     }
     let mmio = Arc::new(mmio);
 
-    let entry = load_guest_images(config, &cmdline, &layout, &memory)?;
-    arch::mptable::write_mptable(&memory, config.vcpus)?;
-    arch::regs::write_boot_tables(&memory).map_err(|source| BuildError::VcpuRegs { index: 0, source })?;
+    let entry = match mode {
+        BuildMode::Boot => {
+            let entry = load_guest_images(config, &cmdline, &layout, &memory)?;
+            arch::mptable::write_mptable(&memory, config.vcpus)?;
+            arch::regs::write_boot_tables(&memory).map_err(|source| BuildError::VcpuRegs { index: 0, source })?;
+            Some(entry)
+        }
+        BuildMode::Incoming => None,
+    };
 
     // Legacy devices on the port bus.
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
@@ -138,8 +165,10 @@ pub fn build(config: &VmConfig, console_out: Box<dyn Write + Send>, events: Send
     pio.insert(i8042, I8042::BASE, I8042::SIZE)?;
     let pio = Arc::new(pio);
 
-    let vcpus = create_vcpus(&kvm, &vm_fd, config.vcpus, entry, &pio, &mmio, &events)?;
-    Ok(BuiltVm { kvm, vm_fd: Arc::new(vm_fd), memory, serial, pio, mmio, vcpus, virtio })
+    let (vcpus, cpuids) = create_vcpus(&kvm, &vm_fd, config.vcpus, entry, &pio, &mmio, &events)?;
+    let msr_list = crate::vcpu_state::saveable_msrs(&kvm, &vcpus[0].fd).map_err(BuildError::Msrs)?;
+    let transports = virtio.iter().map(|s| s.transport()).collect();
+    Ok(BuiltVm { kvm, vm_fd: Arc::new(vm_fd), memory, serial, pio, mmio, vcpus, virtio, transports, cpuids, msr_list })
 }
 
 /// Puts a virtio device behind an MMIO transport at `base`: its interrupt through an irqfd on
@@ -199,30 +228,35 @@ fn load_guest_images(config: &VmConfig, cmdline_str: &str, layout: &MemoryLayout
     Ok(kernel.entry)
 }
 
+/// Creates the vCPUs with their CPUID; with an entry point, also their boot registers.
 fn create_vcpus(
     kvm: &Kvm,
     vm_fd: &VmFd,
     count: u8,
-    entry: vm_memory::GuestAddress,
+    entry: Option<vm_memory::GuestAddress>,
     pio: &Arc<Bus>,
     mmio: &Arc<Bus>,
     events: &Sender<VmEvent>,
-) -> Result<Vec<VcpuContext>, BuildError> {
+) -> Result<(Vec<VcpuContext>, Vec<kvm_bindings::CpuId>), BuildError> {
     let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
     let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
     let mut out = Vec::new();
+    let mut cpuids = Vec::new();
     for index in 0..count {
         let fd = vm_fd.create_vcpu(u64::from(index)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
         let mut cpuid = supported.clone();
         arch::cpuid::normalize(&mut cpuid, arch::cpuid::VcpuTopology { apic_id: index, vcpu_count: count, tsc_deadline });
         let regs_err = |source| BuildError::VcpuRegs { index, source };
         fd.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
-        arch::regs::setup_msrs(&fd).map_err(regs_err)?;
-        arch::regs::setup_regs(&fd, entry).map_err(regs_err)?;
-        arch::regs::setup_sregs(&fd).map_err(regs_err)?;
-        arch::regs::setup_fpu(&fd).map_err(regs_err)?;
-        arch::regs::setup_lapic(&fd).map_err(regs_err)?;
+        if let Some(entry) = entry {
+            arch::regs::setup_msrs(&fd).map_err(regs_err)?;
+            arch::regs::setup_regs(&fd, entry).map_err(regs_err)?;
+            arch::regs::setup_sregs(&fd).map_err(regs_err)?;
+            arch::regs::setup_fpu(&fd).map_err(regs_err)?;
+            arch::regs::setup_lapic(&fd).map_err(regs_err)?;
+        }
+        cpuids.push(cpuid);
         out.push(VcpuContext { index, fd, pio: pio.clone(), mmio: mmio.clone(), events: events.clone() });
     }
-    Ok(out)
+    Ok((out, cpuids))
 }

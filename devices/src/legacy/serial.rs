@@ -27,18 +27,20 @@ impl Trigger for IrqTrigger {
 
 pub struct Serial {
     uart: vm_superio::Serial<IrqTrigger, NoEvents, Box<dyn Write + Send>>,
+    /// Set after the first failed write to the output: a closed console is reported once.
+    output_broken: bool,
 }
 
 impl Serial {
     pub fn new(irq: Arc<dyn Interrupt>, out: Box<dyn Write + Send>) -> Self {
-        Serial { uart: vm_superio::Serial::new(IrqTrigger(irq), out) }
+        Serial { uart: vm_superio::Serial::new(IrqTrigger(irq), out), output_broken: false }
     }
 
     pub fn from_snapshot(irq: Arc<dyn Interrupt>, out: Box<dyn Write + Send>, s: &SerialSnapshot) -> Self {
         let state = s.to_state();
         let uart = vm_superio::Serial::from_state(&state, IrqTrigger(irq), NoEvents, out)
             .expect("vm-superio accepts any register state");
-        Serial { uart }
+        Serial { uart, output_broken: false }
     }
 
     /// Queues host input for the guest; returns how many bytes fitted in the FIFO.
@@ -50,6 +52,15 @@ impl Serial {
             log::warn!("serial: cannot raise the receive interrupt: {e:?}");
             0
         })
+    }
+
+    /// Replaces the registers and pending input with a snapshot's, keeping the interrupt and output.
+    pub fn restore(&mut self, s: &SerialSnapshot) {
+        let trigger = self.uart.interrupt_evt().clone();
+        let placeholder = vm_superio::Serial::new(trigger.clone(), Box::new(std::io::sink()) as Box<dyn Write + Send>);
+        let old = std::mem::replace(&mut self.uart, placeholder);
+        self.uart = vm_superio::Serial::from_state(&s.to_state(), trigger, NoEvents, old.into_writer())
+            .expect("vm-superio accepts any register state");
     }
 
     pub fn snapshot(&self) -> SerialSnapshot {
@@ -69,7 +80,10 @@ impl BusDevice for Serial {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if data.len() == 1 && offset < SERIAL_PORT_SIZE {
             if let Err(e) = self.uart.write(offset as u8, data[0]) {
-                log::warn!("serial: write to register {offset} failed: {e:?}");
+                if !self.output_broken {
+                    log::warn!("serial: console output failed ({e:?}); further failures are not reported");
+                    self.output_broken = true;
+                }
             }
             // Console output is interactive: a prompt without a newline must show at once.
             if offset == 0 {

@@ -118,6 +118,8 @@ pub trait VirtioDevice: Send {
     fn acquire_backend(&mut self) -> Result<(), String> {
         Ok(())
     }
+    /// Tell the network where this device now is (after a migration): RARP from its MAC.
+    fn announce(&mut self) {}
     /// Make completed writes durable (disk flush before the final migration state).
     fn flush_backend(&mut self) -> Result<(), String> {
         Ok(())

@@ -21,6 +21,18 @@ pub enum ClientError {
 
 /// Sends one request and returns the response; a response with ok=false becomes `Refused`.
 pub fn request(socket: &Path, name: &str, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
+    request_streaming(socket, name, req, timeout, |_| {})
+}
+
+/// Like [`request`], passing intermediate lines (progress) to `on_progress`; `timeout` bounds
+/// the wait for each line.
+pub fn request_streaming(
+    socket: &Path,
+    name: &str,
+    req: &Request,
+    timeout: Duration,
+    mut on_progress: impl FnMut(&Response),
+) -> Result<Response, ClientError> {
     let io = |source| ClientError::Io { path: socket.to_path_buf(), source };
     let mut stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
@@ -33,12 +45,19 @@ pub fn request(socket: &Path, name: &str, req: &Request, timeout: Duration) -> R
     let mut line = serde_json::to_vec(req).expect("requests serialise");
     line.push(b'\n');
     stream.write_all(&line).map_err(io)?;
-    let mut answer = String::new();
-    BufReader::new(&stream).read_line(&mut answer).map_err(io)?;
-    let response: Response = serde_json::from_str(answer.trim()).map_err(|e| ClientError::BadResponse {
-        path: socket.to_path_buf(),
-        detail: if answer.is_empty() { "connection closed".into() } else { e.to_string() },
-    })?;
+    let mut reader = BufReader::new(&stream);
+    let response = loop {
+        let mut answer = String::new();
+        reader.read_line(&mut answer).map_err(io)?;
+        let response: Response = serde_json::from_str(answer.trim()).map_err(|e| ClientError::BadResponse {
+            path: socket.to_path_buf(),
+            detail: if answer.is_empty() { "connection closed".into() } else { e.to_string() },
+        })?;
+        if response.is_final() {
+            break response;
+        }
+        on_progress(&response);
+    };
     if !response.ok {
         return Err(ClientError::Refused(response.error.unwrap_or_else(|| "request refused".into())));
     }

@@ -9,6 +9,30 @@ pub enum Request {
     Pause,
     Resume,
     Stop,
+    /// Live-migrate the VM; the answer is a stream of progress lines, then a final one.
+    Migrate(MigrateRequest),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrateRequest {
+    /// tcp:HOST:PORT or unix:PATH
+    pub to: String,
+    #[serde(default)]
+    pub offline: bool,
+    #[serde(default)]
+    pub downtime_ms: Option<u64>,
+    /// MiB/s, 0 or absent for no limit.
+    #[serde(default)]
+    pub max_bandwidth_mib: Option<u64>,
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    /// "cancel" or "force".
+    #[serde(default)]
+    pub on_timeout: Option<String>,
+    #[serde(default)]
+    pub max_rounds: Option<u32>,
+    #[serde(default)]
+    pub auth_key_file: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,17 +77,32 @@ pub struct Response {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<VmInfo>,
+    /// An intermediate line of a long request (migration); more lines follow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<migration::progress::Progress>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<migration::progress::Summary>,
 }
 
 impl Response {
     pub fn ok() -> Self {
-        Response { ok: true, error: None, info: None }
+        Response { ok: true, error: None, info: None, progress: None, summary: None }
     }
     pub fn info(info: VmInfo) -> Self {
-        Response { ok: true, error: None, info: Some(info) }
+        Response { info: Some(info), ..Self::ok() }
     }
     pub fn error(msg: impl Into<String>) -> Self {
-        Response { ok: false, error: Some(msg.into()), info: None }
+        Response { ok: false, error: Some(msg.into()), ..Self::ok() }
+    }
+    pub fn progress(p: migration::progress::Progress) -> Self {
+        Response { progress: Some(p), ..Self::ok() }
+    }
+    pub fn summary(s: migration::progress::Summary) -> Self {
+        Response { summary: Some(s), ..Self::ok() }
+    }
+    /// The last line of an answer.
+    pub fn is_final(&self) -> bool {
+        self.progress.is_none()
     }
 }
 

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use super::protocol::{Request, Response};
 use crate::events::VmEvent;
@@ -120,17 +120,27 @@ async fn serve_connection(stream: UnixStream, events: Sender<VmEvent>, pending: 
             Ok(_) => {}
         }
         pending.fetch_add(1, Ordering::SeqCst);
-        let response = if line.len() > MAX_REQUEST_LEN {
-            Response::error("request too long")
+        let mut answers = if line.len() > MAX_REQUEST_LEN {
+            single(Response::error("request too long"))
         } else {
             match serde_json::from_str::<Request>(line.trim()) {
-                Ok(request) => dispatch(request, &events).await,
-                Err(e) => Response::error(format!("bad request: {e}")),
+                Ok(request) => dispatch(request, &events),
+                Err(e) => single(Response::error(format!("bad request: {e}"))),
             }
         };
-        let mut out = serde_json::to_vec(&response).expect("responses serialise");
-        out.push(b'\n');
-        let written = writer.write_all(&out).await.is_ok();
+        let mut written = true;
+        loop {
+            let response = answers.recv().await.unwrap_or_else(|| Response::error("the VM is shutting down"));
+            let mut out = serde_json::to_vec(&response).expect("responses serialise");
+            out.push(b'\n');
+            // A client that went away does not stop the request (a migration runs on).
+            if written {
+                written = writer.write_all(&out).await.is_ok();
+            }
+            if response.is_final() {
+                break;
+            }
+        }
         pending.fetch_sub(1, Ordering::SeqCst);
         if !written || line.len() > MAX_REQUEST_LEN {
             return;
@@ -138,10 +148,16 @@ async fn serve_connection(stream: UnixStream, events: Sender<VmEvent>, pending: 
     }
 }
 
-async fn dispatch(request: Request, events: &Sender<VmEvent>) -> Response {
-    let (tx, rx) = oneshot::channel();
-    if events.send(VmEvent::Control(request, tx)).is_err() {
-        return Response::error("the VM is shutting down");
+fn dispatch(request: Request, events: &Sender<VmEvent>) -> mpsc::UnboundedReceiver<Response> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    if let Err(std::sync::mpsc::SendError(VmEvent::Control(_, tx))) = events.send(VmEvent::Control(request, tx)) {
+        let _ = tx.send(Response::error("the VM is shutting down"));
     }
-    rx.await.unwrap_or_else(|_| Response::error("the VM is shutting down"))
+    rx
+}
+
+fn single(r: Response) -> mpsc::UnboundedReceiver<Response> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let _ = tx.send(r);
+    rx
 }

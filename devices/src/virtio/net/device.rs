@@ -218,6 +218,15 @@ impl VirtioDevice for Net {
         self.active.iter().flat_map(|a| [a.rx.state(), a.tx.state()]).collect()
     }
 
+    fn announce(&mut self) {
+        let frame = super::rarp_frame(self.mac);
+        for _ in 0..3 {
+            if let Err(e) = self.backend.send(&frame) {
+                log::warn!("virtio-net: cannot announce {}: {e}", super::format_mac(&self.mac));
+            }
+        }
+    }
+
     fn save_extra(&self) -> Vec<u8> {
         self.rx_pending.clone().unwrap_or_default()
     }

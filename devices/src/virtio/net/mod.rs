@@ -1,8 +1,10 @@
 //! virtio-net (virtio 1.x section 5.1) on a Linux tap device.
 
+mod announce;
 mod device;
 mod tap;
 
+pub use announce::rarp_frame;
 pub use device::{Net, NetBackend};
 pub use tap::{Tap, TapError};
 

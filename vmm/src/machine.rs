@@ -1,0 +1,52 @@
+//! A running VM as one shareable object: what the owner thread, the control requests and a
+//! migration worker all act on.
+
+use std::sync::{Arc, Mutex};
+
+use devices::legacy::Serial;
+use devices::virtio::mmio::MmioTransport;
+use kvm_ioctls::{Kvm, VmFd};
+
+use crate::config::VmConfig;
+use crate::memory::GuestMemoryMmap;
+use crate::vcpu::VcpuSet;
+
+pub struct Machine {
+    pub config: VmConfig,
+    pub kvm: Kvm,
+    pub vm_fd: Arc<VmFd>,
+    pub memory: GuestMemoryMmap,
+    pub serial: Arc<Mutex<Serial>>,
+    pub transports: Vec<Arc<Mutex<MmioTransport>>>,
+    pub vcpus: VcpuSet,
+    pub cpuids: Vec<kvm_bindings::CpuId>,
+    pub msr_list: Vec<u32>,
+}
+
+impl Machine {
+    /// Runs `f` on every virtio transport under its lock.
+    pub fn each_transport(&self, mut f: impl FnMut(&mut MmioTransport)) {
+        for t in &self.transports {
+            f(&mut t.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+    }
+
+    /// Stops the vCPUs, then the devices (DESIGN.md: vCPUs, clock, devices).
+    pub fn pause_all(&self) -> Result<(), String> {
+        self.vcpus.pause().map_err(|e| e.to_string())?;
+        self.each_transport(|t| t.freeze());
+        Ok(())
+    }
+
+    /// Resumes in reverse: devices first (queues re-run), the guest told it was paused
+    /// (KVMCLOCK_CTRL, so its watchdogs do not fire), then the vCPUs.
+    pub fn resume_all(&self) -> Result<(), String> {
+        self.each_transport(|t| t.thaw());
+        // Fails with EINVAL when the guest has not enabled kvmclock: nothing to tell it then.
+        let _ = self.vcpus.on_each(|_, fd| fd.kvmclock_ctrl());
+        self.vcpus.resume();
+        Ok(())
+    }
+}
+
+pub type SharedMachine = Arc<Machine>;

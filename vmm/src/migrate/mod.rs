@@ -1,0 +1,8 @@
+//! The VMM's side of live migration: the source adapter over a running [`Machine`], the
+//! destination builder, the state that travels, and the worker that runs a migration.
+
+pub mod source;
+pub mod state;
+pub mod target;
+pub mod worker;
+pub mod transport;
