@@ -137,7 +137,20 @@ pub struct VmProcess {
 impl VmProcess {
     /// Starts `vmm --runtime-dir DIR run ARGS...`.
     pub fn start(dir: &Path, args: &[&str]) -> Self {
-        let mut child = Command::new(vmm_bin())
+        Self::start_in(&[], dir, args)
+    }
+
+    /// Like [`Self::start`], behind a prefix command (e.g. `ip netns exec host1`).
+    pub fn start_in(prefix: &[&str], dir: &Path, args: &[&str]) -> Self {
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(vmm_bin());
+                c
+            }
+            None => Command::new(vmm_bin()),
+        };
+        let mut child = cmd
             .arg("--runtime-dir")
             .arg(dir)
             .arg("run")
@@ -227,4 +240,9 @@ impl Drop for VmProcess {
             kill(&mut self.child);
         }
     }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
