@@ -197,6 +197,19 @@ impl VmProcess {
         }
     }
 
+    /// Waits until a line containing each of `needles` has arrived, in any order.
+    pub fn wait_for_each(&mut self, needles: &[&str], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut missing: Vec<&str> = needles.to_vec();
+        while !missing.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => missing.retain(|n| !line.contains(n)),
+                Err(_) => panic!("no console lines containing {missing:?} within {timeout:?}; console tail: {:?}", self.tail(20)),
+            }
+        }
+    }
+
     /// Discards console lines received so far.
     pub fn drain(&mut self) -> Vec<String> {
         self.lines.try_iter().collect()

@@ -17,9 +17,8 @@ fn start_dirtier(dir: &RuntimeDir, name: &str, vcpus: u8) -> VmProcess {
     let g = guest("dirtier");
     let v = vcpus.to_string();
     let mut vm = VmProcess::start(&dir.0, &["--name", name, "--kernel", g.to_str().unwrap(), "--memory", "128M", "--vcpus", &v]);
-    for cpu in 0..vcpus {
-        vm.wait_for(&format!("cpu{cpu} pass 16 ok"), T);
-    }
+    let needles: Vec<String> = (0..vcpus).map(|cpu| format!("cpu{cpu} pass 16 ok")).collect();
+    vm.wait_for_each(&needles.iter().map(String::as_str).collect::<Vec<_>>(), T);
     vm
 }
 
