@@ -61,6 +61,17 @@ where
     match run.precopy_and_switch(stream, &mut progress, started).await {
         Ok(()) => {}
         Err(e) => {
+            // A send that failed because the destination gave up: its reason is probably
+            // waiting in the stream, and says more than "connection lost".
+            let e = match e {
+                MigrationError::Wire(WireError::Io(io)) => {
+                    match tokio::time::timeout(Duration::from_millis(500), wire::read_frame(stream)).await {
+                        Ok(Err(WireError::Remote(reason))) => MigrationError::Target(reason),
+                        _ => MigrationError::Wire(WireError::Io(io)),
+                    }
+                }
+                other => other,
+            };
             // Tell the destination to discard its half-built VM; ignore a dead connection.
             let _ = wire::write_frame(stream, FrameKind::Error, e.to_string().as_bytes()).await;
             vm.stop_dirty_log();

@@ -166,7 +166,7 @@ fn own(machine: Arc<Machine>, event_loop: EventLoop, runtime_dir: &std::path::Pa
                 }
                 Err(e) => {
                     let after_commit = matches!(e, migration::MigrationError::AfterCommit(_));
-                    let _ = reply.send(Response::error(e.to_string()));
+                    let _ = reply.send(Response::error(crate::error_chain(&e)));
                     if after_commit {
                         break RunEnd::Failed(e.to_string());
                     }
