@@ -1,0 +1,91 @@
+//! Migration between two "hosts": network namespaces joined by a veth pair, the destination
+//! addressed by its IP, with mutual authentication (a non-loopback listener requires it).
+
+use std::process::Command;
+use std::time::Duration;
+
+use vmm_tests::{guest, require_kvm, vmm_cli, RuntimeDir, VmProcess};
+
+const T: Duration = Duration::from_secs(120);
+
+/// Two network namespaces host1 (10.77.0.1) and host2 (10.77.0.2) on a veth pair; removed on drop.
+struct TwoHosts {
+    h1: String,
+    h2: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+impl TwoHosts {
+    fn create() -> Result<Self, String> {
+        let id = std::process::id();
+        let hosts = TwoHosts { h1: format!("vmmt-h1-{id}"), h2: format!("vmmt-h2-{id}") };
+        ip(&["netns", "add", &hosts.h1])?;
+        ip(&["netns", "add", &hosts.h2])?;
+        let (v1, v2) = (format!("vh1-{id}"), format!("vh2-{id}"));
+        ip(&["link", "add", &v1, "netns", &hosts.h1, "type", "veth", "peer", "name", &v2, "netns", &hosts.h2])?;
+        for (ns, dev, addr) in [(&hosts.h1, &v1, "10.77.0.1/24"), (&hosts.h2, &v2, "10.77.0.2/24")] {
+            ip(&["-n", ns, "addr", "add", addr, "dev", dev])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(hosts)
+    }
+}
+
+impl Drop for TwoHosts {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.h1]);
+        let _ = ip(&["netns", "del", &self.h2]);
+    }
+}
+
+#[test]
+fn live_migration_between_two_network_namespaces() {
+    if !require_kvm("live_migration_between_two_network_namespaces") {
+        return;
+    }
+    let hosts = match TwoHosts::create() {
+        Ok(h) => h,
+        Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("SKIP live_migration_between_two_network_namespaces: cannot create network namespaces ({e}); needs root and iproute2");
+            return;
+        }
+        Err(e) => panic!("cannot create the test hosts' network namespaces: {e}"),
+    };
+    let (a, b) = (RuntimeDir::new("host1"), RuntimeDir::new("host2"));
+    let key = a.0.join("key");
+    std::fs::write(&key, "a shared secret for both hosts").unwrap();
+    let g = guest("dirtier");
+    let in_h1 = ["ip", "netns", "exec", hosts.h1.as_str()];
+    let in_h2 = ["ip", "netns", "exec", hosts.h2.as_str()];
+    let mut src = VmProcess::start_in(&in_h1, &a.0, &["--name", "n1", "--kernel", g.to_str().unwrap(), "--memory", "128M", "--vcpus", "2"]);
+    src.wait_for_each(&["cpu0 pass 16 ok", "cpu1 pass 16 ok"], T);
+    let mut dst = VmProcess::start_in(&in_h2, &b.0, &["--name", "n1", "--incoming", "tcp:10.77.0.2:4444", "--auth-key-file", key.to_str().unwrap()]);
+    let mut result = None;
+    for _ in 0..50 {
+        let r = vmm_cli(&a.0, &["migrate", "n1", "--to", "tcp:10.77.0.2:4444", "--auth-key-file", key.to_str().unwrap()], T);
+        if !r.0.success() && r.2.contains("cannot connect") {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        result = Some(r);
+        break;
+    }
+    let (st, out, err) = result.expect("the destination listened");
+    assert!(st.success(), "{out}\n{err}");
+    assert!(out.contains("n1: migrated to tcp:10.77.0.2:4444"), "{out}");
+    assert_eq!(src.wait_exit(T).0.code(), Some(0));
+    dst.wait_for_each(&["cpu0 pass", "cpu1 pass"], T);
+    let console = dst.console.lock().unwrap().clone();
+    assert!(!console.iter().any(|l| l.contains("CORRUPT")), "{console:?}");
+    drop(dst);
+    drop(hosts);
+}
