@@ -195,13 +195,16 @@ impl Run<'_> {
         }
         self.vm.throttle(0);
         let state = self.vm.save_state().map_err(MigrationError::Source)?;
-        // Capturing device state may itself write guest memory: one more dirty pass.
-        let after_state = self.vm.take_dirty().map_err(MigrationError::Source)?;
-        if after_state.iter().any(|d| d.count() > 0) {
-            let stats = self.send_round(stream, &regions, &after_state, round + 1).await?;
-            self.summary.rounds_detail.push(stats);
+        // Capturing device state may itself write guest memory: one more dirty pass. (An
+        // offline migration copied memory after the pause and after nothing else ran.)
+        if !self.opts.offline {
+            let after_state = self.vm.take_dirty().map_err(MigrationError::Source)?;
+            if after_state.iter().any(|d| d.count() > 0) {
+                let stats = self.send_round(stream, &regions, &after_state, round + 1).await?;
+                self.summary.rounds_detail.push(stats);
+            }
+            self.vm.stop_dirty_log();
         }
-        self.vm.stop_dirty_log();
         wire::write_frame(stream, FrameKind::State, &state).await?;
         self.sent += state.len() as u64;
         wire::expect_frame(stream, FrameKind::Ready).await.map_err(|e| match e {
