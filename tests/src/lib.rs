@@ -259,3 +259,17 @@ impl Drop for VmProcess {
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+/// Runs `vmm --runtime-dir DIR ARGS...` (a `migrate`), retrying while the destination is not
+/// listening yet.
+pub fn migrate_retrying(dir: &Path, args: &[&str], timeout: Duration) -> (ExitStatus, String, String) {
+    for _ in 0..50 {
+        let (st, out, err) = vmm_cli(dir, args, timeout);
+        if !st.success() && err.contains("cannot connect") {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        return (st, out, err);
+    }
+    panic!("the destination never listened ({args:?})");
+}

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use vmm_tests::{free_port, guest, require_kvm, vmm_cli, RuntimeDir, VmProcess};
+use vmm_tests::{free_port, guest, migrate_retrying, require_kvm, vmm_cli, RuntimeDir, VmProcess};
 
 const T: Duration = Duration::from_secs(120);
 
@@ -22,19 +22,10 @@ fn start_dirtier(dir: &RuntimeDir, name: &str, vcpus: u8) -> VmProcess {
     vm
 }
 
-/// Runs `vmm migrate`, retrying while the destination is not listening yet.
 fn migrate(dir: &RuntimeDir, name: &str, to: &str, extra: &[&str]) -> (std::process::ExitStatus, String, String) {
     let mut args = vec!["migrate", name, "--to", to];
     args.extend_from_slice(extra);
-    for _ in 0..50 {
-        let (st, out, err) = vmm_cli(&dir.0, &args, T);
-        if !st.success() && err.contains("cannot connect") {
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        }
-        return (st, out, err);
-    }
-    panic!("the destination never listened on {to}");
+    migrate_retrying(&dir.0, &args, T)
 }
 
 /// Moves the running VM `name` from `src` to a new destination process in `dst_dir`, checks

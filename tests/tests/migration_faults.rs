@@ -6,7 +6,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use vmm_tests::{free_port, guest, require_kvm, vmm_cli, RuntimeDir, VmProcess};
+use vmm_tests::{free_port, guest, migrate_retrying, require_kvm, vmm_cli, RuntimeDir, VmProcess};
 
 const T: Duration = Duration::from_secs(120);
 
@@ -20,15 +20,7 @@ fn start_dirtier(dir: &RuntimeDir, name: &str, extra: &[&str]) -> VmProcess {
 }
 
 fn migrate_until_connected(dir: &RuntimeDir, args: &[&str]) -> (std::process::ExitStatus, String, String) {
-    for _ in 0..50 {
-        let (st, out, err) = vmm_cli(&dir.0, args, T);
-        if !st.success() && err.contains("cannot connect") {
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        }
-        return (st, out, err);
-    }
-    panic!("the destination never listened");
+    migrate_retrying(&dir.0, args, T)
 }
 
 /// The source VM is running, answering, and its guest still passes its memory self-check.

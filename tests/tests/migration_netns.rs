@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use vmm_tests::{guest, require_kvm, vmm_cli, RuntimeDir, VmProcess};
+use vmm_tests::{guest, migrate_retrying, require_kvm, RuntimeDir, VmProcess};
 
 const T: Duration = Duration::from_secs(120);
 
@@ -69,17 +69,7 @@ fn live_migration_between_two_network_namespaces() {
     let mut src = VmProcess::start_in(&in_h1, &a.0, &["--name", "n1", "--kernel", g.to_str().unwrap(), "--memory", "128M", "--vcpus", "2"]);
     src.wait_for_each(&["cpu0 pass 16 ok", "cpu1 pass 16 ok"], T);
     let mut dst = VmProcess::start_in(&in_h2, &b.0, &["--name", "n1", "--incoming", "tcp:10.77.0.2:4444", "--auth-key-file", key.to_str().unwrap()]);
-    let mut result = None;
-    for _ in 0..50 {
-        let r = vmm_cli(&a.0, &["migrate", "n1", "--to", "tcp:10.77.0.2:4444", "--auth-key-file", key.to_str().unwrap()], T);
-        if !r.0.success() && r.2.contains("cannot connect") {
-            std::thread::sleep(Duration::from_millis(100));
-            continue;
-        }
-        result = Some(r);
-        break;
-    }
-    let (st, out, err) = result.expect("the destination listened");
+    let (st, out, err) = migrate_retrying(&a.0, &["migrate", "n1", "--to", "tcp:10.77.0.2:4444", "--auth-key-file", key.to_str().unwrap()], T);
     assert!(st.success(), "{out}\n{err}");
     assert!(out.contains("n1: migrated to tcp:10.77.0.2:4444"), "{out}");
     assert_eq!(src.wait_exit(T).0.code(), Some(0));

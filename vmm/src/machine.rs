@@ -24,6 +24,21 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// Puts a built VM and its started vCPUs together.
+    pub fn new(config: VmConfig, built: crate::vm::BuiltParts, vcpus: VcpuSet) -> Self {
+        Machine {
+            config,
+            kvm: built.kvm,
+            vm_fd: built.vm_fd,
+            memory: built.memory,
+            serial: built.serial,
+            transports: built.transports,
+            vcpus,
+            cpuids: built.cpuids,
+            msr_list: built.msr_list,
+        }
+    }
+
     /// Runs `f` on every virtio transport under its lock.
     pub fn each_transport(&self, mut f: impl FnMut(&mut MmioTransport)) {
         for t in &self.transports {

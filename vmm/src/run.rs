@@ -89,19 +89,10 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunEnd> {
     let (tx, rx) = mpsc::channel();
     let built = crate::vm::build(&config, crate::vm::BuildMode::Boot, Box::new(std::io::stdout()), tx.clone())
         .with_context(|| format!("cannot build VM '{}'", config.name))?;
-    let event_loop = EventLoop::start(built.virtio).context("cannot start the device event loop")?;
-    let vcpus = VcpuSet::start(built.vcpus, false)?;
-    let machine = Arc::new(Machine {
-        config,
-        kvm: built.kvm,
-        vm_fd: built.vm_fd,
-        memory: built.memory,
-        serial: built.serial,
-        transports: built.transports,
-        vcpus,
-        cpuids: built.cpuids,
-        msr_list: built.msr_list,
-    });
+    let (parts, vcpu_contexts, subscribers) = built.split();
+    let event_loop = EventLoop::start(subscribers).context("cannot start the device event loop")?;
+    let vcpus = VcpuSet::start(vcpu_contexts, false)?;
+    let machine = Arc::new(Machine::new(config, parts, vcpus));
     log::info!("VM '{}' running", machine.config.name);
     own(machine, event_loop, &opts.runtime_dir, tx, rx)
 }

@@ -68,6 +68,33 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
     move |source| BuildError::Kvm { what, source }
 }
 
+/// What stays with the VM once its vCPU contexts and device subscribers are handed to their threads.
+pub struct BuiltParts {
+    pub kvm: Kvm,
+    pub vm_fd: Arc<VmFd>,
+    pub memory: GuestMemoryMmap,
+    pub serial: Arc<Mutex<Serial>>,
+    pub transports: Vec<Arc<Mutex<MmioTransport>>>,
+    pub cpuids: Vec<kvm_bindings::CpuId>,
+    pub msr_list: Vec<u32>,
+}
+
+impl BuiltVm {
+    /// Splits off the vCPU contexts (for their threads) and the device subscribers (for the event loop).
+    pub fn split(self) -> (BuiltParts, Vec<VcpuContext>, Vec<VirtioSubscriber>) {
+        let parts = BuiltParts {
+            kvm: self.kvm,
+            vm_fd: self.vm_fd,
+            memory: self.memory,
+            serial: self.serial,
+            transports: self.transports,
+            cpuids: self.cpuids,
+            msr_list: self.msr_list,
+        };
+        (parts, self.vcpus, self.virtio)
+    }
+}
+
 /// How the VM's initial state comes about.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum BuildMode {

@@ -78,19 +78,10 @@ impl TargetBuilder for IncomingBuilder {
         self.check(&cfg, &kvm)?;
         let built = crate::vm::build(&cfg.vm, crate::vm::BuildMode::Incoming, Box::new(std::io::stdout()), self.events.clone())
             .map_err(|e| format!("cannot build the VM here: {}", crate::error_chain(&e)))?;
-        let event_loop = EventLoop::start(built.virtio).map_err(|e| format!("cannot start the device event loop: {e}"))?;
-        let vcpus = VcpuSet::start(built.vcpus, true).map_err(|e| e.to_string())?;
-        let machine = Arc::new(Machine {
-            config: cfg.vm,
-            kvm: built.kvm,
-            vm_fd: built.vm_fd,
-            memory: built.memory,
-            serial: built.serial,
-            transports: built.transports,
-            vcpus,
-            cpuids: built.cpuids,
-            msr_list: built.msr_list,
-        });
+        let (parts, vcpu_contexts, subscribers) = built.split();
+        let event_loop = EventLoop::start(subscribers).map_err(|e| format!("cannot start the device event loop: {e}"))?;
+        let vcpus = VcpuSet::start(vcpu_contexts, true).map_err(|e| e.to_string())?;
+        let machine = Arc::new(Machine::new(cfg.vm, parts, vcpus));
         self.result = Some(Incoming { machine: machine.clone(), event_loop });
         Ok(Box::new(MachineTarget { machine }))
     }
