@@ -48,7 +48,7 @@ fn parse(scenario: &str, lines: &[String]) -> Vec<Result> {
             let mut it = rest.split_whitespace();
             let name = it.next()?.to_string();
             let value = it.next()?.parse().ok()?;
-            let unit = it.collect::<Vec<_>>().join(" ");
+            let unit = it.next().unwrap_or("").to_string();
             Some(Result { scenario: scenario.to_string(), name, value, unit })
         })
         .collect()
