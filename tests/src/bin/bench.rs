@@ -36,6 +36,9 @@ fn run(scenario: &str) -> (Vec<String>, &'static str) {
     } else {
         assert!(vmm_tests::rig::require_rig("bench"), "the nested rig is needed on this host");
         let r = vmm_tests::rig::run_scenario(scenario, Duration::from_secs(1200), &[]);
+        if !r.passed {
+            eprintln!("bench: scenario {scenario} did not complete ({}); its results are partial", r.verdict);
+        }
         (r.console, "nested rig (L1 under QEMU TCG)")
     }
 }
