@@ -275,7 +275,9 @@ fn create_vcpus(
         arch::cpuid::normalize(&mut cpuid, arch::cpuid::VcpuTopology { apic_id: index, vcpu_count: count, tsc_deadline });
         let regs_err = |source| BuildError::VcpuRegs { index, source };
         fd.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
-        if let Some(entry) = entry {
+        // Only the boot vCPU starts at the entry point; the others stay in their reset state
+        // until the guest starts them with INIT/SIPI, as on a PC.
+        if let Some(entry) = entry.filter(|_| index == 0) {
             arch::regs::setup_msrs(&fd).map_err(regs_err)?;
             arch::regs::setup_regs(&fd, entry).map_err(regs_err)?;
             arch::regs::setup_sregs(&fd).map_err(regs_err)?;
