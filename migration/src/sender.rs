@@ -235,16 +235,17 @@ impl Run<'_> {
                 let gpa = region.gpa + (first * PAGE_SIZE) as u64;
                 let data = &mut buf[..count * PAGE_SIZE];
                 self.vm.read_memory(gpa, data).map_err(MigrationError::Source)?;
-                // Split the run into sub-runs of pages worth sending.
+                // Split the run into sub-runs of pages worth sending; each page is checked once.
+                let zero: Vec<bool> = data.chunks_exact(PAGE_SIZE).map(|p| skip_zero && is_zero_page(p)).collect();
                 let mut i = 0;
                 while i < count {
-                    if skip_zero && is_zero_page(&data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]) {
+                    if zero[i] {
                         stats.zero_pages += 1;
                         i += 1;
                         continue;
                     }
                     let start = i;
-                    while i < count && (i - start) < frame.room() && !(skip_zero && is_zero_page(&data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE])) {
+                    while i < count && (i - start) < frame.room() && !zero[i] {
                         i += 1;
                     }
                     frame.push((gpa / PAGE_SIZE as u64) + start as u64, &data[start * PAGE_SIZE..i * PAGE_SIZE]);

@@ -273,3 +273,8 @@ pub fn migrate_retrying(dir: &Path, args: &[&str], timeout: Duration) -> (ExitSt
     }
     panic!("the destination never listened ({args:?})");
 }
+
+/// Whether this host's KVM is hardware-backed (kvm_intel or kvm_amd loaded).
+pub fn hardware_kvm() -> bool {
+    Path::new("/sys/module/kvm_intel").exists() || Path::new("/sys/module/kvm_amd").exists()
+}

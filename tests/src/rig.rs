@@ -166,3 +166,22 @@ fn save_log(scenario: &str, attempt: u32, console: &[String]) {
         let _ = std::fs::write(dir.join(format!("{scenario}-{attempt}.log")), console.join("\n"));
     }
 }
+
+/// Runs a scenario of resources/rig/scenarios directly on this host (hardware KVM), in a private
+/// network namespace standing for the L1 host's own network, with the built guest artifacts.
+pub fn run_scenario_direct(name: &str) -> std::process::Output {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let guest = root.join("build/guest");
+    assert!(guest.join("bzImage").exists(), "guest artifacts missing under {}; run `make artifacts`", guest.display());
+    let bin_dir = crate::vmm_bin().parent().unwrap().to_path_buf();
+    let work = crate::RuntimeDir::new(name);
+    Command::new("unshare")
+        .args(["--net", "sh"])
+        .arg(root.join("resources/rig/scenarios").join(name))
+        .env("PATH", format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default()))
+        .env("RIG_GUEST", &guest)
+        .env("RIG_WORK", &work.0)
+        .env("VMM_RUNTIME_DIR", &work.0)
+        .output()
+        .expect("run the scenario")
+}

@@ -3,11 +3,9 @@
 
 use std::time::Duration;
 
+use vmm_tests::hardware_kvm;
 use vmm_tests::rig::{require_rig, run_scenario};
 
-fn hardware_kvm() -> bool {
-    std::path::Path::new("/sys/module/kvm_intel").exists() || std::path::Path::new("/sys/module/kvm_amd").exists()
-}
 
 /// Runs a scenario of resources/rig/scenarios: inside the nested rig on a PVM host, directly
 /// (in a private network namespace) on a hardware-KVM host.
@@ -50,26 +48,8 @@ fn linux_guest_disk_survives_reboot_and_network_carries_64mib() {
 
 /// Scenarios on hardware KVM, straight from the built artifacts.
 mod direct {
-    use std::path::Path;
-    use std::process::Command;
-
     pub fn run(name: &str) {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let guest = root.join("build/guest");
-        assert!(guest.join("bzImage").exists(), "guest artifacts missing under {}; run `make artifacts`", guest.display());
-        let bin_dir = vmm_tests::vmm_bin().parent().unwrap().to_path_buf();
-        let work = vmm_tests::RuntimeDir::new(name);
-        let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
-        // A private network namespace stands for the L1 host's own network.
-        let out = Command::new("unshare")
-            .args(["--net", "sh"])
-            .arg(root.join("resources/rig/scenarios").join(name))
-            .env("PATH", path)
-            .env("RIG_GUEST", &guest)
-            .env("RIG_WORK", &work.0)
-            .env("VMM_RUNTIME_DIR", &work.0)
-            .output()
-            .expect("run the scenario");
+        let out = vmm_tests::rig::run_scenario_direct(name);
         let text = String::from_utf8_lossy(&out.stdout);
         println!("{text}");
         assert!(out.status.success(), "scenario {name} failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));

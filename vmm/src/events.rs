@@ -25,21 +25,19 @@ pub enum VmEvent {
 
 /// An [`devices::Interrupt`] that posts a fixed event to the VM's owner.
 pub struct EventLine {
-    tx: std::sync::Mutex<std::sync::mpsc::Sender<VmEvent>>,
+    tx: std::sync::mpsc::Sender<VmEvent>,
     make: fn() -> VmEvent,
 }
 
 impl EventLine {
     pub fn new(tx: std::sync::mpsc::Sender<VmEvent>, make: fn() -> VmEvent) -> Self {
-        EventLine { tx: std::sync::Mutex::new(tx), make }
+        EventLine { tx, make }
     }
 }
 
 impl devices::Interrupt for EventLine {
     fn trigger(&self) -> std::io::Result<()> {
         self.tx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .send((self.make)())
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the VM owner has gone"))
     }

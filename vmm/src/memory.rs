@@ -3,11 +3,9 @@
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
-use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 pub use devices::virtio::GuestMemoryMmap;
-pub type GuestRegionMmap = vm_memory::GuestRegionMmap<AtomicBitmap>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {

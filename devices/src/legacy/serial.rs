@@ -36,13 +36,6 @@ impl Serial {
         Serial { uart: vm_superio::Serial::new(IrqTrigger(irq), out), output_broken: false }
     }
 
-    pub fn from_snapshot(irq: Arc<dyn Interrupt>, out: Box<dyn Write + Send>, s: &SerialSnapshot) -> Self {
-        let state = s.to_state();
-        let uart = vm_superio::Serial::from_state(&state, IrqTrigger(irq), NoEvents, out)
-            .expect("vm-superio accepts any register state");
-        Serial { uart, output_broken: false }
-    }
-
     /// Queues host input for the guest; returns how many bytes fitted in the FIFO.
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
         if self.uart.fifo_capacity() == 0 {
@@ -196,7 +189,8 @@ mod tests {
         s.write(7, &[0x5a]);
         s.enqueue_input(b"abc");
         let snap = s.snapshot();
-        let restored = Serial::from_snapshot(irq, Box::new(std::io::sink()), &snap);
+        let mut restored = Serial::new(irq, Box::new(std::io::sink()));
+        restored.restore(&snap);
         assert_eq!(restored.snapshot(), snap);
         assert_eq!(snap.in_buffer, b"abc");
         assert_eq!(snap.scratch, 0x5a);

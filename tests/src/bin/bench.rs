@@ -2,8 +2,6 @@
 //! Scenarios report "BENCH: name value unit" lines on the console; nothing here is pass/fail.
 //! Linux-guest scenarios run inside the nested rig on a PVM host, directly on hardware KVM.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 struct Result {
@@ -13,25 +11,10 @@ struct Result {
     unit: String,
 }
 
-fn hardware_kvm() -> bool {
-    Path::new("/sys/module/kvm_intel").exists() || Path::new("/sys/module/kvm_amd").exists()
-}
-
 /// Console lines of one scenario run, and where it ran.
 fn run(scenario: &str) -> (Vec<String>, &'static str) {
-    if hardware_kvm() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let work = vmm_tests::RuntimeDir::new(scenario);
-        let bin_dir = vmm_tests::vmm_bin().parent().unwrap().to_path_buf();
-        let out = Command::new("unshare")
-            .args(["--net", "sh"])
-            .arg(root.join("resources/rig/scenarios").join(scenario))
-            .env("PATH", format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default()))
-            .env("RIG_GUEST", root.join("build/guest"))
-            .env("RIG_WORK", &work.0)
-            .env("VMM_RUNTIME_DIR", &work.0)
-            .output()
-            .expect("run scenario");
+    if vmm_tests::hardware_kvm() {
+        let out = vmm_tests::rig::run_scenario_direct(scenario);
         (String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect(), "hardware KVM")
     } else {
         assert!(vmm_tests::rig::require_rig("bench"), "the nested rig is needed on this host");
