@@ -19,6 +19,7 @@ where
         Err(e) => {
             if !matches!(e, MigrationError::Wire(wire::WireError::Remote(_))) {
                 let _ = wire::write_frame(stream, FrameKind::Error, e.to_string().as_bytes()).await;
+                wire::linger_close(stream).await;
             }
             Err(e)
         }

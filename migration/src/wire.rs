@@ -110,6 +110,23 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, WireEr
     Ok(Frame { kind, payload })
 }
 
+/// Closes our sending side and reads (and drops) what the peer still sends, for at most a
+/// second, so that closing with unread data does not reset the connection: a reset can make
+/// the peer lose the Error frame just written, and with it the reason the migration failed.
+pub async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
+    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut sink = vec![0u8; 64 * 1024];
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+}
+
 /// Reads a frame that must be of `expected` kind.
 pub async fn expect_frame<R: AsyncRead + Unpin>(r: &mut R, expected: FrameKind) -> Result<Vec<u8>, WireError> {
     let f = read_frame(r).await?;

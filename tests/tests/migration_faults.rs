@@ -66,9 +66,17 @@ fn damaging_proxy(listen: TcpListener, target: u16, after: usize, flip: bool) ->
                 break;
             }
         }
-        let _ = to_dst.shutdown(std::net::Shutdown::Both);
-        let _ = from_src.shutdown(std::net::Shutdown::Both);
-        let _ = back.join();
+        if flip {
+            // The destination rejects the damaged frame and closes; let its error reach the
+            // source before the relay goes away, as it would without a proxy in between.
+            let _ = to_dst.shutdown(std::net::Shutdown::Write);
+            let _ = back.join();
+            let _ = from_src.shutdown(std::net::Shutdown::Both);
+        } else {
+            let _ = to_dst.shutdown(std::net::Shutdown::Both);
+            let _ = from_src.shutdown(std::net::Shutdown::Both);
+            let _ = back.join();
+        }
     })
 }
 
