@@ -10,7 +10,7 @@ export VMM_CACHE_DIR ?= /var/cache/vmm
 STATIC_TARGET := x86_64-unknown-linux-gnu
 STATIC_VMM := $(ROOT)/target/$(STATIC_TARGET)/release/vmm
 DEB_PACKAGES := binutils qemu-system-x86 busybox-static cpio e2fsprogs gzip kmod iproute2 \
-                linux-source-6.1 bc flex bison make gcc libelf-dev libssl-dev xz-utils
+                linux-source-6.1 bc flex bison make gcc libc6-dev libelf-dev libssl-dev xz-utils
 
 .PHONY: all deps build vmm-static artifacts rig run test unit-test kvm-test rig-test bench clean
 

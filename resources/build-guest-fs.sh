@@ -6,9 +6,9 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${VMM_CACHE_DIR:-/var/cache/vmm}
-"$here/apt-install.sh" busybox-static cpio e2fsprogs gzip >&2
+"$here/apt-install.sh" busybox-static cpio e2fsprogs gzip gcc libc6-dev >&2
 bb_version=$(dpkg-query -W -f='${Version}' busybox-static)
-key=$( (cat "$0" "$here/guest/init"; find "$here/guest/workloads" -type f | sort | xargs cat; echo "$bb_version") | sha256sum | cut -c1-16)
+key=$( (cat "$0" "$here/guest/init"; find "$here/guest/workloads" "$here/guest/tools" -type f | sort | xargs cat; echo "$bb_version"; gcc --version | head -1) | sha256sum | cut -c1-16)
 out="$cache/guestfs-$key"
 if [ -f "$out/initramfs.cpio.gz" ] && [ -f "$out/rootfs.ext4" ]; then
   echo "build-guest-fs: cached $out" >&2
@@ -23,6 +23,7 @@ ln -s busybox "$stage/bin/sh"
 cp "$here/guest/init" "$stage/init"
 ln -s ../init "$stage/sbin/init"
 cp "$here"/guest/workloads/* "$stage/workloads/"
+gcc -O2 -Wall -static -pthread -o "$stage/bin/continuity" "$here/guest/tools/continuity.c"
 echo "root:x:0:0:root:/root:/bin/sh" > "$stage/etc/passwd"
 mkdir -p "$out.tmp"
 (cd "$stage" && find . | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 | gzip -9n) > "$out.tmp/initramfs.cpio.gz"

@@ -5,7 +5,9 @@ use std::path::Path;
 use std::process::Command;
 
 fn run(cmd: &mut Command) {
-    let status = cmd.status().unwrap_or_else(|e| panic!("cannot run {cmd:?} (is binutils installed?): {e}"));
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?} (is binutils installed?): {e}"));
     assert!(status.success(), "{cmd:?} failed");
 }
 
@@ -21,9 +23,25 @@ fn main() {
         let stem = path.file_stem().unwrap().to_str().unwrap();
         let obj = format!("{out}/{stem}.o");
         let elf = format!("{out}/{stem}.elf");
-        run(Command::new("as").args(["--64", "-I"]).arg(guests).arg("-o").arg(&obj).arg(&path));
-        run(Command::new("ld").args(["-m", "elf_x86_64", "-static", "-nostdlib", "--no-warn-rwx-segments", "-T"])
-            .arg(guests.join("guest.ld")).arg("-o").arg(&elf).arg(&obj));
+        run(Command::new("as")
+            .args(["--64", "-I"])
+            .arg(guests)
+            .arg("-o")
+            .arg(&obj)
+            .arg(&path));
+        run(Command::new("ld")
+            .args([
+                "-m",
+                "elf_x86_64",
+                "-static",
+                "-nostdlib",
+                "--no-warn-rwx-segments",
+                "-T",
+            ])
+            .arg(guests.join("guest.ld"))
+            .arg("-o")
+            .arg(&elf)
+            .arg(&obj));
     }
     println!("cargo:rustc-env=GUEST_DIR={out}");
 }

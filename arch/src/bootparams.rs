@@ -44,7 +44,10 @@ pub fn write_zero_page<M: GuestMemory + ?Sized>(
         .map_err(BootParamsError::Write)
 }
 
-fn build_zero_page(layout: &MemoryLayout, input: &ZeroPageInput) -> Result<boot_params, BootParamsError> {
+fn build_zero_page(
+    layout: &MemoryLayout,
+    input: &ZeroPageInput,
+) -> Result<boot_params, BootParamsError> {
     let mut params = boot_params::default();
     if let Some(hdr) = input.setup_header {
         params.hdr = hdr;
@@ -77,7 +80,11 @@ fn add_e820(params: &mut boot_params, addr: u64, size: u64) -> Result<(), BootPa
     if idx >= E820_MAX_ENTRIES || idx >= params.e820_table.len() {
         return Err(BootParamsError::E820Overflow);
     }
-    params.e820_table[idx] = boot_e820_entry { addr, size, r#type: E820_RAM };
+    params.e820_table[idx] = boot_e820_entry {
+        addr,
+        size,
+        r#type: E820_RAM,
+    };
     params.e820_entries += 1;
     Ok(())
 }
@@ -91,13 +98,23 @@ mod tests {
         let layout = MemoryLayout::new(5 << 30);
         let p = build_zero_page(
             &layout,
-            &ZeroPageInput { setup_header: None, cmdline_len: 10, initrd: Some((GuestAddress(0x100_0000), 4096)) },
+            &ZeroPageInput {
+                setup_header: None,
+                cmdline_len: 10,
+                initrd: Some((GuestAddress(0x100_0000), 4096)),
+            },
         )
         .unwrap();
         assert_eq!(p.e820_entries, 3);
-        let e = |i: usize| { let entry = p.e820_table[i]; ({ entry.addr }, { entry.size }) };
+        let e = |i: usize| {
+            let entry = p.e820_table[i];
+            ({ entry.addr }, { entry.size })
+        };
         assert_eq!(e(0), (0, EBDA_START));
-        assert_eq!(e(1), (HIMEM_START, crate::layout::MMIO_GAP_START - HIMEM_START));
+        assert_eq!(
+            e(1),
+            (HIMEM_START, crate::layout::MMIO_GAP_START - HIMEM_START)
+        );
         assert_eq!(e(2), (crate::layout::MMIO_GAP_END, 2 << 30));
         let hdr = p.hdr;
         assert_eq!({ hdr.header }, KERNEL_HDR_MAGIC);

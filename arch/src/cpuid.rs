@@ -29,7 +29,9 @@ pub struct VcpuTopology {
 
 /// Number of APIC-ID bits needed to number `count` cores.
 fn bits_for(count: u8) -> u32 {
-    (u32::from(count.max(1)) - 1).checked_ilog2().map_or(0, |b| b + 1)
+    (u32::from(count.max(1)) - 1)
+        .checked_ilog2()
+        .map_or(0, |b| b + 1)
 }
 
 /// Patches `cpuid` (KVM's supported set) for one vCPU.
@@ -96,20 +98,45 @@ fn normalize_entry(e: &mut kvm_cpuid_entry2, t: VcpuTopology) {
 /// "leaf 0x1 ecx bit 28" strings: a guest started on the source may use them, so a destination
 /// without them cannot run it. Only the feature-flag leaves are compared.
 pub fn missing_features(source: &[kvm_cpuid_entry2], host: &[kvm_cpuid_entry2]) -> Vec<String> {
-    const FEATURE_LEAVES: &[(u32, u32)] = &[(0x1, 0), (0x7, 0), (0x7, 1), (0xd, 1), (0x8000_0001, 0), (0x8000_0007, 0), (0x8000_0008, 0)];
+    const FEATURE_LEAVES: &[(u32, u32)] = &[
+        (0x1, 0),
+        (0x7, 0),
+        (0x7, 1),
+        (0xd, 1),
+        (0x8000_0001, 0),
+        (0x8000_0007, 0),
+        (0x8000_0008, 0),
+    ];
     let mut missing = Vec::new();
     for &(function, index) in FEATURE_LEAVES {
-        let Some(s) = source.iter().find(|e| e.function == function && e.index == index) else { continue };
-        let h = host.iter().find(|e| e.function == function && e.index == index);
-        let regs = [("ecx", s.ecx, h.map_or(0, |h| h.ecx)), ("edx", s.edx, h.map_or(0, |h| h.edx))];
+        let Some(s) = source
+            .iter()
+            .find(|e| e.function == function && e.index == index)
+        else {
+            continue;
+        };
+        let h = host
+            .iter()
+            .find(|e| e.function == function && e.index == index);
+        let regs = [
+            ("ecx", s.ecx, h.map_or(0, |h| h.ecx)),
+            ("edx", s.edx, h.map_or(0, |h| h.edx)),
+        ];
         let regs_ebx = [("ebx", s.ebx, h.map_or(0, |h| h.ebx))];
         // Leaf 1 EBX holds the APIC ID and counts, not features.
-        let all: Vec<_> = if function == 0x7 { regs.iter().chain(regs_ebx.iter()).collect() } else { regs.iter().collect() };
+        let all: Vec<_> = if function == 0x7 {
+            regs.iter().chain(regs_ebx.iter()).collect()
+        } else {
+            regs.iter().collect()
+        };
         for (name, sv, hv) in all {
             let lacking = sv & !hv;
             for bit in 0..32 {
                 if lacking & (1 << bit) != 0 {
-                    if function == LEAF_FEATURES && *name == "ecx" && (bit == ECX_HYPERVISOR_BIT || bit == ECX_TSC_DEADLINE_BIT) {
+                    if function == LEAF_FEATURES
+                        && *name == "ecx"
+                        && (bit == ECX_HYPERVISOR_BIT || bit == ECX_TSC_DEADLINE_BIT)
+                    {
                         continue;
                     }
                     if function == LEAF_FEATURES && *name == "edx" && bit == EDX_HTT_BIT {
@@ -128,13 +155,24 @@ mod tests {
     use super::*;
 
     fn entry(function: u32, index: u32) -> kvm_cpuid_entry2 {
-        kvm_cpuid_entry2 { function, index, ..Default::default() }
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            ..Default::default()
+        }
     }
 
     #[test]
     fn leaf1_carries_apic_id_count_and_hypervisor_bit() {
         let mut e = entry(1, 0);
-        normalize_entry(&mut e, VcpuTopology { apic_id: 3, vcpu_count: 4, tsc_deadline: true });
+        normalize_entry(
+            &mut e,
+            VcpuTopology {
+                apic_id: 3,
+                vcpu_count: 4,
+                tsc_deadline: true,
+            },
+        );
         assert_eq!(e.ebx >> 24, 3);
         assert_eq!((e.ebx >> 16) & 0xff, 4);
         assert_ne!(e.ecx & (1 << 31), 0);
@@ -144,7 +182,11 @@ mod tests {
 
     #[test]
     fn extended_topology_numbers_cores() {
-        let t = VcpuTopology { apic_id: 2, vcpu_count: 3, tsc_deadline: false };
+        let t = VcpuTopology {
+            apic_id: 2,
+            vcpu_count: 3,
+            tsc_deadline: false,
+        };
         let mut smt = entry(0xb, 0);
         let mut core = entry(0xb, 1);
         normalize_entry(&mut smt, t);
@@ -167,7 +209,10 @@ mod tests {
         let mut s = entry(0x7, 0);
         s.ebx = 1 << 5; // AVX2
         let h = entry(0x7, 0);
-        assert_eq!(missing_features(&[s], &[h]), vec!["leaf 0x7.0 ebx bit 5".to_string()]);
+        assert_eq!(
+            missing_features(&[s], &[h]),
+            vec!["leaf 0x7.0 ebx bit 5".to_string()]
+        );
         assert!(missing_features(&[s], &[s]).is_empty());
     }
 }

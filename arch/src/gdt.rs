@@ -34,7 +34,11 @@ pub fn kvm_segment_from_gdt(entry: u64, table_index: u8) -> kvm_segment {
     let raw_limit = (((entry >> 32) & 0x000f_0000) | (entry & 0x0000_ffff)) as u32;
     let g = ((entry >> 55) & 1) as u8;
     // With G=1 the limit counts 4 KiB pages; KVM wants it in bytes.
-    let limit = if g == 1 { (raw_limit << 12) | 0xfff } else { raw_limit };
+    let limit = if g == 1 {
+        (raw_limit << 12) | 0xfff
+    } else {
+        raw_limit
+    };
     let present = ((entry >> 47) & 1) as u8;
     kvm_segment {
         base,
@@ -71,7 +75,10 @@ mod tests {
     fn data_and_tss_segments() {
         let gdt = boot_gdt();
         let ds = kvm_segment_from_gdt(gdt[2], 2);
-        assert_eq!((ds.selector, ds.type_, ds.db, ds.l), (DATA_SELECTOR, 3, 1, 0));
+        assert_eq!(
+            (ds.selector, ds.type_, ds.db, ds.l),
+            (DATA_SELECTOR, 3, 1, 0)
+        );
         let tss = kvm_segment_from_gdt(gdt[3], 3);
         assert_eq!((tss.selector, tss.type_, tss.s), (TSS_SELECTOR, 0xb, 0));
         assert_eq!(tss.limit, 0xffff_ffff);

@@ -59,7 +59,10 @@ impl MemoryLayout {
         let low = mem_size.min(MMIO_GAP_START);
         ram.push((GuestAddress(0), low as usize));
         if mem_size > MMIO_GAP_START {
-            ram.push((GuestAddress(MMIO_GAP_END), (mem_size - MMIO_GAP_START) as usize));
+            ram.push((
+                GuestAddress(MMIO_GAP_END),
+                (mem_size - MMIO_GAP_START) as usize,
+            ));
         }
         MemoryLayout { ram }
     }

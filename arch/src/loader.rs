@@ -27,7 +27,11 @@ pub enum LoaderError {
     #[error("this bzImage has no 64-bit entry point (XLF_KERNEL_64 unset)")]
     No64BitEntry,
     #[error("the initrd ({size} bytes) does not fit below {limit:#x} above the kernel end {kernel_end:#x}")]
-    InitrdTooLarge { size: u64, limit: u64, kernel_end: u64 },
+    InitrdTooLarge {
+        size: u64,
+        limit: u64,
+        kernel_end: u64,
+    },
     #[error("cannot copy the initrd into guest memory")]
     InitrdCopy(#[source] vm_memory::GuestMemoryError),
 }
@@ -50,16 +54,28 @@ pub struct LoadedKernel {
 }
 
 /// Loads a bzImage or an ELF image (segments at their physical addresses).
-pub fn load_kernel<M: GuestMemoryBackend>(mem: &M, image: &mut File) -> Result<LoadedKernel, LoaderError> {
+pub fn load_kernel<M: GuestMemoryBackend>(
+    mem: &M,
+    image: &mut File,
+) -> Result<LoadedKernel, LoaderError> {
     let format = detect_format(image)?;
     match format {
         KernelFormat::Elf => {
-            let r = Elf::load(mem, None, image, Some(GuestAddress(HIMEM_START))).map_err(LoaderError::Load)?;
-            Ok(LoadedKernel { format, entry: r.kernel_load, end: r.kernel_end, setup_header: None })
+            let r = Elf::load(mem, None, image, Some(GuestAddress(HIMEM_START)))
+                .map_err(LoaderError::Load)?;
+            Ok(LoadedKernel {
+                format,
+                entry: r.kernel_load,
+                end: r.kernel_end,
+                setup_header: None,
+            })
         }
         KernelFormat::BzImage => {
-            let r = BzImage::load(mem, None, image, Some(GuestAddress(HIMEM_START))).map_err(LoaderError::Load)?;
-            let hdr = r.setup_header.expect("bzImage loader returns a setup header");
+            let r = BzImage::load(mem, None, image, Some(GuestAddress(HIMEM_START)))
+                .map_err(LoaderError::Load)?;
+            let hdr = r
+                .setup_header
+                .expect("bzImage loader returns a setup header");
             if hdr.version >= 0x020c && hdr.xloadflags & XLF_KERNEL_64 == 0 {
                 return Err(LoaderError::No64BitEntry);
             }
@@ -84,7 +100,9 @@ pub fn detect_format(image: &mut File) -> Result<KernelFormat, LoaderError> {
     if n >= 0x206 && &head[0x202..0x206] == b"HdrS" {
         return Ok(KernelFormat::BzImage);
     }
-    Err(LoaderError::UnknownFormat(format!("{n} bytes read, no ELF or HdrS magic")))
+    Err(LoaderError::UnknownFormat(format!(
+        "{n} bytes read, no ELF or HdrS magic"
+    )))
 }
 
 /// Is this image a Linux kernel? A bzImage always is; an ELF vmlinux carries "Linux" or "Xen"
@@ -135,7 +153,9 @@ fn note_names(mut notes: &[u8]) -> impl Iterator<Item = &[u8]> {
         let namesz = u32::from_le_bytes(notes[0..4].try_into().unwrap()) as usize;
         let descsz = u32::from_le_bytes(notes[4..8].try_into().unwrap()) as usize;
         let align4 = |x: usize| x.checked_add(3).map(|v| v & !3);
-        let total = align4(namesz).zip(align4(descsz)).and_then(|(a, b)| a.checked_add(b)?.checked_add(12))?;
+        let total = align4(namesz)
+            .zip(align4(descsz))
+            .and_then(|(a, b)| a.checked_add(b)?.checked_add(12))?;
         if total > notes.len() || namesz == 0 {
             return None;
         }
@@ -167,7 +187,11 @@ pub fn load_initrd<M: GuestMemory + ?Sized>(
     let size = initrd.seek(SeekFrom::End(0)).map_err(LoaderError::Io)?;
     initrd.seek(SeekFrom::Start(0)).map_err(LoaderError::Io)?;
     let limit = layout.low_ram_end().min(addr_max.saturating_add(1));
-    let too_large = || LoaderError::InitrdTooLarge { size, limit, kernel_end };
+    let too_large = || LoaderError::InitrdTooLarge {
+        size,
+        limit,
+        kernel_end,
+    };
     let start = limit.checked_sub(size).ok_or_else(too_large)? & !(PAGE_SIZE - 1);
     if start < kernel_end {
         return Err(too_large());

@@ -106,9 +106,13 @@ pub fn write_mptable<M: GuestMemory + ?Sized>(mem: &M, num_cpus: u8) -> Result<(
     if table_addr + table.len() as u64 > 0xa0000 {
         return Err(MpTableError::TooLarge);
     }
-    mem.write_slice(&floating_pointer(table_addr as u32), GuestAddress(EBDA_START))
-        .map_err(MpTableError::Write)?;
-    mem.write_slice(&table, GuestAddress(table_addr)).map_err(MpTableError::Write)
+    mem.write_slice(
+        &floating_pointer(table_addr as u32),
+        GuestAddress(EBDA_START),
+    )
+    .map_err(MpTableError::Write)?;
+    mem.write_slice(&table, GuestAddress(table_addr))
+        .map_err(MpTableError::Write)
 }
 
 #[cfg(test)]
@@ -134,7 +138,8 @@ mod tests {
         assert_eq!(&hdr[0..4], b"PCMP");
         let len = u16::from_le_bytes([hdr[4], hdr[5]]) as usize;
         let mut table = vec![0u8; len];
-        mem.read_slice(&mut table, GuestAddress(table_addr)).unwrap();
+        mem.read_slice(&mut table, GuestAddress(table_addr))
+            .unwrap();
         assert_eq!(sum(&table), 0);
         let count = u16::from_le_bytes([hdr[34], hdr[35]]);
         assert_eq!(count, 4 + 1 + 1 + 24 + 2);

@@ -41,7 +41,11 @@ pub fn boot_msr_values() -> Vec<(u32, u64)> {
 pub fn to_kvm_msrs(values: &[(u32, u64)]) -> Result<Msrs, vmm_sys_util::fam::Error> {
     let entries: Vec<kvm_msr_entry> = values
         .iter()
-        .map(|&(index, data)| kvm_msr_entry { index, data, ..Default::default() })
+        .map(|&(index, data)| kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        })
         .collect();
     Msrs::from_entries(&entries)
 }

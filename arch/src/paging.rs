@@ -9,14 +9,19 @@ const PRESENT_WRITABLE: u64 = 0x3;
 const PAGE_SIZE_2M: u64 = 0x80;
 
 /// Writes the identity tables; returns the value for CR3.
-pub fn write_identity_tables<M: GuestMemory + ?Sized>(mem: &M) -> Result<u64, vm_memory::GuestMemoryError> {
+pub fn write_identity_tables<M: GuestMemory + ?Sized>(
+    mem: &M,
+) -> Result<u64, vm_memory::GuestMemoryError> {
     mem.write_obj(PDPTE_START | PRESENT_WRITABLE, GuestAddress(PML4_START))?;
     for dir in 0..PDE_PAGES {
         let pd = PDE_START + dir * 0x1000;
         mem.write_obj(pd | PRESENT_WRITABLE, GuestAddress(PDPTE_START + dir * 8))?;
         for i in 0..512u64 {
             let phys = ((dir << 9) + i) << 21;
-            mem.write_obj(phys | PRESENT_WRITABLE | PAGE_SIZE_2M, GuestAddress(pd + i * 8))?;
+            mem.write_obj(
+                phys | PRESENT_WRITABLE | PAGE_SIZE_2M,
+                GuestAddress(pd + i * 8),
+            )?;
         }
     }
     Ok(PML4_START)
@@ -36,7 +41,9 @@ mod tests {
         let pdpte3: u64 = mem.read_obj(GuestAddress(PDPTE_START + 3 * 8)).unwrap();
         assert_eq!(pdpte3, (PDE_START + 0x3000) | 3);
         // The last 2 MiB page of the 4th GiB maps 0xffe0_0000.
-        let last: u64 = mem.read_obj(GuestAddress(PDE_START + 0x3000 + 511 * 8)).unwrap();
+        let last: u64 = mem
+            .read_obj(GuestAddress(PDE_START + 0x3000 + 511 * 8))
+            .unwrap();
         assert_eq!(last, 0xffe0_0000 | 0x83);
     }
 }

@@ -30,9 +30,17 @@ pub enum RegsError {
     #[error("cannot write boot tables into guest memory")]
     Memory(#[source] vm_memory::GuestMemoryError),
     #[error("{what} failed")]
-    Kvm { what: &'static str, #[source] source: kvm_ioctls::Error },
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
     #[error("KVM_SET_MSRS accepted {accepted} of {total} boot MSRs; MSR {index:#x} was refused")]
-    MsrRefused { accepted: usize, total: usize, index: u32 },
+    MsrRefused {
+        accepted: usize,
+        total: usize,
+        index: u32,
+    },
     #[error("cannot build the MSR list")]
     MsrList(#[source] vmm_sys_util::fam::Error),
 }
@@ -44,9 +52,11 @@ fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> RegsError {
 /// Writes the GDT, the empty IDT and the identity page tables into guest memory. Done once per VM.
 pub fn write_boot_tables<M: GuestMemory + ?Sized>(mem: &M) -> Result<(), RegsError> {
     for (i, entry) in boot_gdt().iter().enumerate() {
-        mem.write_obj(*entry, GuestAddress(BOOT_GDT_START + i as u64 * 8)).map_err(RegsError::Memory)?;
+        mem.write_obj(*entry, GuestAddress(BOOT_GDT_START + i as u64 * 8))
+            .map_err(RegsError::Memory)?;
     }
-    mem.write_obj(0u64, GuestAddress(BOOT_IDT_START)).map_err(RegsError::Memory)?;
+    mem.write_obj(0u64, GuestAddress(BOOT_IDT_START))
+        .map_err(RegsError::Memory)?;
     write_identity_tables(mem).map_err(RegsError::Memory)?;
     Ok(())
 }
@@ -91,7 +101,11 @@ pub fn setup_sregs(vcpu: &VcpuFd) -> Result<(), RegsError> {
 
 /// x87 and SSE control words at their reset values.
 pub fn setup_fpu(vcpu: &VcpuFd) -> Result<(), RegsError> {
-    let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
+    let fpu = kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
     vcpu.set_fpu(&fpu).map_err(kvm("KVM_SET_FPU"))
 }
 
@@ -101,7 +115,11 @@ pub fn setup_msrs(vcpu: &VcpuFd) -> Result<(), RegsError> {
     let msrs = to_kvm_msrs(&values).map_err(RegsError::MsrList)?;
     let accepted = vcpu.set_msrs(&msrs).map_err(kvm("KVM_SET_MSRS"))?;
     if accepted != values.len() {
-        return Err(RegsError::MsrRefused { accepted, total: values.len(), index: values[accepted].0 });
+        return Err(RegsError::MsrRefused {
+            accepted,
+            total: values.len(),
+            index: values[accepted].0,
+        });
     }
     Ok(())
 }

@@ -15,7 +15,12 @@ pub enum BusError {
     #[error("range {base:#x}+{len:#x} is empty or wraps around")]
     BadRange { base: u64, len: u64 },
     #[error("range {base:#x}+{len:#x} overlaps the device at {other_base:#x}+{other_len:#x}")]
-    Overlap { base: u64, len: u64, other_base: u64, other_len: u64 },
+    Overlap {
+        base: u64,
+        len: u64,
+        other_base: u64,
+        other_len: u64,
+    },
 }
 
 struct Entry {
@@ -35,7 +40,12 @@ impl Bus {
     }
 
     /// Places `device` at `[base, base+len)`; an overlap with a placed device is refused.
-    pub fn insert(&mut self, device: Arc<Mutex<dyn BusDevice>>, base: u64, len: u64) -> Result<(), BusError> {
+    pub fn insert(
+        &mut self,
+        device: Arc<Mutex<dyn BusDevice>>,
+        base: u64,
+        len: u64,
+    ) -> Result<(), BusError> {
         if len == 0 || base.checked_add(len - 1).is_none() {
             return Err(BusError::BadRange { base, len });
         }
@@ -46,7 +56,12 @@ impl Bus {
             .next_back()
             .filter(|(b, e)| *b + (e.len - 1) >= base);
         if let Some((b, e)) = overlap {
-            return Err(BusError::Overlap { base, len, other_base: *b, other_len: e.len });
+            return Err(BusError::Overlap {
+                base,
+                len,
+                other_base: *b,
+                other_len: e.len,
+            });
         }
         self.devices.insert(base, Entry { len, device });
         Ok(())
@@ -112,7 +127,10 @@ mod tests {
     }
 
     fn dev(fill: u8) -> Arc<Mutex<Recorder>> {
-        Arc::new(Mutex::new(Recorder { fill, ..Default::default() }))
+        Arc::new(Mutex::new(Recorder {
+            fill,
+            ..Default::default()
+        }))
     }
 
     #[test]
@@ -147,11 +165,20 @@ mod tests {
         let mut bus = Bus::new();
         bus.insert(dev(0), 0x1000, 0x100).unwrap();
         for (base, len) in [(0x1000, 1), (0xf00, 0x101), (0x10ff, 0x10), (0x0, 0x2000)] {
-            assert!(matches!(bus.insert(dev(0), base, len), Err(BusError::Overlap { .. })), "{base:#x}+{len:#x}");
+            assert!(
+                matches!(bus.insert(dev(0), base, len), Err(BusError::Overlap { .. })),
+                "{base:#x}+{len:#x}"
+            );
         }
         bus.insert(dev(0), 0x1100, 0x100).unwrap();
         bus.insert(dev(0), 0xf00, 0x100).unwrap();
-        assert!(matches!(bus.insert(dev(0), 5, 0), Err(BusError::BadRange { .. })));
-        assert!(matches!(bus.insert(dev(0), u64::MAX, 2), Err(BusError::BadRange { .. })));
+        assert!(matches!(
+            bus.insert(dev(0), 5, 0),
+            Err(BusError::BadRange { .. })
+        ));
+        assert!(matches!(
+            bus.insert(dev(0), u64::MAX, 2),
+            Err(BusError::BadRange { .. })
+        ));
     }
 }

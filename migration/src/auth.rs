@@ -78,8 +78,14 @@ mod tests {
         let p = k.prove("source", &n);
         assert!(k.verify("source", &n, &p));
         assert!(!other.verify("source", &n, &p));
-        assert!(!k.verify("destination", &n, &p), "a proof cannot be reflected");
-        assert!(!k.verify("source", &nonce().unwrap(), &p), "nor replayed against a new nonce");
+        assert!(
+            !k.verify("destination", &n, &p),
+            "a proof cannot be reflected"
+        );
+        assert!(
+            !k.verify("source", &nonce().unwrap(), &p),
+            "nor replayed against a new nonce"
+        );
         assert!(!k.verify("source", &n, &p[..31]));
         assert!(Key::new(b"short".to_vec()).is_err());
     }

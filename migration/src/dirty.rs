@@ -9,7 +9,10 @@ pub struct DirtyBitmap {
 
 impl DirtyBitmap {
     pub fn new(pages: usize) -> Self {
-        DirtyBitmap { pages, words: vec![0; pages.div_ceil(64)] }
+        DirtyBitmap {
+            pages,
+            words: vec![0; pages.div_ceil(64)],
+        }
     }
 
     /// Every page set (the first round sends everything that is not zero).
@@ -92,7 +95,10 @@ pub fn is_zero_page(page: &[u8]) -> bool {
     // Word compares: fast enough to run over all guest memory in round 0.
     let words = page.chunks_exact(8);
     let tail = words.remainder();
-    words.map(|c| u64::from_ne_bytes(c.try_into().unwrap())).all(|w| w == 0) && tail.iter().all(|&b| b == 0)
+    words
+        .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
+        .all(|w| w == 0)
+        && tail.iter().all(|&b| b == 0)
 }
 
 #[cfg(test)]
@@ -106,7 +112,10 @@ mod tests {
             b.set(p);
         }
         assert_eq!(b.runs(1000), vec![(0, 3), (63, 3), (130, 1), (199, 1)]);
-        assert_eq!(b.runs(2), vec![(0, 2), (2, 1), (63, 2), (65, 1), (130, 1), (199, 1)]);
+        assert_eq!(
+            b.runs(2),
+            vec![(0, 2), (2, 1), (63, 2), (65, 1), (130, 1), (199, 1)]
+        );
         assert_eq!(b.count(), 8);
         b.set(500);
         assert_eq!(b.count(), 8, "out of range pages are ignored");

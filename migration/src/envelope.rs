@@ -99,31 +99,62 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let v = V1 { a: 7, b: vec![1, 2, 3] };
+        let v = V1 {
+            a: 7,
+            b: vec![1, 2, 3],
+        };
         assert_eq!(open::<V1>(&seal(&v).unwrap()).unwrap(), v);
     }
 
     #[test]
     fn newer_fields_default_and_unknown_fields_are_ignored() {
         let old = seal(&V1 { a: 1, b: vec![] }).unwrap();
-        assert_eq!(open::<V2>(&old).unwrap(), V2 { a: 1, b: vec![], c: None });
-        let new = seal(&V2 { a: 2, b: vec![9], c: Some("x".into()) }).unwrap();
+        assert_eq!(
+            open::<V2>(&old).unwrap(),
+            V2 {
+                a: 1,
+                b: vec![],
+                c: None
+            }
+        );
+        let new = seal(&V2 {
+            a: 2,
+            b: vec![9],
+            c: Some("x".into()),
+        })
+        .unwrap();
         assert_eq!(open::<V1>(&new).unwrap(), V1 { a: 2, b: vec![9] });
     }
 
     #[test]
     fn damage_is_detected() {
-        let good = seal(&V1 { a: 1, b: vec![5; 100] }).unwrap();
+        let good = seal(&V1 {
+            a: 1,
+            b: vec![5; 100],
+        })
+        .unwrap();
         for i in [0, 5, 9, 20, good.len() - 1] {
             let mut bad = good.clone();
             bad[i] ^= 0x40;
             assert!(open::<V1>(&bad).is_err(), "flip at {i}");
         }
-        assert_eq!(open::<V1>(&good[..good.len() - 1]).unwrap_err(), EnvelopeError::Length { declared: good.len() - 16, actual: good.len() - 17 });
-        assert_eq!(open::<V1>(&good[..5]).unwrap_err(), EnvelopeError::Truncated(5));
+        assert_eq!(
+            open::<V1>(&good[..good.len() - 1]).unwrap_err(),
+            EnvelopeError::Length {
+                declared: good.len() - 16,
+                actual: good.len() - 17
+            }
+        );
+        assert_eq!(
+            open::<V1>(&good[..5]).unwrap_err(),
+            EnvelopeError::Truncated(5)
+        );
         let mut future = good.clone();
         future[4] = 2;
-        assert!(matches!(open::<V1>(&future), Err(EnvelopeError::Version { major: 2, .. })));
+        assert!(matches!(
+            open::<V1>(&future),
+            Err(EnvelopeError::Version { major: 2, .. })
+        ));
         let mut huge = good.clone();
         huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(open::<V1>(&huge), Err(EnvelopeError::TooLarge(_))));

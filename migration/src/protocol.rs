@@ -40,7 +40,12 @@ pub struct Hello {
 
 impl Hello {
     pub fn new(auth_required: bool) -> Self {
-        Hello { magic: HELLO_MAGIC.into(), version: PROTOCOL_VERSION, auth_required, features: vec![] }
+        Hello {
+            magic: HELLO_MAGIC.into(),
+            version: PROTOCOL_VERSION,
+            auth_required,
+            features: vec![],
+        }
     }
 }
 
@@ -69,7 +74,11 @@ pub enum MigrationError {
 }
 
 /// Both sides: exchange hellos and check the peer speaks our protocol.
-pub(crate) async fn exchange_hello<S>(stream: &mut S, mine: &Hello, i_speak_first: bool) -> Result<Hello, MigrationError>
+pub(crate) async fn exchange_hello<S>(
+    stream: &mut S,
+    mine: &Hello,
+    i_speak_first: bool,
+) -> Result<Hello, MigrationError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -80,7 +89,10 @@ where
     let theirs: Hello = envelope::open(&wire::expect_frame(stream, FrameKind::Hello).await?)
         .map_err(|_| MigrationError::Protocol("garbled hello".into()))?;
     if theirs.magic != HELLO_MAGIC || theirs.version != PROTOCOL_VERSION {
-        return Err(MigrationError::Protocol(format!("{} v{}", theirs.magic, theirs.version)));
+        return Err(MigrationError::Protocol(format!(
+            "{} v{}",
+            theirs.magic, theirs.version
+        )));
     }
     if !i_speak_first {
         wire::write_frame(stream, FrameKind::Hello, &send).await?;
@@ -89,7 +101,11 @@ where
 }
 
 /// Source side of the mutual challenge-response.
-pub(crate) async fn authenticate_source<S>(stream: &mut S, key: Option<&Key>, auth_required: bool) -> Result<(), MigrationError>
+pub(crate) async fn authenticate_source<S>(
+    stream: &mut S,
+    key: Option<&Key>,
+    auth_required: bool,
+) -> Result<(), MigrationError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -121,7 +137,10 @@ where
 }
 
 /// Destination side of the mutual challenge-response.
-pub(crate) async fn authenticate_destination<S>(stream: &mut S, key: Option<&Key>) -> Result<(), MigrationError>
+pub(crate) async fn authenticate_destination<S>(
+    stream: &mut S,
+    key: Option<&Key>,
+) -> Result<(), MigrationError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -129,9 +148,18 @@ where
     let nonce_d = auth::nonce().map_err(|e| MigrationError::Auth(e.to_string()))?;
     wire::write_frame(stream, FrameKind::Challenge, &nonce_d).await?;
     let resp = wire::expect_frame(stream, FrameKind::Response).await?;
-    if resp.len() != auth::MAC_LEN + auth::NONCE_LEN || !key.verify("source", &nonce_d, &resp[..auth::MAC_LEN]) {
-        let _ = wire::write_frame(stream, FrameKind::Error, b"authentication failed: wrong key").await;
-        return Err(MigrationError::Auth("the source does not hold the same key".into()));
+    if resp.len() != auth::MAC_LEN + auth::NONCE_LEN
+        || !key.verify("source", &nonce_d, &resp[..auth::MAC_LEN])
+    {
+        let _ = wire::write_frame(
+            stream,
+            FrameKind::Error,
+            b"authentication failed: wrong key",
+        )
+        .await;
+        return Err(MigrationError::Auth(
+            "the source does not hold the same key".into(),
+        ));
     }
     let proof_d = key.prove("destination", &resp[auth::MAC_LEN..]);
     wire::write_frame(stream, FrameKind::Response, &proof_d).await?;

@@ -10,7 +10,11 @@ use crate::wire::{self, FrameKind, PAGE_SIZE};
 
 /// Receives a VM; on success it is running here. On failure the half-built VM is dropped
 /// (discarded) and the source is told why, if the connection still works.
-pub async fn receive<S>(stream: &mut S, builder: &mut (dyn TargetBuilder + Send), key: Option<&Key>) -> Result<Box<dyn TargetVm>, MigrationError>
+pub async fn receive<S>(
+    stream: &mut S,
+    builder: &mut (dyn TargetBuilder + Send),
+    key: Option<&Key>,
+) -> Result<Box<dyn TargetVm>, MigrationError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -26,7 +30,11 @@ where
     }
 }
 
-async fn receive_inner<S>(stream: &mut S, builder: &mut (dyn TargetBuilder + Send), key: Option<&Key>) -> Result<Box<dyn TargetVm>, MigrationError>
+async fn receive_inner<S>(
+    stream: &mut S,
+    builder: &mut (dyn TargetBuilder + Send),
+    key: Option<&Key>,
+) -> Result<Box<dyn TargetVm>, MigrationError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -42,19 +50,28 @@ where
             FrameKind::Pages => {
                 for (first_page, data) in wire::parse_pages(&frame.payload)? {
                     let pages = data.len() / PAGE_SIZE;
-                    let gpa = first_page.checked_mul(PAGE_SIZE as u64).ok_or_else(|| MigrationError::Protocol("page number overflow".into()))?;
+                    let gpa = first_page
+                        .checked_mul(PAGE_SIZE as u64)
+                        .ok_or_else(|| MigrationError::Protocol("page number overflow".into()))?;
                     if region_index(&regions, gpa, pages).is_none() {
-                        return Err(MigrationError::Protocol(format!("{pages} pages at {gpa:#x} lie outside guest memory")));
+                        return Err(MigrationError::Protocol(format!(
+                            "{pages} pages at {gpa:#x} lie outside guest memory"
+                        )));
                     }
                     vm.write_memory(gpa, data).map_err(MigrationError::Target)?;
                 }
             }
             FrameKind::RoundEnd => {}
             FrameKind::State => {
-                vm.restore_state(&frame.payload).map_err(MigrationError::Target)?;
+                vm.restore_state(&frame.payload)
+                    .map_err(MigrationError::Target)?;
                 break;
             }
-            other => return Err(MigrationError::Protocol(format!("unexpected {other:?} frame during memory transfer"))),
+            other => {
+                return Err(MigrationError::Protocol(format!(
+                    "unexpected {other:?} frame during memory transfer"
+                )))
+            }
         }
     }
     wire::write_frame(stream, FrameKind::Ready, &[]).await?;

@@ -51,13 +51,24 @@ impl Default for SendOptions {
 
 /// Sends `vm` over `stream`. On an error before commit the guest is running on the source
 /// again when this returns.
-pub async fn send<S, F>(stream: &mut S, vm: &dyn SourceVm, opts: &SendOptions, mut progress: F) -> Result<Summary, MigrationError>
+pub async fn send<S, F>(
+    stream: &mut S,
+    vm: &dyn SourceVm,
+    opts: &SendOptions,
+    mut progress: F,
+) -> Result<Summary, MigrationError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnMut(&Progress),
 {
     let started = Instant::now();
-    let mut run = Run { vm, opts, summary: Summary::default(), paused_at: None, sent: 0 };
+    let mut run = Run {
+        vm,
+        opts,
+        summary: Summary::default(),
+        paused_at: None,
+        sent: 0,
+    };
     match run.precopy_and_switch(stream, &mut progress, started).await {
         Ok(()) => {}
         Err(e) => {
@@ -65,7 +76,9 @@ where
             // waiting in the stream, and says more than "connection lost".
             let e = match e {
                 MigrationError::Wire(WireError::Io(io)) => {
-                    match tokio::time::timeout(Duration::from_millis(500), wire::read_frame(stream)).await {
+                    match tokio::time::timeout(Duration::from_millis(500), wire::read_frame(stream))
+                        .await
+                    {
                         Ok(Err(WireError::Remote(reason))) => MigrationError::Target(reason),
                         _ => MigrationError::Wire(WireError::Io(io)),
                     }
@@ -83,16 +96,24 @@ where
         }
     }
     // Point of no return: from here the source never runs the guest again.
-    wire::write_frame(stream, FrameKind::Commit, &[]).await.map_err(|e| MigrationError::AfterCommit(e.to_string()))?;
+    wire::write_frame(stream, FrameKind::Commit, &[])
+        .await
+        .map_err(|e| MigrationError::AfterCommit(e.to_string()))?;
     vm.release();
-    let resumed = tokio::time::timeout(Duration::from_secs(60), wire::expect_frame(stream, FrameKind::Resumed)).await;
+    let resumed = tokio::time::timeout(
+        Duration::from_secs(60),
+        wire::expect_frame(stream, FrameKind::Resumed),
+    )
+    .await;
     match resumed {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => return Err(MigrationError::AfterCommit(e.to_string())),
         Err(_) => return Err(MigrationError::AfterCommit("no answer within 60 s".into())),
     }
     let mut summary = run.summary;
-    summary.downtime_ms = run.paused_at.map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0);
+    summary.downtime_ms = run
+        .paused_at
+        .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0);
     summary.total_seconds = started.elapsed().as_secs_f64();
     summary.bytes_sent = run.sent;
     summary.throughput_bytes_per_sec = run.sent as f64 / summary.total_seconds.max(1e-6);
@@ -108,7 +129,12 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    async fn precopy_and_switch<S, F>(&mut self, stream: &mut S, progress: &mut F, started: Instant) -> Result<(), MigrationError>
+    async fn precopy_and_switch<S, F>(
+        &mut self,
+        stream: &mut S,
+        progress: &mut F,
+        started: Instant,
+    ) -> Result<(), MigrationError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
         F: FnMut(&Progress),
@@ -117,20 +143,25 @@ impl Run<'_> {
         authenticate_source(stream, self.opts.key.as_ref(), theirs.auth_required).await?;
         let config = self.vm.config().map_err(MigrationError::Source)?;
         wire::write_frame(stream, FrameKind::Config, &config).await?;
-        wire::expect_frame(stream, FrameKind::Accept).await.map_err(|e| match e {
-            WireError::Remote(m) => MigrationError::Refused(m),
-            other => MigrationError::Wire(other),
-        })?;
+        wire::expect_frame(stream, FrameKind::Accept)
+            .await
+            .map_err(|e| match e {
+                WireError::Remote(m) => MigrationError::Refused(m),
+                other => MigrationError::Wire(other),
+            })?;
 
         let regions = self.vm.regions();
+        // Dirty tracking also in an offline migration: pausing stops the vCPUs, but devices
+        // write guest memory until their state is captured (a frame received, a used ring
+        // updated), and those pages must follow.
+        self.vm.start_dirty_log().map_err(MigrationError::Source)?;
         if self.opts.offline {
             self.pause()?;
             self.summary.switchover = "offline".into();
-        } else {
-            self.vm.start_dirty_log().map_err(MigrationError::Source)?;
         }
         // Round 0: everything that is not zero.
-        let mut dirty: Vec<DirtyBitmap> = regions.iter().map(|r| DirtyBitmap::full(r.pages)).collect();
+        let mut dirty: Vec<DirtyBitmap> =
+            regions.iter().map(|r| DirtyBitmap::full(r.pages)).collect();
         let mut round = 0u32;
         let mut bandwidth = 0f64;
         let mut throttle = 0u8;
@@ -149,7 +180,11 @@ impl Run<'_> {
             let dirty_pages: u64 = dirty.iter().map(|d| d.count() as u64).sum();
             let remaining = dirty_pages * PAGE_SIZE as u64;
             let dirty_rate = remaining as f64 / secs;
-            let expected_ms = if bandwidth > 0.0 { remaining as f64 / bandwidth * 1000.0 } else { 0.0 };
+            let expected_ms = if bandwidth > 0.0 {
+                remaining as f64 / bandwidth * 1000.0
+            } else {
+                0.0
+            };
             let mut stats = stats;
             stats.seconds = secs;
             stats.dirty_pages_after = dirty_pages;
@@ -174,20 +209,34 @@ impl Run<'_> {
             let out_of_time = started.elapsed() >= self.opts.timeout;
             if converged || out_of_rounds || out_of_time {
                 if !converged && self.opts.on_timeout == OnTimeout::Cancel {
-                    let why = if out_of_time { "timeout" } else { "round limit" };
+                    let why = if out_of_time {
+                        "timeout"
+                    } else {
+                        "round limit"
+                    };
                     return Err(MigrationError::NotConverged(format!(
                         "{why} reached after {round} rounds with {dirty_pages} pages dirty (expected downtime {expected_ms:.0} ms, budget {budget_ms:.0} ms); the guest keeps running here"
                     )));
                 }
-                self.summary.switchover =
-                    if converged { "converged" } else if out_of_time { "timeout-forced" } else { "round-limit" }.into();
+                self.summary.switchover = if converged {
+                    "converged"
+                } else if out_of_time {
+                    "timeout-forced"
+                } else {
+                    "round-limit"
+                }
+                .into();
                 self.pause()?;
                 // The last writes before the pause, and any the VMM made while pausing.
                 let last = self.vm.take_dirty().map_err(MigrationError::Source)?;
                 for (d, l) in dirty.iter_mut().zip(&last) {
                     d.union_with(l);
                 }
-            } else if self.opts.auto_converge && round >= 2 && dirty_rate > bandwidth * 0.5 && throttle < 90 {
+            } else if self.opts.auto_converge
+                && round >= 2
+                && dirty_rate > bandwidth * 0.5
+                && throttle < 90
+            {
                 // The guest dirties memory faster than half the link: take CPU time from it.
                 throttle = (throttle + 20).min(90);
                 self.vm.throttle(throttle);
@@ -195,22 +244,24 @@ impl Run<'_> {
         }
         self.vm.throttle(0);
         let state = self.vm.save_state().map_err(MigrationError::Source)?;
-        // Capturing device state may itself write guest memory: one more dirty pass. (An
-        // offline migration copied memory after the pause and after nothing else ran.)
-        if !self.opts.offline {
-            let after_state = self.vm.take_dirty().map_err(MigrationError::Source)?;
-            if after_state.iter().any(|d| d.count() > 0) {
-                let stats = self.send_round(stream, &regions, &after_state, round + 1).await?;
-                self.summary.rounds_detail.push(stats);
-            }
-            self.vm.stop_dirty_log();
+        // Devices wrote guest memory while the last round was sent (or, offline, while all
+        // of memory was), and capturing their state may write more: one more dirty pass.
+        let after_state = self.vm.take_dirty().map_err(MigrationError::Source)?;
+        if after_state.iter().any(|d| d.count() > 0) {
+            let stats = self
+                .send_round(stream, &regions, &after_state, round + 1)
+                .await?;
+            self.summary.rounds_detail.push(stats);
         }
+        self.vm.stop_dirty_log();
         wire::write_frame(stream, FrameKind::State, &state).await?;
         self.sent += state.len() as u64;
-        wire::expect_frame(stream, FrameKind::Ready).await.map_err(|e| match e {
-            WireError::Remote(m) => MigrationError::Target(m),
-            other => MigrationError::Wire(other),
-        })?;
+        wire::expect_frame(stream, FrameKind::Ready)
+            .await
+            .map_err(|e| match e {
+                WireError::Remote(m) => MigrationError::Target(m),
+                other => MigrationError::Wire(other),
+            })?;
         self.summary.rounds = round + 1;
         Ok(())
     }
@@ -221,11 +272,20 @@ impl Run<'_> {
         Ok(())
     }
 
-    async fn send_round<S>(&mut self, stream: &mut S, regions: &[RamRegion], dirty: &[DirtyBitmap], round: u32) -> Result<RoundStats, MigrationError>
+    async fn send_round<S>(
+        &mut self,
+        stream: &mut S,
+        regions: &[RamRegion],
+        dirty: &[DirtyBitmap],
+        round: u32,
+    ) -> Result<RoundStats, MigrationError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let mut stats = RoundStats { round, ..Default::default() };
+        let mut stats = RoundStats {
+            round,
+            ..Default::default()
+        };
         let skip_zero = round == 0;
         let mut frame = PagesBuilder::new();
         let mut buf = vec![0u8; MAX_PAGES_PER_FRAME * PAGE_SIZE];
@@ -234,9 +294,14 @@ impl Run<'_> {
             for (first, count) in bitmap.runs(MAX_PAGES_PER_FRAME) {
                 let gpa = region.gpa + (first * PAGE_SIZE) as u64;
                 let data = &mut buf[..count * PAGE_SIZE];
-                self.vm.read_memory(gpa, data).map_err(MigrationError::Source)?;
+                self.vm
+                    .read_memory(gpa, data)
+                    .map_err(MigrationError::Source)?;
                 // Split the run into sub-runs of pages worth sending; each page is checked once.
-                let zero: Vec<bool> = data.chunks_exact(PAGE_SIZE).map(|p| skip_zero && is_zero_page(p)).collect();
+                let zero: Vec<bool> = data
+                    .chunks_exact(PAGE_SIZE)
+                    .map(|p| skip_zero && is_zero_page(p))
+                    .collect();
                 let mut i = 0;
                 while i < count {
                     if zero[i] {
@@ -248,22 +313,33 @@ impl Run<'_> {
                     while i < count && (i - start) < frame.room() && !zero[i] {
                         i += 1;
                     }
-                    frame.push((gpa / PAGE_SIZE as u64) + start as u64, &data[start * PAGE_SIZE..i * PAGE_SIZE]);
+                    frame.push(
+                        (gpa / PAGE_SIZE as u64) + start as u64,
+                        &data[start * PAGE_SIZE..i * PAGE_SIZE],
+                    );
                     stats.pages_sent += (i - start) as u64;
                     if frame.room() == 0 {
-                        self.flush(stream, &mut frame, &mut stats, round_start).await?;
+                        self.flush(stream, &mut frame, &mut stats, round_start)
+                            .await?;
                     }
                 }
             }
         }
-        self.flush(stream, &mut frame, &mut stats, round_start).await?;
+        self.flush(stream, &mut frame, &mut stats, round_start)
+            .await?;
         wire::write_frame(stream, FrameKind::RoundEnd, &round.to_le_bytes()).await?;
         self.summary.pages_sent += stats.pages_sent;
         self.summary.zero_pages_skipped += stats.zero_pages;
         Ok(stats)
     }
 
-    async fn flush<S>(&mut self, stream: &mut S, frame: &mut PagesBuilder, stats: &mut RoundStats, round_start: Instant) -> Result<(), MigrationError>
+    async fn flush<S>(
+        &mut self,
+        stream: &mut S,
+        frame: &mut PagesBuilder,
+        stats: &mut RoundStats,
+        round_start: Instant,
+    ) -> Result<(), MigrationError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {

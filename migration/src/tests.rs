@@ -25,6 +25,8 @@ struct FakeSource {
     writes_per_round: usize,
     generation: AtomicU32,
     released: AtomicBool,
+    /// A device that writes guest memory while its state is captured (a used ring update).
+    device_writes_at_save: AtomicBool,
 }
 
 impl FakeSource {
@@ -41,6 +43,7 @@ impl FakeSource {
             writes_per_round,
             generation: AtomicU32::new(1),
             released: AtomicBool::new(false),
+            device_writes_at_save: AtomicBool::new(false),
         }
     }
 
@@ -64,7 +67,10 @@ impl SourceVm for FakeSource {
         Ok(b"fake-config".to_vec())
     }
     fn regions(&self) -> Vec<RamRegion> {
-        vec![RamRegion { gpa: 0, pages: PAGES }]
+        vec![RamRegion {
+            gpa: 0,
+            pages: PAGES,
+        }]
     }
     fn read_memory(&self, gpa: u64, buf: &mut [u8]) -> VmResult<()> {
         let mem = self.mem.lock().unwrap();
@@ -92,6 +98,11 @@ impl SourceVm for FakeSource {
         Ok(())
     }
     fn save_state(&self) -> VmResult<Vec<u8>> {
+        if self.device_writes_at_save.load(Ordering::SeqCst) {
+            let page = PAGES - 3;
+            self.mem.lock().unwrap()[page * 4096 + 100] = 0xd5;
+            self.dirty.lock().unwrap().set(page);
+        }
         Ok(b"cpu-and-device-state".to_vec())
     }
     fn release(&self) {
@@ -111,7 +122,10 @@ struct FakeTarget(Arc<Mutex<Shared>>);
 
 impl TargetVm for FakeTarget {
     fn regions(&self) -> Vec<RamRegion> {
-        vec![RamRegion { gpa: 0, pages: PAGES }]
+        vec![RamRegion {
+            gpa: 0,
+            pages: PAGES,
+        }]
     }
     fn write_memory(&mut self, gpa: u64, data: &[u8]) -> VmResult<()> {
         self.0.lock().unwrap().mem[gpa as usize..gpa as usize + data.len()].copy_from_slice(data);
@@ -157,53 +171,102 @@ struct Outcome {
     src: Arc<FakeSource>,
 }
 
-async fn migrate(src: FakeSource, opts: SendOptions, dest_key: Option<Key>, refuse: Option<String>) -> Outcome {
+async fn migrate(
+    src: FakeSource,
+    opts: SendOptions,
+    dest_key: Option<Key>,
+    refuse: Option<String>,
+) -> Outcome {
     let (mut a, mut b) = tokio::io::duplex(1 << 20);
     let src = Arc::new(src);
     let shared = Arc::new(Mutex::new(Shared::default()));
-    let mut builder = Builder { shared: shared.clone(), refuse };
-    let target = tokio::spawn(async move { receive(&mut b, &mut builder, dest_key.as_ref()).await.map(|_| ()) });
+    let mut builder = Builder {
+        shared: shared.clone(),
+        refuse,
+    };
+    let target = tokio::spawn(async move {
+        receive(&mut b, &mut builder, dest_key.as_ref())
+            .await
+            .map(|_| ())
+    });
     let source = send(&mut a, src.as_ref(), &opts, |_| {}).await;
     drop(a);
     let target = target.await.unwrap();
-    Outcome { source, target, shared, src }
+    Outcome {
+        source,
+        target,
+        shared,
+        src,
+    }
 }
 
 #[tokio::test]
 async fn live_migration_converges_and_copies_memory_exactly() {
-    let opts = SendOptions { downtime_budget: Duration::from_secs(5), ..Default::default() };
+    let opts = SendOptions {
+        downtime_budget: Duration::from_secs(5),
+        ..Default::default()
+    };
     let o = migrate(FakeSource::new(8), opts, None, None).await;
     let summary = o.source.unwrap();
     o.target.unwrap();
     let shared = o.shared.lock().unwrap();
     assert!(shared.resumed);
     assert_eq!(shared.state, b"cpu-and-device-state");
-    assert_eq!(shared.mem, *o.src.mem.lock().unwrap(), "destination memory equals the paused source's");
+    assert_eq!(
+        shared.mem,
+        *o.src.mem.lock().unwrap(),
+        "destination memory equals the paused source's"
+    );
     assert!(o.src.released.load(Ordering::SeqCst));
-    assert!(!o.src.running.load(Ordering::SeqCst), "the source never resumes after commit");
+    assert!(
+        !o.src.running.load(Ordering::SeqCst),
+        "the source never resumes after commit"
+    );
     assert_eq!(summary.switchover, "converged");
     assert!(summary.rounds >= 2);
-    assert_eq!(summary.zero_pages_skipped, (PAGES / 2) as u64, "round 0 skips the zero pages");
+    assert_eq!(
+        summary.zero_pages_skipped,
+        (PAGES / 2) as u64,
+        "round 0 skips the zero pages"
+    );
 }
 
 #[tokio::test]
 async fn a_guest_that_never_converges_is_forced_or_cancelled_as_asked() {
-    let opts = SendOptions { downtime_budget: Duration::ZERO, max_rounds: 4, auto_converge: false, ..Default::default() };
+    let opts = SendOptions {
+        downtime_budget: Duration::ZERO,
+        max_rounds: 4,
+        auto_converge: false,
+        ..Default::default()
+    };
     let o = migrate(FakeSource::new(64), opts.clone(), None, None).await;
     assert_eq!(o.source.unwrap().switchover, "round-limit");
     assert_eq!(o.shared.lock().unwrap().mem, *o.src.mem.lock().unwrap());
 
-    let cancel = SendOptions { on_timeout: OnTimeout::Cancel, ..opts };
+    let cancel = SendOptions {
+        on_timeout: OnTimeout::Cancel,
+        ..opts
+    };
     let o = migrate(FakeSource::new(64), cancel, None, None).await;
-    assert!(matches!(o.source, Err(MigrationError::NotConverged(_))), "{:?}", o.source.err());
+    assert!(
+        matches!(o.source, Err(MigrationError::NotConverged(_))),
+        "{:?}",
+        o.source.err()
+    );
     assert!(o.target.is_err());
-    assert!(o.src.running.load(Ordering::SeqCst), "the guest keeps running on the source");
+    assert!(
+        o.src.running.load(Ordering::SeqCst),
+        "the guest keeps running on the source"
+    );
     assert!(!o.src.released.load(Ordering::SeqCst));
 }
 
 #[tokio::test]
 async fn offline_migration_pauses_first() {
-    let opts = SendOptions { offline: true, ..Default::default() };
+    let opts = SendOptions {
+        offline: true,
+        ..Default::default()
+    };
     let o = migrate(FakeSource::new(8), opts, None, None).await;
     let s = o.source.unwrap();
     assert_eq!(s.switchover, "offline");
@@ -211,16 +274,66 @@ async fn offline_migration_pauses_first() {
     assert_eq!(o.shared.lock().unwrap().mem, *o.src.mem.lock().unwrap());
 }
 
+/// A device still writing guest memory after the vCPUs stopped (seen in a Linux guest as
+/// "input.0:id 0 is not a head!" after an offline migration): those pages must follow, live
+/// and offline.
+#[tokio::test]
+async fn device_writes_after_the_pause_reach_the_destination() {
+    for offline in [true, false] {
+        let src = FakeSource::new(4);
+        src.device_writes_at_save.store(true, Ordering::SeqCst);
+        let o = migrate(
+            src,
+            SendOptions {
+                offline,
+                ..Default::default()
+            },
+            None,
+            None,
+        )
+        .await;
+        o.source.unwrap();
+        let dst = &o.shared.lock().unwrap().mem;
+        assert_eq!(dst[(PAGES - 3) * 4096 + 100], 0xd5, "offline={offline}");
+        assert_eq!(*dst, *o.src.mem.lock().unwrap(), "offline={offline}");
+    }
+}
+
 #[tokio::test]
 async fn keys_must_match_on_both_ends() {
-    let with = |k: &str| SendOptions { key: Some(key(k)), ..Default::default() };
-    let o = migrate(FakeSource::new(1), with("0123456789abcdef"), Some(key("0123456789abcdef")), None).await;
+    let with = |k: &str| SendOptions {
+        key: Some(key(k)),
+        ..Default::default()
+    };
+    let o = migrate(
+        FakeSource::new(1),
+        with("0123456789abcdef"),
+        Some(key("0123456789abcdef")),
+        None,
+    )
+    .await;
     o.source.unwrap();
-    let o = migrate(FakeSource::new(1), with("0123456789abcdef"), Some(key("fedcba9876543210")), None).await;
-    assert!(matches!(o.source, Err(MigrationError::Auth(_))), "{:?}", o.source.err());
+    let o = migrate(
+        FakeSource::new(1),
+        with("0123456789abcdef"),
+        Some(key("fedcba9876543210")),
+        None,
+    )
+    .await;
+    assert!(
+        matches!(o.source, Err(MigrationError::Auth(_))),
+        "{:?}",
+        o.source.err()
+    );
     assert!(matches!(o.target, Err(MigrationError::Auth(_))));
     assert!(o.src.running.load(Ordering::SeqCst));
-    let o = migrate(FakeSource::new(1), SendOptions::default(), Some(key("0123456789abcdef")), None).await;
+    let o = migrate(
+        FakeSource::new(1),
+        SendOptions::default(),
+        Some(key("0123456789abcdef")),
+        None,
+    )
+    .await;
     let err = o.source.unwrap_err().to_string();
     assert!(err.contains("requires a key"), "{err}");
     let o = migrate(FakeSource::new(1), with("0123456789abcdef"), None, None).await;
@@ -230,9 +343,17 @@ async fn keys_must_match_on_both_ends() {
 
 #[tokio::test]
 async fn a_refusal_reaches_the_source_with_its_reason() {
-    let o = migrate(FakeSource::new(1), SendOptions::default(), None, Some("disk /shared/x.img is missing".into())).await;
+    let o = migrate(
+        FakeSource::new(1),
+        SendOptions::default(),
+        None,
+        Some("disk /shared/x.img is missing".into()),
+    )
+    .await;
     match o.source {
-        Err(MigrationError::Refused(m)) => assert!(m.contains("disk /shared/x.img is missing"), "{m}"),
+        Err(MigrationError::Refused(m)) => {
+            assert!(m.contains("disk /shared/x.img is missing"), "{m}")
+        }
         other => panic!("{:?}", other.err()),
     }
     assert!(o.src.running.load(Ordering::SeqCst));
@@ -245,7 +366,10 @@ async fn damaged(flip: bool, at: usize) -> Outcome {
     let (mut b_far, mut b) = tokio::io::duplex(1 << 20);
     let src = Arc::new(FakeSource::new(8));
     let shared = Arc::new(Mutex::new(Shared::default()));
-    let mut builder = Builder { shared: shared.clone(), refuse: None };
+    let mut builder = Builder {
+        shared: shared.clone(),
+        refuse: None,
+    };
     let target = tokio::spawn(async move { receive(&mut b, &mut builder, None).await.map(|_| ()) });
     let proxy = tokio::spawn(async move {
         let (mut ar, mut aw) = tokio::io::split(&mut a_far);
@@ -286,17 +410,33 @@ async fn damaged(flip: bool, at: usize) -> Outcome {
     drop(a);
     let target = target.await.unwrap();
     proxy.abort();
-    Outcome { source, target, shared, src }
+    Outcome {
+        source,
+        target,
+        shared,
+        src,
+    }
 }
 
 #[tokio::test]
 async fn a_cut_or_corrupted_stream_fails_cleanly_and_the_source_keeps_running() {
     for (flip, at) in [(false, 300), (false, 100_000), (true, 90), (true, 200_000)] {
-        let o = tokio::time::timeout(Duration::from_secs(20), damaged(flip, at)).await.unwrap_or_else(|_| panic!("flip={flip} at={at} hung"));
-        assert!(o.source.is_err(), "flip={flip} at={at}: the source must notice");
-        assert!(o.target.is_err(), "flip={flip} at={at}: the destination must discard");
+        let o = tokio::time::timeout(Duration::from_secs(20), damaged(flip, at))
+            .await
+            .unwrap_or_else(|_| panic!("flip={flip} at={at} hung"));
+        assert!(
+            o.source.is_err(),
+            "flip={flip} at={at}: the source must notice"
+        );
+        assert!(
+            o.target.is_err(),
+            "flip={flip} at={at}: the destination must discard"
+        );
         assert!(!o.shared.lock().unwrap().resumed);
-        assert!(o.src.running.load(Ordering::SeqCst), "flip={flip} at={at}: source running again");
+        assert!(
+            o.src.running.load(Ordering::SeqCst),
+            "flip={flip} at={at}: source running again"
+        );
         assert!(!o.src.released.load(Ordering::SeqCst));
     }
 }

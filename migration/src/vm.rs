@@ -55,5 +55,7 @@ pub trait TargetBuilder {
 /// Finds the region holding `pages` pages at `gpa`.
 pub fn region_index(regions: &[RamRegion], gpa: u64, pages: usize) -> Option<usize> {
     let end = gpa.checked_add((pages as u64).checked_mul(4096)?)?;
-    regions.iter().position(|r| gpa >= r.gpa && end <= r.gpa + r.pages as u64 * 4096)
+    regions
+        .iter()
+        .position(|r| gpa >= r.gpa && end <= r.gpa + r.pages as u64 * 4096)
 }

@@ -78,7 +78,11 @@ pub struct Frame {
     pub payload: Vec<u8>,
 }
 
-pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, kind: FrameKind, payload: &[u8]) -> Result<(), WireError> {
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    kind: FrameKind,
+    payload: &[u8],
+) -> Result<(), WireError> {
     if payload.len() > MAX_FRAME {
         return Err(WireError::TooLarge(payload.len()));
     }
@@ -105,7 +109,9 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, WireEr
         return Err(WireError::Checksum(kind));
     }
     if kind == FrameKind::Error {
-        return Err(WireError::Remote(String::from_utf8_lossy(&payload).into_owned()));
+        return Err(WireError::Remote(
+            String::from_utf8_lossy(&payload).into_owned(),
+        ));
     }
     Ok(Frame { kind, payload })
 }
@@ -128,10 +134,16 @@ pub async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
 }
 
 /// Reads a frame that must be of `expected` kind.
-pub async fn expect_frame<R: AsyncRead + Unpin>(r: &mut R, expected: FrameKind) -> Result<Vec<u8>, WireError> {
+pub async fn expect_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    expected: FrameKind,
+) -> Result<Vec<u8>, WireError> {
     let f = read_frame(r).await?;
     if f.kind != expected {
-        return Err(WireError::Unexpected { expected, got: f.kind });
+        return Err(WireError::Unexpected {
+            expected,
+            got: f.kind,
+        });
     }
     Ok(f.payload)
 }
@@ -152,7 +164,11 @@ impl Default for PagesBuilder {
 
 impl PagesBuilder {
     pub fn new() -> Self {
-        PagesBuilder { buf: vec![0; 4], runs: 0, pages: 0 }
+        PagesBuilder {
+            buf: vec![0; 4],
+            runs: 0,
+            pages: 0,
+        }
     }
 
     /// Pages this frame can still take.
@@ -168,7 +184,8 @@ impl PagesBuilder {
     pub fn push(&mut self, first: u64, data: &[u8]) {
         debug_assert!(data.len() % PAGE_SIZE == 0 && data.len() / PAGE_SIZE <= self.room());
         self.buf.extend_from_slice(&first.to_le_bytes());
-        self.buf.extend_from_slice(&((data.len() / PAGE_SIZE) as u32).to_le_bytes());
+        self.buf
+            .extend_from_slice(&((data.len() / PAGE_SIZE) as u32).to_le_bytes());
         self.buf.extend_from_slice(data);
         self.runs += 1;
         self.pages += data.len() / PAGE_SIZE;
@@ -199,7 +216,9 @@ pub fn parse_pages(payload: &[u8]) -> Result<Vec<(u64, &[u8])>, WireError> {
         }
         let first = u64::from_le_bytes(rest[0..8].try_into().unwrap());
         let pages = u32::from_le_bytes(rest[8..12].try_into().unwrap()) as usize;
-        total = total.checked_add(pages).ok_or_else(|| bad("page count overflow"))?;
+        total = total
+            .checked_add(pages)
+            .ok_or_else(|| bad("page count overflow"))?;
         if pages == 0 || total > MAX_PAGES_PER_FRAME {
             return Err(bad("bad page count"));
         }
@@ -223,22 +242,42 @@ mod tests {
     #[tokio::test]
     async fn frames_round_trip_and_limits_hold() {
         let (mut a, mut b) = tokio::io::duplex(1 << 20);
-        write_frame(&mut a, FrameKind::Config, b"hello").await.unwrap();
+        write_frame(&mut a, FrameKind::Config, b"hello")
+            .await
+            .unwrap();
         let f = read_frame(&mut b).await.unwrap();
-        assert_eq!((f.kind, f.payload.as_slice()), (FrameKind::Config, &b"hello"[..]));
+        assert_eq!(
+            (f.kind, f.payload.as_slice()),
+            (FrameKind::Config, &b"hello"[..])
+        );
         // An oversized length is refused before allocating.
-        a.write_all(&[6, 0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0]).await.unwrap();
-        assert!(matches!(read_frame(&mut b).await, Err(WireError::TooLarge(_))));
+        a.write_all(&[6, 0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0])
+            .await
+            .unwrap();
+        assert!(matches!(
+            read_frame(&mut b).await,
+            Err(WireError::TooLarge(_))
+        ));
         let (mut a, mut b) = tokio::io::duplex(1 << 20);
         a.write_all(&[99, 0, 0, 0, 0, 0, 0, 0, 0]).await.unwrap();
-        assert!(matches!(read_frame(&mut b).await, Err(WireError::UnknownKind(99))));
-        write_frame(&mut a, FrameKind::Error, b"disk missing").await.unwrap();
+        assert!(matches!(
+            read_frame(&mut b).await,
+            Err(WireError::UnknownKind(99))
+        ));
+        write_frame(&mut a, FrameKind::Error, b"disk missing")
+            .await
+            .unwrap();
         match read_frame(&mut b).await {
             Err(WireError::Remote(m)) => assert_eq!(m, "disk missing"),
             other => panic!("{other:?}"),
         }
-        a.write_all(&[4, 2, 0, 0, 0, 0, 0, 0, 0, b'h', b'i']).await.unwrap();
-        assert!(matches!(read_frame(&mut b).await, Err(WireError::Checksum(FrameKind::Config))));
+        a.write_all(&[4, 2, 0, 0, 0, 0, 0, 0, 0, b'h', b'i'])
+            .await
+            .unwrap();
+        assert!(matches!(
+            read_frame(&mut b).await,
+            Err(WireError::Checksum(FrameKind::Config))
+        ));
         drop(a);
         assert!(matches!(read_frame(&mut b).await, Err(WireError::Io(_))));
     }

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Builds the nested test rig's L1 host: Debian's cloud kernel (linux-image-cloud-amd64, its
-# vmlinuz and the kvm, kvm-amd and irqbypass modules, unpacked with dpkg -x) and an initramfs
-# carrying busybox, those modules, a static vmm, the guest artifacts and the scenarios.
+# vmlinuz and the modules listed below, unpacked with dpkg -x) and an initramfs carrying
+# busybox, those modules, a static vmm, rig-tools, the guest artifacts and the scenarios.
 #   build-l1.sh OUT_DIR VMM_BIN GUEST_KERNEL_DIR GUEST_FS_DIR
 # The unpacked kernel package is cached under $VMM_CACHE_DIR by its version.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=$1 vmm_bin=$2 kernel_dir=$3 guestfs_dir=$4
 cache=${VMM_CACHE_DIR:-/var/cache/vmm}
-"$here/../apt-install.sh" busybox-static cpio gzip kmod qemu-system-x86 >&2
+"$here/../apt-install.sh" busybox-static cpio gzip kmod qemu-system-x86 gcc libc6-dev >&2
 
 # The cloud kernel package, by the version the meta-package points at.
 pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
@@ -18,7 +18,14 @@ if [ -z "$pkg" ]; then
   pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
 fi
 [ -n "$pkg" ] || { echo "build-l1: cannot find the linux-image-cloud-amd64 package" >&2; exit 1; }
-kdir="$cache/l1-$pkg"
+# Modules the L1 host loads, in dependency order: KVM; tun for the guests' taps; virtio-pci,
+# virtio-net and the bridge for the network between two L1 hosts; virtio-blk for the shared LUN.
+modules="virt/lib/irqbypass.ko arch/x86/kvm/kvm.ko arch/x86/kvm/kvm-amd.ko drivers/net/tun.ko
+  drivers/virtio/virtio_ring.ko drivers/virtio/virtio.ko drivers/virtio/virtio_pci_legacy_dev.ko
+  drivers/virtio/virtio_pci_modern_dev.ko drivers/virtio/virtio_pci.ko drivers/block/virtio_blk.ko
+  net/core/failover.ko drivers/net/net_failover.ko drivers/net/virtio_net.ko net/llc/llc.ko
+  net/802/stp.ko net/bridge/bridge.ko"
+kdir="$cache/l1-$pkg-$(echo $modules | sha256sum | cut -c1-8)"
 if [ ! -f "$kdir/vmlinuz" ]; then
   echo "build-l1: fetching $pkg" >&2
   tmp=$(mktemp -d)
@@ -27,9 +34,9 @@ if [ ! -f "$kdir/vmlinuz" ]; then
   rm -rf "$kdir.tmp" && mkdir -p "$kdir.tmp/modules"
   cp "$tmp"/x/boot/vmlinuz-* "$kdir.tmp/vmlinuz"
   moddir=$(echo "$tmp"/x/lib/modules/*)
-  # Modules the L1 host loads, in dependency order.
-  for m in virt/lib/irqbypass.ko arch/x86/kvm/kvm.ko arch/x86/kvm/kvm-amd.ko drivers/net/tun.ko; do
+  for m in $modules; do
     cp "$moddir/kernel/$m" "$kdir.tmp/modules/"
+    basename "$m" .ko >> "$kdir.tmp/modules/order"
   done
   rm -rf "$kdir" && mv "$kdir.tmp" "$kdir"
   rm -rf "$tmp"
@@ -41,7 +48,8 @@ mkdir -p "$stage"/{bin,dev,proc,sys,tmp,modules,rig/guest,rig/scenarios}
 cp /bin/busybox "$stage/bin/busybox"
 ln -s busybox "$stage/bin/sh"
 cp "$here/l1-init" "$stage/init"
-cp "$kdir"/modules/*.ko "$stage/modules/"
+cp "$kdir"/modules/* "$stage/modules/"
+gcc -O2 -Wall -static -o "$stage/rig/rig-tools" "$here/tools/rig-tools.c"
 cp "$vmm_bin" "$stage/rig/vmm"
 cp "$kernel_dir/bzImage" "$kernel_dir/vmlinux" "$guestfs_dir/initramfs.cpio.gz" "$stage/rig/guest/"
 cp "$here"/scenarios/* "$stage/rig/scenarios/"

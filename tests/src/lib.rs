@@ -19,7 +19,10 @@ pub fn guest(name: &str) -> PathBuf {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The `vmm` binary: $VMM_BIN if set, else built here once with cargo.
@@ -36,7 +39,9 @@ pub fn vmm_bin() -> PathBuf {
             .status()
             .expect("run cargo build");
         assert!(status.success(), "cargo build of vmm failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("target"));
         target.join("debug").join("vmm")
     })
     .clone()
@@ -45,7 +50,11 @@ pub fn vmm_bin() -> PathBuf {
 /// True when tests needing /dev/kvm can run. Without it: a failure under CI=true, otherwise
 /// false after printing why the test is skipped.
 pub fn require_kvm(test: &str) -> bool {
-    let ok = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    let ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
     if ok {
         return true;
     }
@@ -174,7 +183,12 @@ impl VmProcess {
             }
         });
         let stderr = Some(collect(child.stderr.take().unwrap()));
-        VmProcess { child, lines, console, stderr }
+        VmProcess {
+            child,
+            lines,
+            console,
+            stderr,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -219,7 +233,10 @@ impl VmProcess {
     pub fn lines_during(&mut self, d: Duration) -> Vec<String> {
         let deadline = Instant::now() + d;
         let mut out = Vec::new();
-        while let Ok(l) = self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        while let Ok(l) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
             out.push(l);
         }
         out
@@ -240,7 +257,10 @@ impl VmProcess {
         let status = wait_bounded(&mut self.child, timeout);
         let Some(status) = status else {
             kill(&mut self.child);
-            panic!("vmm did not exit within {timeout:?}; console tail: {:?}", self.tail(20));
+            panic!(
+                "vmm did not exit within {timeout:?}; console tail: {:?}",
+                self.tail(20)
+            );
         };
         let err = self.stderr.take().map(join_text).unwrap_or_default();
         (status, err)
@@ -257,12 +277,20 @@ impl Drop for VmProcess {
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Runs `vmm --runtime-dir DIR ARGS...` (a `migrate`), retrying while the destination is not
 /// listening yet.
-pub fn migrate_retrying(dir: &Path, args: &[&str], timeout: Duration) -> (ExitStatus, String, String) {
+pub fn migrate_retrying(
+    dir: &Path,
+    args: &[&str],
+    timeout: Duration,
+) -> (ExitStatus, String, String) {
     for _ in 0..50 {
         let (st, out, err) = vmm_cli(dir, args, timeout);
         if !st.success() && err.contains("cannot connect") {

@@ -1,7 +1,8 @@
 //! The nested test rig from the outside: boots an L1 host under QEMU (software emulation of an
 //! AMD CPU with SVM, so a real /dev/kvm exists inside) through resources/rig/run-l1.sh, watches
 //! its serial console for the scenario's verdict, and retries once when the L1 hangs (console
-//! silent for too long, a known Debian QEMU 7.2 TCG problem described in DESIGN.md).
+//! silent for too long, a known Debian QEMU 7.2 TCG problem described in DESIGN.md). A
+//! scenario may span two L1 hosts joined by a network and a shared disk (run_hosts).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -15,10 +16,21 @@ const SILENCE_LIMIT: Duration = Duration::from_secs(45);
 pub struct RigRun {
     pub passed: bool,
     pub verdict: String,
+    /// Console lines; with several L1 hosts each is prefixed "hN| " (N from 1).
     pub console: Vec<String>,
+    /// Every line with its host (0-based) and arrival time in seconds since the start.
+    pub lines: Vec<(usize, f64, String)>,
     pub elapsed: Duration,
     /// Seconds from QEMU start to the first line containing each marker seen.
     pub marks: Vec<(String, f64)>,
+}
+
+/// One L1 host of a scenario: the scenario it runs and the run-l1.sh environment
+/// (RIG_NET, RIG_LUN, RIG_APPEND, ...).
+#[derive(Clone, Default)]
+pub struct L1Host {
+    pub scenario: String,
+    pub env: Vec<(String, String)>,
 }
 
 enum Attempt {
@@ -30,7 +42,12 @@ enum Attempt {
 pub fn rig_dir() -> PathBuf {
     std::env::var_os("RIG_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("build/rig"))
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .unwrap()
+                .join("build/rig")
+        })
 }
 
 /// True when the rig is built and QEMU is installed. Without them: a failure under CI=true,
@@ -41,12 +58,19 @@ pub fn require_rig(test: &str) -> bool {
         .iter()
         .filter(|f| !dir.join(f).exists())
         .map(|f| dir.join(f).display().to_string())
-        .chain(which("qemu-system-x86_64").is_none().then(|| "qemu-system-x86_64".to_string()))
+        .chain(
+            which("qemu-system-x86_64")
+                .is_none()
+                .then(|| "qemu-system-x86_64".to_string()),
+        )
         .collect();
     if missing.is_empty() {
         return true;
     }
-    let why = format!("the nested rig is not built (missing {}); `make rig` builds it", missing.join(", "));
+    let why = format!(
+        "the nested rig is not built (missing {}); `make rig` builds it",
+        missing.join(", ")
+    );
     if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
         panic!("{test}: {why}; CI=true, so this is a failure");
     }
@@ -55,52 +79,97 @@ pub fn require_rig(test: &str) -> bool {
 }
 
 fn which(cmd: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(cmd)).find(|p| p.exists())
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(cmd))
+        .find(|p| p.exists())
 }
 
-/// Runs `scenario` in an L1 host, retrying once if the L1 hangs. `markers` are console
+/// Runs `scenario` in an L1 host, retrying when the L1 hangs. `markers` are console
 /// substrings whose first appearance times are reported.
 pub fn run_scenario(scenario: &str, timeout: Duration, markers: &[&str]) -> RigRun {
+    run_hosts(
+        scenario,
+        &[L1Host {
+            scenario: scenario.into(),
+            env: vec![],
+        }],
+        timeout,
+        markers,
+    )
+}
+
+/// Runs one scenario over several L1 hosts started together (each with its own console),
+/// retrying when an L1 hangs. It passes when every host reports PASS; a FAIL from any host
+/// ends the attempt. `name` labels the logs under build/rig-logs.
+pub fn run_hosts(name: &str, hosts: &[L1Host], timeout: Duration, markers: &[&str]) -> RigRun {
     // An L1 that hangs is the rig's fault (DESIGN.md section 10), not the scenario's: retry it.
     // A scenario that reports FAIL is never retried.
     for attempt in 1..=3 {
-        match attempt_once(scenario, timeout, markers, attempt) {
+        match attempt_once(name, hosts, timeout, markers, attempt) {
             Attempt::Finished(run) => return run,
             Attempt::Hung(console) => {
                 eprintln!(
-                    "rig: L1 console silent for {SILENCE_LIMIT:?} in attempt {attempt} of scenario {scenario}; last lines: {:?}",
+                    "rig: L1 console silent for {SILENCE_LIMIT:?} in attempt {attempt} of scenario {name}; last lines: {:?}",
                     &console[console.len().saturating_sub(5)..]
                 );
             }
         }
     }
-    panic!("rig: scenario {scenario} hung three times (console silent for {SILENCE_LIMIT:?} or an L1 lockup report); logs under build/rig-logs");
+    panic!("rig: scenario {name} hung three times (console silent for {SILENCE_LIMIT:?} or an L1 lockup report); logs under build/rig-logs");
 }
 
-fn attempt_once(scenario: &str, timeout: Duration, markers: &[&str], attempt: u32) -> Attempt {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("resources/rig/run-l1.sh");
+/// The L1 kernel noticed one of its CPUs stuck (the TCG wake-up loss seen as an IPI that is
+/// never answered): the attempt will not finish.
+fn is_lockup_report(line: &str) -> bool {
+    line.contains("soft lockup")
+        || line.contains("rcu_sched self-detected stall")
+        || line.contains("rcu: INFO: rcu_preempt")
+}
+
+fn attempt_once(
+    name: &str,
+    hosts: &[L1Host],
+    timeout: Duration,
+    markers: &[&str],
+    attempt: u32,
+) -> Attempt {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("resources/rig/run-l1.sh");
     let start = Instant::now();
-    let mut child = Command::new(&script)
-        .arg(rig_dir())
-        .arg(scenario)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the L1 host (run-l1.sh)");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
+    let (tx, rx) = mpsc::channel::<(usize, String)>();
+    let mut children = Vec::new();
+    for (i, host) in hosts.iter().enumerate() {
+        let mut child = Command::new(&script)
+            .arg(rig_dir())
+            .arg(&host.scenario)
+            .envs(host.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the L1 host (run-l1.sh)");
+        let stdout = child.stdout.take().unwrap();
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send((i, line)).is_err() {
+                    break;
+                }
             }
-        }
-    });
+        });
+        children.push(child);
+    }
+    drop(tx);
+    let multi = hosts.len() > 1;
     let mut console = Vec::new();
+    let mut lines = Vec::new();
     let mut marks: Vec<(String, f64)> = Vec::new();
-    let mut verdict = None;
+    let mut verdicts: Vec<Option<String>> = vec![None; hosts.len()];
     let deadline = start + timeout;
     let mut hung = false;
     loop {
@@ -109,25 +178,34 @@ fn attempt_once(scenario: &str, timeout: Duration, markers: &[&str], attempt: u3
             break;
         }
         match rx.recv_timeout(left.min(SILENCE_LIMIT)) {
-            Ok(line) => {
+            Ok((host, line)) => {
+                let t = start.elapsed().as_secs_f64();
                 let line = line.trim_end_matches('\r').to_string();
                 for m in markers {
                     if line.contains(m) && !marks.iter().any(|(k, _)| k == m) {
-                        marks.push((m.to_string(), start.elapsed().as_secs_f64()));
+                        marks.push((m.to_string(), t));
                     }
                 }
+                let failed = line.contains("RIG-RESULT: FAIL");
                 if line.contains("RIG-RESULT:") {
-                    verdict = Some(line.clone());
+                    verdicts[host] = Some(if multi {
+                        format!("host{}: {line}", host + 1)
+                    } else {
+                        line.clone()
+                    });
                 }
-                // The L1 kernel noticed one of its CPUs stuck (the same TCG wake-up loss seen
-                // as an IPI that is never answered): this attempt will not finish.
-                if line.contains("soft lockup") || line.contains("rcu_sched self-detected stall") || line.contains("rcu: INFO: rcu_preempt") {
-                    console.push(line);
+                let lockup = is_lockup_report(&line);
+                console.push(if multi {
+                    format!("h{}| {line}", host + 1)
+                } else {
+                    line.clone()
+                });
+                lines.push((host, t, line));
+                if lockup {
                     hung = true;
                     break;
                 }
-                console.push(line);
-                if verdict.is_some() {
+                if failed || verdicts.iter().all(Option::is_some) {
                     break;
                 }
             }
@@ -142,28 +220,63 @@ fn attempt_once(scenario: &str, timeout: Duration, markers: &[&str], attempt: u3
     }
     // Give QEMU a moment to exit on its own (the L1 reboots with -no-reboot), then kill it by PID.
     let exit_deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < exit_deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
+    while Instant::now() < exit_deadline
+        && children
+            .iter_mut()
+            .any(|c| matches!(c.try_wait(), Ok(None)))
+    {
         std::thread::sleep(Duration::from_millis(50));
     }
-    if let Ok(None) = child.try_wait() {
-        let _ = child.kill();
-        let _ = child.wait();
+    for child in &mut children {
+        if let Ok(None) = child.try_wait() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
-    save_log(scenario, attempt, &console);
-    if hung && verdict.is_none() {
+    save_log(name, attempt, &console);
+    let failed = verdicts
+        .iter()
+        .flatten()
+        .find(|v| v.contains("FAIL"))
+        .cloned();
+    if hung && failed.is_none() {
         return Attempt::Hung(console);
     }
-    let verdict = verdict.unwrap_or_else(|| format!("no RIG-RESULT within {timeout:?}"));
-    Attempt::Finished(RigRun { passed: verdict.contains("RIG-RESULT: PASS"), verdict, console, elapsed: start.elapsed(), marks })
+    let verdict = failed.unwrap_or_else(|| {
+        if verdicts.iter().all(Option::is_some) {
+            verdicts
+                .iter()
+                .flatten()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
+        } else {
+            format!("no RIG-RESULT from every host within {timeout:?}")
+        }
+    });
+    let passed = verdicts
+        .iter()
+        .all(|v| v.as_deref().is_some_and(|v| v.contains("RIG-RESULT: PASS")));
+    Attempt::Finished(RigRun {
+        passed,
+        verdict,
+        console,
+        lines,
+        elapsed: start.elapsed(),
+        marks,
+    })
 }
 
 fn save_log(scenario: &str, attempt: u32, console: &[String]) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("build/rig-logs");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("build/rig-logs");
     if std::fs::create_dir_all(&dir).is_ok() {
-        let _ = std::fs::write(dir.join(format!("{scenario}-{attempt}.log")), console.join("\n"));
+        let _ = std::fs::write(
+            dir.join(format!("{scenario}-{attempt}.log")),
+            console.join("\n"),
+        );
     }
 }
 
@@ -172,16 +285,122 @@ fn save_log(scenario: &str, attempt: u32, console: &[String]) {
 pub fn run_scenario_direct(name: &str) -> std::process::Output {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let guest = root.join("build/guest");
-    assert!(guest.join("bzImage").exists(), "guest artifacts missing under {}; run `make artifacts`", guest.display());
+    assert!(
+        guest.join("bzImage").exists(),
+        "guest artifacts missing under {}; run `make artifacts`",
+        guest.display()
+    );
     let bin_dir = crate::vmm_bin().parent().unwrap().to_path_buf();
     let work = crate::RuntimeDir::new(name);
     Command::new("unshare")
         .args(["--net", "sh"])
         .arg(root.join("resources/rig/scenarios").join(name))
-        .env("PATH", format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default()))
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin_dir.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
         .env("RIG_GUEST", &guest)
         .env("RIG_WORK", &work.0)
         .env("VMM_RUNTIME_DIR", &work.0)
         .output()
         .expect("run the scenario")
+}
+
+/// Two L1 hosts for a migration scenario: joined by a UDP socket network (host1 10.0.0.1,
+/// host2 10.0.0.2 inside) and sharing `lun` as their /dev/vda. `append` is added to both
+/// kernel command lines (rig.NAME=VALUE reach the scenario as RIG_NAME).
+pub fn two_hosts(scenario: &str, lun: &Path, append: &str) -> Vec<L1Host> {
+    let udp_port = || {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (p1, p2) = (udp_port(), udp_port());
+    (1..=2)
+        .map(|h| L1Host {
+            scenario: scenario.into(),
+            env: vec![
+                ("RIG_SMP".into(), "1".into()),
+                ("RIG_MEM".into(), "2G".into()),
+                (
+                    "RIG_NET".into(),
+                    if h == 1 {
+                        format!("{p1}:{p2}")
+                    } else {
+                        format!("{p2}:{p1}")
+                    },
+                ),
+                ("RIG_MAC".into(), format!("52:54:00:00:00:0{h}")),
+                ("RIG_LUN".into(), lun.display().to_string()),
+                ("RIG_APPEND".into(), format!("rig.host={h} {append}")),
+            ],
+        })
+        .collect()
+}
+
+/// A raw image of `mib` MiB holding an empty ext4 filesystem, the shared LUN of a two-host
+/// scenario.
+pub fn make_shared_lun(path: &Path, mib: u32) {
+    let st = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "shared"])
+        .arg(path)
+        .arg(format!("{mib}M"))
+        .status()
+        .expect("run mkfs.ext4 (e2fsprogs)");
+    assert!(st.success(), "mkfs.ext4 {} failed", path.display());
+}
+
+/// What the guest's heartbeat ("CONT: hb=... real_ms=...") says about its clock across the
+/// hosts it ran on: per stretch of heartbeats on one host, the smallest difference between
+/// the line's arrival time here and the guest's wall clock (queueing only adds to it), so the
+/// change of that minimum between stretches is the guest clock's jump at a migration.
+pub struct ClockReport {
+    /// (host index, heartbeats, min offset ms) per stretch, in order.
+    pub stretches: Vec<(usize, usize, f64)>,
+    /// The largest |change| of the minimum offset between consecutive stretches, ms.
+    pub max_jump_ms: f64,
+    /// The longest gap between two heartbeats the guest itself measured, ms.
+    pub guest_max_gap_ms: u64,
+}
+
+pub fn clock_report(lines: &[(usize, f64, String)]) -> ClockReport {
+    let field = |l: &str, k: &str| -> Option<u64> {
+        l.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .and_then(|v| v.parse().ok())
+    };
+    let mut stretches: Vec<(usize, usize, f64)> = Vec::new();
+    let mut guest_max_gap_ms = 0;
+    for (host, t, line) in lines {
+        if !line.contains("CONT: hb=") {
+            continue;
+        }
+        let (Some(real), Some(gap)) = (field(line, "real_ms="), field(line, "maxgap_ms=")) else {
+            continue;
+        };
+        guest_max_gap_ms = guest_max_gap_ms.max(gap);
+        let offset = t * 1000.0 - real as f64;
+        match stretches.last_mut() {
+            Some((h, n, min)) if h == host => {
+                *n += 1;
+                *min = min.min(offset);
+            }
+            _ => stretches.push((*host, 1, offset)),
+        }
+    }
+    let max_jump_ms = stretches
+        .windows(2)
+        .map(|w| (w[1].2 - w[0].2).abs())
+        .fold(0.0, f64::max);
+    ClockReport {
+        stretches,
+        max_jump_ms,
+        guest_max_gap_ms,
+    }
 }

@@ -9,7 +9,17 @@ const T: Duration = Duration::from_secs(60);
 
 fn start_heartbeat(dir: &RuntimeDir, name: &str) -> VmProcess {
     let g = guest("heartbeat");
-    let mut vm = VmProcess::start(&dir.0, &["--name", name, "--kernel", g.to_str().unwrap(), "--memory", "64M"]);
+    let mut vm = VmProcess::start(
+        &dir.0,
+        &[
+            "--name",
+            name,
+            "--kernel",
+            g.to_str().unwrap(),
+            "--memory",
+            "64M",
+        ],
+    );
     vm.wait_for("cpu0 tick 2", T);
     vm
 }
@@ -42,7 +52,11 @@ fn pause_stops_the_guest_and_resume_continues_it() {
     assert!(st.success(), "{err}");
     let next = vm.wait_for("cpu0 tick", T);
     if let Some(last) = last_tick {
-        assert_eq!(tick_of(&next), last + 1, "the guest continues where it stopped");
+        assert_eq!(
+            tick_of(&next),
+            last + 1,
+            "the guest continues where it stopped"
+        );
     }
     let (_, out, _) = vmm_cli(&dir.0, &["info", "p1", "--json"], T);
     let info: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -70,8 +84,16 @@ fn list_and_info_describe_running_vms() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
     assert!(lines[0].starts_with("NAME"));
-    assert!(lines[1].starts_with("alpha") && lines[1].contains(&vm_a.pid().to_string()) && lines[1].contains("running"), "{out}");
-    assert!(lines[2].starts_with("beta") && lines[2].contains("64 MiB"), "{out}");
+    assert!(
+        lines[1].starts_with("alpha")
+            && lines[1].contains(&vm_a.pid().to_string())
+            && lines[1].contains("running"),
+        "{out}"
+    );
+    assert!(
+        lines[2].starts_with("beta") && lines[2].contains("64 MiB"),
+        "{out}"
+    );
 
     let (_, out, _) = vmm_cli(&dir.0, &["list", "--json"], T);
     let list: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -81,7 +103,10 @@ fn list_and_info_describe_running_vms() {
 
     let (st, out, _) = vmm_cli(&dir.0, &["info", "alpha"], T);
     assert!(st.success());
-    assert!(out.contains("state:   running") && out.contains("vcpus:   1"), "{out}");
+    assert!(
+        out.contains("state:   running") && out.contains("vcpus:   1"),
+        "{out}"
+    );
 
     let (st, _, err) = vmm_cli(&dir.0, &["info", "gamma"], T);
     assert_eq!(st.code(), Some(1));
@@ -103,17 +128,44 @@ fn a_second_vm_with_the_same_name_is_refused() {
     let dir = RuntimeDir::new("dup");
     let vm = start_heartbeat(&dir, "same");
     let g = guest("hello");
-    let (st, out, err) = vmm_cli(&dir.0, &["run", "--name", "same", "--kernel", g.to_str().unwrap(), "--memory", "64M"], T);
+    let (st, out, err) = vmm_cli(
+        &dir.0,
+        &[
+            "run",
+            "--name",
+            "same",
+            "--kernel",
+            g.to_str().unwrap(),
+            "--memory",
+            "64M",
+        ],
+        T,
+    );
     assert_eq!(st.code(), Some(1));
     assert!(!out.contains("Hello"), "the second VM must not start");
-    assert!(err.contains("already running") && err.contains(&vm.pid().to_string()), "{err}");
+    assert!(
+        err.contains("already running") && err.contains(&vm.pid().to_string()),
+        "{err}"
+    );
     // The first VM is unharmed and still answers.
     let (st, out, _) = vmm_cli(&dir.0, &["info", "same", "--json"], T);
     assert!(st.success());
     assert!(out.contains("running"));
     // Another runtime directory is another host: the same name is fine there.
     let other = RuntimeDir::new("dup-other");
-    let (st, out, _) = vmm_cli(&other.0, &["run", "--name", "same", "--kernel", g.to_str().unwrap(), "--memory", "64M"], T);
+    let (st, out, _) = vmm_cli(
+        &other.0,
+        &[
+            "run",
+            "--name",
+            "same",
+            "--kernel",
+            g.to_str().unwrap(),
+            "--memory",
+            "64M",
+        ],
+        T,
+    );
     assert!(st.success() && out.contains("Hello"));
     drop(vm);
 }
@@ -130,6 +182,10 @@ fn sigterm_and_sigint_stop_the_vm_cleanly() {
         let (status, err) = vm.wait_exit(T);
         assert_eq!(status.code(), Some(0), "{err}");
         assert!(err.contains(&format!("{name} received")), "{err}");
-        assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 0, "socket and lock removed");
+        assert_eq!(
+            std::fs::read_dir(&dir.0).unwrap().count(),
+            0,
+            "socket and lock removed"
+        );
     }
 }

@@ -9,20 +9,42 @@ use vmm_tests::{free_port, guest, migrate_retrying, require_kvm, vmm_cli, Runtim
 const T: Duration = Duration::from_secs(120);
 
 fn pass_of(line: &str) -> u64 {
-    line.split_whitespace().nth(2).and_then(|p| p.parse().ok()).unwrap_or(0)
+    line.split_whitespace()
+        .nth(2)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Starts a dirtier guest and waits until every vCPU has made progress.
 fn start_dirtier(dir: &RuntimeDir, name: &str, vcpus: u8) -> VmProcess {
     let g = guest("dirtier");
     let v = vcpus.to_string();
-    let mut vm = VmProcess::start(&dir.0, &["--name", name, "--kernel", g.to_str().unwrap(), "--memory", "128M", "--vcpus", &v]);
-    let needles: Vec<String> = (0..vcpus).map(|cpu| format!("cpu{cpu} pass 16 ok")).collect();
+    let mut vm = VmProcess::start(
+        &dir.0,
+        &[
+            "--name",
+            name,
+            "--kernel",
+            g.to_str().unwrap(),
+            "--memory",
+            "128M",
+            "--vcpus",
+            &v,
+        ],
+    );
+    let needles: Vec<String> = (0..vcpus)
+        .map(|cpu| format!("cpu{cpu} pass 16 ok"))
+        .collect();
     vm.wait_for_each(&needles.iter().map(String::as_str).collect::<Vec<_>>(), T);
     vm
 }
 
-fn migrate(dir: &RuntimeDir, name: &str, to: &str, extra: &[&str]) -> (std::process::ExitStatus, String, String) {
+fn migrate(
+    dir: &RuntimeDir,
+    name: &str,
+    to: &str,
+    extra: &[&str],
+) -> (std::process::ExitStatus, String, String) {
     let mut args = vec!["migrate", name, "--to", to];
     args.extend_from_slice(extra);
     migrate_retrying(&dir.0, &args, T)
@@ -30,7 +52,14 @@ fn migrate(dir: &RuntimeDir, name: &str, to: &str, extra: &[&str]) -> (std::proc
 
 /// Moves the running VM `name` from `src` to a new destination process in `dst_dir`, checks
 /// the guest goes on there, and returns the destination process.
-fn move_vm(src: VmProcess, src_dir: &RuntimeDir, dst_dir: &RuntimeDir, name: &str, vcpus: u8, extra: &[&str]) -> VmProcess {
+fn move_vm(
+    src: VmProcess,
+    src_dir: &RuntimeDir,
+    dst_dir: &RuntimeDir,
+    name: &str,
+    vcpus: u8,
+    extra: &[&str],
+) -> VmProcess {
     let port = free_port();
     let to = format!("tcp:127.0.0.1:{port}");
     let mut dst = VmProcess::start(&dst_dir.0, &["--name", name, "--incoming", &to]);
@@ -38,7 +67,11 @@ fn move_vm(src: VmProcess, src_dir: &RuntimeDir, dst_dir: &RuntimeDir, name: &st
     assert!(st.success(), "vmm migrate failed: {out}\n{err}");
     if extra.contains(&"--json") {
         let summary: serde_json::Value = serde_json::from_str(&out).expect("a JSON summary");
-        assert!(summary["downtime_ms"].as_f64().is_some() && summary["bytes_sent"].as_u64().unwrap() > 0, "{out}");
+        assert!(
+            summary["downtime_ms"].as_f64().is_some()
+                && summary["bytes_sent"].as_u64().unwrap() > 0,
+            "{out}"
+        );
         if extra.contains(&"--offline") {
             assert_eq!(summary["switchover"], "offline", "{out}");
         }
@@ -47,17 +80,36 @@ fn move_vm(src: VmProcess, src_dir: &RuntimeDir, dst_dir: &RuntimeDir, name: &st
     }
     let src_tail = src.tail(50);
     let (status, src_err) = src.wait_exit(T);
-    assert_eq!(status.code(), Some(0), "the source exits cleanly: {src_err}");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the source exits cleanly: {src_err}"
+    );
     assert!(src_err.contains("migrated to"), "{src_err}");
-    let last_src_pass = src_tail.iter().filter(|l| l.contains(" pass ")).map(|l| pass_of(l)).max().unwrap_or(0);
+    let last_src_pass = src_tail
+        .iter()
+        .filter(|l| l.contains(" pass "))
+        .map(|l| pass_of(l))
+        .max()
+        .unwrap_or(0);
     // Every vCPU keeps passing its self-check on the destination, beyond where it was.
     for cpu in 0..vcpus {
         let line = dst.wait_for(&format!("cpu{cpu} pass"), T);
-        let line = if pass_of(&line) <= last_src_pass { dst.wait_for(&format!("cpu{cpu} pass"), T) } else { line };
+        let line = if pass_of(&line) <= last_src_pass {
+            dst.wait_for(&format!("cpu{cpu} pass"), T)
+        } else {
+            line
+        };
         assert!(pass_of(&line) > 0, "{line}");
     }
     let console = dst.console.lock().unwrap().clone();
-    assert!(!console.iter().chain(&src_tail).any(|l| l.contains("CORRUPT")), "memory corrupted: {console:?}");
+    assert!(
+        !console
+            .iter()
+            .chain(&src_tail)
+            .any(|l| l.contains("CORRUPT")),
+        "memory corrupted: {console:?}"
+    );
     let (_, out, _) = vmm_cli(&dst_dir.0, &["info", name, "--json"], T);
     assert!(out.contains("\"running\""), "{out}");
     dst
@@ -65,7 +117,10 @@ fn move_vm(src: VmProcess, src_dir: &RuntimeDir, dst_dir: &RuntimeDir, name: &st
 
 fn assert_no_corruption(vm: &VmProcess) {
     let console = vm.console.lock().unwrap().clone();
-    assert!(!console.iter().any(|l| l.contains("CORRUPT")), "memory corrupted: {console:?}");
+    assert!(
+        !console.iter().any(|l| l.contains("CORRUPT")),
+        "memory corrupted: {console:?}"
+    );
 }
 
 #[test]

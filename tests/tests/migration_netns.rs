@@ -15,23 +15,39 @@ struct TwoHosts {
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr)))
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
 
 impl TwoHosts {
     fn create() -> Result<Self, String> {
         let id = std::process::id();
-        let hosts = TwoHosts { h1: format!("vmmt-h1-{id}"), h2: format!("vmmt-h2-{id}") };
+        let hosts = TwoHosts {
+            h1: format!("vmmt-h1-{id}"),
+            h2: format!("vmmt-h2-{id}"),
+        };
         ip(&["netns", "add", &hosts.h1])?;
         ip(&["netns", "add", &hosts.h2])?;
         let (v1, v2) = (format!("vh1-{id}"), format!("vh2-{id}"));
-        ip(&["link", "add", &v1, "netns", &hosts.h1, "type", "veth", "peer", "name", &v2, "netns", &hosts.h2])?;
-        for (ns, dev, addr) in [(&hosts.h1, &v1, "10.77.0.1/24"), (&hosts.h2, &v2, "10.77.0.2/24")] {
+        ip(&[
+            "link", "add", &v1, "netns", &hosts.h1, "type", "veth", "peer", "name", &v2, "netns",
+            &hosts.h2,
+        ])?;
+        for (ns, dev, addr) in [
+            (&hosts.h1, &v1, "10.77.0.1/24"),
+            (&hosts.h2, &v2, "10.77.0.2/24"),
+        ] {
             ip(&["-n", ns, "addr", "add", addr, "dev", dev])?;
             ip(&["-n", ns, "link", "set", dev, "up"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
@@ -66,16 +82,54 @@ fn live_migration_between_two_network_namespaces() {
     let g = guest("dirtier");
     let in_h1 = ["ip", "netns", "exec", hosts.h1.as_str()];
     let in_h2 = ["ip", "netns", "exec", hosts.h2.as_str()];
-    let mut src = VmProcess::start_in(&in_h1, &a.0, &["--name", "n1", "--kernel", g.to_str().unwrap(), "--memory", "128M", "--vcpus", "2"]);
+    let mut src = VmProcess::start_in(
+        &in_h1,
+        &a.0,
+        &[
+            "--name",
+            "n1",
+            "--kernel",
+            g.to_str().unwrap(),
+            "--memory",
+            "128M",
+            "--vcpus",
+            "2",
+        ],
+    );
     src.wait_for_each(&["cpu0 pass 16 ok", "cpu1 pass 16 ok"], T);
-    let mut dst = VmProcess::start_in(&in_h2, &b.0, &["--name", "n1", "--incoming", "tcp:10.77.0.2:4444", "--auth-key-file", key.to_str().unwrap()]);
-    let (st, out, err) = migrate_retrying(&a.0, &["migrate", "n1", "--to", "tcp:10.77.0.2:4444", "--auth-key-file", key.to_str().unwrap()], T);
+    let mut dst = VmProcess::start_in(
+        &in_h2,
+        &b.0,
+        &[
+            "--name",
+            "n1",
+            "--incoming",
+            "tcp:10.77.0.2:4444",
+            "--auth-key-file",
+            key.to_str().unwrap(),
+        ],
+    );
+    let (st, out, err) = migrate_retrying(
+        &a.0,
+        &[
+            "migrate",
+            "n1",
+            "--to",
+            "tcp:10.77.0.2:4444",
+            "--auth-key-file",
+            key.to_str().unwrap(),
+        ],
+        T,
+    );
     assert!(st.success(), "{out}\n{err}");
     assert!(out.contains("n1: migrated to tcp:10.77.0.2:4444"), "{out}");
     assert_eq!(src.wait_exit(T).0.code(), Some(0));
     dst.wait_for_each(&["cpu0 pass", "cpu1 pass"], T);
     let console = dst.console.lock().unwrap().clone();
-    assert!(!console.iter().any(|l| l.contains("CORRUPT")), "{console:?}");
+    assert!(
+        !console.iter().any(|l| l.contains("CORRUPT")),
+        "{console:?}"
+    );
     drop(dst);
     drop(hosts);
 }

@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use vmm_tests::hardware_kvm;
-use vmm_tests::rig::{require_rig, run_scenario};
-
+use vmm_tests::rig::{
+    clock_report, make_shared_lun, require_rig, run_hosts, run_scenario, two_hosts,
+};
 
 /// Runs a scenario of resources/rig/scenarios: inside the nested rig on a PVM host, directly
 /// (in a private network namespace) on a hardware-KVM host.
@@ -18,14 +19,26 @@ fn scenario(test: &str, name: &str, markers: &[&str]) {
         return;
     }
     let run = run_scenario(name, Duration::from_secs(1200), markers);
-    println!("scenario {name} took {:.1} s in the nested rig; milestones:", run.elapsed.as_secs_f64());
+    println!(
+        "scenario {name} took {:.1} s in the nested rig; milestones:",
+        run.elapsed.as_secs_f64()
+    );
     for (mark, t) in &run.marks {
         println!("  {t:>7.1} s  {mark}");
     }
-    for line in run.console.iter().filter(|l| l.starts_with("RIG:") || l.starts_with("VMM-GUEST:")) {
+    for line in run
+        .console
+        .iter()
+        .filter(|l| l.starts_with("RIG:") || l.starts_with("VMM-GUEST:"))
+    {
         println!("  | {line}");
     }
-    assert!(run.passed, "{}\nconsole tail:\n{}", run.verdict, run.console[run.console.len().saturating_sub(60)..].join("\n"));
+    assert!(
+        run.passed,
+        "{}\nconsole tail:\n{}",
+        run.verdict,
+        run.console[run.console.len().saturating_sub(60)..].join("\n")
+    );
 }
 
 #[test]
@@ -33,7 +46,13 @@ fn linux_guest_with_two_vcpus_boots_to_init_and_reboot_ends_vmm() {
     scenario(
         "linux_guest_with_two_vcpus_boots_to_init_and_reboot_ends_vmm",
         "boot",
-        &["RIG: L1 host up", "VMM-GUEST: init reached", "RIG: bzimage-2cpu ok", "RIG: vmlinux-1cpu ok", "RIG-RESULT"],
+        &[
+            "RIG: L1 host up",
+            "VMM-GUEST: init reached",
+            "RIG: bzimage-2cpu ok",
+            "RIG: vmlinux-1cpu ok",
+            "RIG-RESULT",
+        ],
     );
 }
 
@@ -42,7 +61,96 @@ fn linux_guest_disk_survives_reboot_and_network_carries_64mib() {
     scenario(
         "linux_guest_disk_survives_reboot_and_network_carries_64mib",
         "disk-net",
-        &["RIG: L1 host up", "RIG: disk ok", "VMM-GUEST: ping-host ok", "RIG: tcp stream ok", "RIG: guest answers ping", "RIG-RESULT"],
+        &[
+            "RIG: L1 host up",
+            "RIG: disk ok",
+            "VMM-GUEST: ping-host ok",
+            "RIG: tcp stream ok",
+            "RIG: guest answers ping",
+            "RIG-RESULT",
+        ],
+    );
+}
+
+/// A Linux guest with a disk on a shared LUN and a NIC bridged onto the hosts' network moves
+/// from host1 to host2 and back (resources/rig/scenarios/migrate-linux). Always in the rig: it
+/// needs two hosts.
+fn migrate_between_hosts(test: &str, vcpus: u32, first: &str, back: &str) {
+    if !require_rig(test) {
+        return;
+    }
+    let dir = vmm_tests::RuntimeDir::new("lun");
+    let lun = dir.0.join("shared-lun.img");
+    make_shared_lun(&lun, 64);
+    let hosts = two_hosts(
+        "migrate-linux",
+        &lun,
+        &format!("rig.vcpus={vcpus} rig.first={first} rig.back={back}"),
+    );
+    let name = format!("migrate-linux-{vcpus}cpu-{first}-{back}");
+    let run = run_hosts(
+        &name,
+        &hosts,
+        Duration::from_secs(1500),
+        &[
+            "RIG: host1 network up",
+            "CONT: started",
+            "RIG: migrated",
+            "RIG: records ok",
+            "RIG-RESULT",
+        ],
+    );
+    println!(
+        "scenario {name} took {:.1} s in two nested-rig L1 hosts; milestones:",
+        run.elapsed.as_secs_f64()
+    );
+    for (mark, t) in &run.marks {
+        println!("  {t:>7.1} s  {mark}");
+    }
+    for line in run
+        .console
+        .iter()
+        .filter(|l| l.contains("RIG:") || l.contains("VMM-GUEST:") || l.contains("CONT: CORRUPT"))
+    {
+        println!("  | {line}");
+    }
+    let tail = run.console[run.console.len().saturating_sub(80)..].join("\n");
+    assert!(run.passed, "{}\nconsole tail:\n{tail}", run.verdict);
+    let clock = clock_report(&run.lines);
+    println!(
+        "guest clock: stretches (host, heartbeats, min offset ms) {:?}; largest jump {:.0} ms; longest heartbeat gap the guest saw {} ms",
+        clock.stretches, clock.max_jump_ms, clock.guest_max_gap_ms
+    );
+    let hosts_seen: Vec<usize> = clock.stretches.iter().map(|s| s.0).collect();
+    assert_eq!(
+        hosts_seen,
+        [0, 1, 0],
+        "the heartbeat should come from host1, host2, host1 in turn"
+    );
+    assert!(
+        clock.max_jump_ms < 1000.0,
+        "the guest clock jumped by {:.0} ms at a migration",
+        clock.max_jump_ms
+    );
+}
+
+#[test]
+fn linux_guest_one_vcpu_migrates_live_to_host2_and_offline_back() {
+    migrate_between_hosts(
+        "linux_guest_one_vcpu_migrates_live_to_host2_and_offline_back",
+        1,
+        "live",
+        "offline",
+    );
+}
+
+#[test]
+fn linux_guest_two_vcpus_migrates_offline_to_host2_and_live_back() {
+    migrate_between_hosts(
+        "linux_guest_two_vcpus_migrates_offline_to_host2_and_live_back",
+        2,
+        "offline",
+        "live",
     );
 }
 
@@ -52,6 +160,10 @@ mod direct {
         let out = vmm_tests::rig::run_scenario_direct(name);
         let text = String::from_utf8_lossy(&out.stdout);
         println!("{text}");
-        assert!(out.status.success(), "scenario {name} failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "scenario {name} failed:\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

@@ -169,15 +169,23 @@ fn migrate(dir: &std::path::Path, args: MigrateArgs) -> anyhow::Result<u8> {
         max_rounds: Some(args.max_rounds),
         auth_key_file: args.auth_key_file.as_ref().map(|p| {
             // The VM process reads the key: give it a path that does not depend on our cwd.
-            std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()).display().to_string()
+            std::fs::canonicalize(p)
+                .unwrap_or_else(|_| p.clone())
+                .display()
+                .to_string()
         }),
     };
     config::validate_name(&args.name)?;
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let socket = paths::socket_path(dir, &args.name);
-    let result = client::request_streaming(&socket, &args.name, &Request::Migrate(req), MIGRATE_LINE_TIMEOUT, |r| {
-        if let Some(p) = &r.progress {
-            let line = format!(
+    let result = client::request_streaming(
+        &socket,
+        &args.name,
+        &Request::Migrate(req),
+        MIGRATE_LINE_TIMEOUT,
+        |r| {
+            if let Some(p) = &r.progress {
+                let line = format!(
                 "round {:>2}  {:>8.1} MiB left  {:>7.1} MiB/s  dirtying {:>7.1} MiB/s  expected downtime {:>6.0} ms{}",
                 p.round,
                 p.remaining_bytes as f64 / 1048576.0,
@@ -186,18 +194,22 @@ fn migrate(dir: &std::path::Path, args: MigrateArgs) -> anyhow::Result<u8> {
                 p.expected_downtime_ms,
                 if p.throttle_percent > 0 { format!("  throttle {}%", p.throttle_percent) } else { String::new() }
             );
-            if tty {
-                eprint!("\r{line}\x1b[K");
-            } else {
-                eprintln!("{line}");
+                if tty {
+                    eprint!("\r{line}\x1b[K");
+                } else {
+                    eprintln!("{line}");
+                }
             }
-        }
-    });
+        },
+    );
     if tty {
         eprintln!();
     }
-    let response = result.with_context(|| format!("migration of '{}' to {} failed", args.name, args.to))?;
-    let s = response.summary.context("the VM answered without a migration summary")?;
+    let response =
+        result.with_context(|| format!("migration of '{}' to {} failed", args.name, args.to))?;
+    let s = response
+        .summary
+        .context("the VM answered without a migration summary")?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {
@@ -230,7 +242,12 @@ fn run_vm(args: RunArgs, runtime_dir: PathBuf) -> anyhow::Result<u8> {
                 "refusing to accept guest memory on {listen} from anyone who connects: pass --auth-key-file FILE (the same key on both hosts), or --insecure on a trusted network"
             );
         }
-        let end = run::run_incoming(run::IncomingOptions { name: args.name.clone(), runtime_dir, listen, key })?;
+        let end = run::run_incoming(run::IncomingOptions {
+            name: args.name.clone(),
+            runtime_dir,
+            listen,
+            key,
+        })?;
         eprintln!("vmm: {}", end.describe(&args.name));
         return Ok(end.exit_code());
     }
@@ -244,15 +261,32 @@ fn run_vm(args: RunArgs, runtime_dir: PathBuf) -> anyhow::Result<u8> {
         cmdline: args.cmdline,
         memory_bytes,
         vcpus,
-        disks: args.disk.iter().map(|d| config::DiskConfig::parse(d)).collect::<Result<_, _>>()?,
-        nets: args.net.iter().enumerate().map(|(i, n)| config::NetConfig::parse(n, &args.name, i)).collect::<Result<_, _>>()?,
+        disks: args
+            .disk
+            .iter()
+            .map(|d| config::DiskConfig::parse(d))
+            .collect::<Result<_, _>>()?,
+        nets: args
+            .net
+            .iter()
+            .enumerate()
+            .map(|(i, n)| config::NetConfig::parse(n, &args.name, i))
+            .collect::<Result<_, _>>()?,
     };
-    let end = run::run(RunOptions { config, runtime_dir, allow_emulated_kernel: args.allow_emulated_kernel })?;
+    let end = run::run(RunOptions {
+        config,
+        runtime_dir,
+        allow_emulated_kernel: args.allow_emulated_kernel,
+    })?;
     eprintln!("vmm: {}", end.describe(&args.name));
     Ok(end.exit_code())
 }
 
-fn send(dir: &std::path::Path, name: &str, req: Request) -> Result<vmm::control::protocol::Response, ClientError> {
+fn send(
+    dir: &std::path::Path,
+    name: &str,
+    req: Request,
+) -> Result<vmm::control::protocol::Response, ClientError> {
     config::validate_name(name).map_err(|e| ClientError::Refused(e.to_string()))?;
     client::request(&paths::socket_path(dir, name), name, &req, CLIENT_TIMEOUT)
 }
@@ -277,9 +311,19 @@ fn list(dir: &std::path::Path, json: bool) -> anyhow::Result<u8> {
         println!("{}", serde_json::to_string_pretty(&infos)?);
         return Ok(0);
     }
-    println!("{:<20} {:>8} {:<10} {:>10} {:>5}", "NAME", "PID", "STATE", "MEMORY", "VCPUS");
+    println!(
+        "{:<20} {:>8} {:<10} {:>10} {:>5}",
+        "NAME", "PID", "STATE", "MEMORY", "VCPUS"
+    );
     for i in infos {
-        println!("{:<20} {:>8} {:<10} {:>6} MiB {:>5}", i.name, i.pid, i.state.to_string(), i.memory_mib, i.vcpus);
+        println!(
+            "{:<20} {:>8} {:<10} {:>6} MiB {:>5}",
+            i.name,
+            i.pid,
+            i.state.to_string(),
+            i.memory_mib,
+            i.vcpus
+        );
     }
     Ok(0)
 }

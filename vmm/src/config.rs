@@ -33,20 +33,33 @@ pub struct NetConfig {
 impl NetConfig {
     /// Parses the argument; without mac=, the MAC is derived from the VM name and NIC index.
     pub fn parse(arg: &str, vm_name: &str, index: usize) -> Result<Self, ConfigError> {
-        let bad = |why: &str| ConfigError::BadDevice { arg: arg.to_string(), why: why.to_string() };
+        let bad = |why: &str| ConfigError::BadDevice {
+            arg: arg.to_string(),
+            why: why.to_string(),
+        };
         let mut tap = None;
         let mut mac = None;
         for opt in arg.split(',') {
-            let (key, value) = opt.split_once('=').ok_or_else(|| bad("options are key=value"))?;
+            let (key, value) = opt
+                .split_once('=')
+                .ok_or_else(|| bad("options are key=value"))?;
             match key {
                 "tap" if !value.is_empty() && value.len() < 16 => tap = Some(value.to_string()),
                 "tap" => return Err(bad("the tap name is 1 to 15 characters")),
-                "mac" => mac = Some(devices::virtio::net::parse_mac(value).ok_or_else(|| bad("mac looks like 52:54:00:12:34:56"))?),
+                "mac" => {
+                    mac = Some(
+                        devices::virtio::net::parse_mac(value)
+                            .ok_or_else(|| bad("mac looks like 52:54:00:12:34:56"))?,
+                    )
+                }
                 other => return Err(bad(&format!("unknown option '{other}' (tap, mac)"))),
             }
         }
         let tap = tap.ok_or_else(|| bad("tap=NAME is required"))?;
-        Ok(NetConfig { tap, mac: mac.unwrap_or_else(|| devices::virtio::net::default_mac(vm_name, index)) })
+        Ok(NetConfig {
+            tap,
+            mac: mac.unwrap_or_else(|| devices::virtio::net::default_mac(vm_name, index)),
+        })
     }
 }
 
@@ -64,18 +77,43 @@ pub struct DiskConfig {
 
 impl DiskConfig {
     pub fn parse(arg: &str) -> Result<Self, ConfigError> {
-        let bad = |why: &str| ConfigError::BadDevice { arg: arg.to_string(), why: why.to_string() };
+        let bad = |why: &str| ConfigError::BadDevice {
+            arg: arg.to_string(),
+            why: why.to_string(),
+        };
         let mut parts = arg.split(',');
-        let path = parts.next().filter(|p| !p.is_empty()).ok_or_else(|| bad("the path comes first"))?;
-        let mut disk = DiskConfig { path: PathBuf::from(path), readonly: false, direct: false, serial: None };
+        let path = parts
+            .next()
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| bad("the path comes first"))?;
+        let mut disk = DiskConfig {
+            path: PathBuf::from(path),
+            readonly: false,
+            direct: false,
+            serial: None,
+        };
         for opt in parts {
-            let (key, value) = opt.split_once('=').ok_or_else(|| bad("options are key=value"))?;
+            let (key, value) = opt
+                .split_once('=')
+                .ok_or_else(|| bad("options are key=value"))?;
             match key {
-                "readonly" => disk.readonly = parse_switch(value).ok_or_else(|| bad("readonly takes on or off"))?,
-                "direct" => disk.direct = parse_switch(value).ok_or_else(|| bad("direct takes on or off"))?,
-                "serial" if value.len() <= 20 && value.is_ascii() => disk.serial = Some(value.to_string()),
+                "readonly" => {
+                    disk.readonly =
+                        parse_switch(value).ok_or_else(|| bad("readonly takes on or off"))?
+                }
+                "direct" => {
+                    disk.direct =
+                        parse_switch(value).ok_or_else(|| bad("direct takes on or off"))?
+                }
+                "serial" if value.len() <= 20 && value.is_ascii() => {
+                    disk.serial = Some(value.to_string())
+                }
                 "serial" => return Err(bad("serial is at most 20 ASCII characters")),
-                other => return Err(bad(&format!("unknown option '{other}' (readonly, direct, serial)"))),
+                other => {
+                    return Err(bad(&format!(
+                        "unknown option '{other}' (readonly, direct, serial)"
+                    )))
+                }
             }
         }
         Ok(disk)
@@ -110,7 +148,10 @@ pub enum ConfigError {
 pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
     let bad = || ConfigError::BadSize(s.to_string());
     let t = s.trim();
-    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix("B")).unwrap_or(t);
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix("B"))
+        .unwrap_or(t);
     let (digits, shift) = match t.chars().last() {
         Some('K' | 'k') => (&t[..t.len() - 1], 10),
         Some('M' | 'm') => (&t[..t.len() - 1], 20),
@@ -126,7 +167,9 @@ pub fn validate_name(name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with(['.', '-'])
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if ok {
         Ok(())
     } else {
@@ -181,9 +224,24 @@ mod tests {
     #[test]
     fn disks() {
         let d = DiskConfig::parse("/shared/web1.img,readonly=on,serial=abc").unwrap();
-        assert_eq!(d, DiskConfig { path: "/shared/web1.img".into(), readonly: true, direct: false, serial: Some("abc".into()) });
+        assert_eq!(
+            d,
+            DiskConfig {
+                path: "/shared/web1.img".into(),
+                readonly: true,
+                direct: false,
+                serial: Some("abc".into())
+            }
+        );
         assert!(DiskConfig::parse("/x,direct=on").unwrap().direct);
-        for bad in ["", ",readonly=on", "/x,readonly", "/x,readonly=maybe", "/x,cache=none", &format!("/x,serial={}", "s".repeat(21))] {
+        for bad in [
+            "",
+            ",readonly=on",
+            "/x,readonly",
+            "/x,readonly=maybe",
+            "/x,cache=none",
+            &format!("/x,serial={}", "s".repeat(21)),
+        ] {
             assert!(DiskConfig::parse(bad).is_err(), "{bad}");
         }
     }
@@ -191,10 +249,24 @@ mod tests {
     #[test]
     fn nets() {
         let n = NetConfig::parse("tap=tap0,mac=52:54:00:12:34:56", "web1", 0).unwrap();
-        assert_eq!(n, NetConfig { tap: "tap0".into(), mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56] });
+        assert_eq!(
+            n,
+            NetConfig {
+                tap: "tap0".into(),
+                mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56]
+            }
+        );
         let d = NetConfig::parse("tap=tap1", "web1", 1).unwrap();
         assert_eq!(d.mac, devices::virtio::net::default_mac("web1", 1));
-        for bad in ["", "tap0", "mac=52:54:00:12:34:56", "tap=", "tap=averyveryverylongname", "tap=t,mac=xx", "tap=t,queues=2"] {
+        for bad in [
+            "",
+            "tap0",
+            "mac=52:54:00:12:34:56",
+            "tap=",
+            "tap=averyveryverylongname",
+            "tap=t,mac=xx",
+            "tap=t,queues=2",
+        ] {
             assert!(NetConfig::parse(bad, "v", 0).is_err(), "{bad}");
         }
     }

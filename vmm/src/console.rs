@@ -60,7 +60,11 @@ impl Drop for RawTerminal {
 
 /// Puts the terminal back as it was; safe to call more than once.
 pub fn restore_terminal() {
-    if let Some(t) = SAVED_TERMIOS.lock().unwrap_or_else(|e| e.into_inner()).take() {
+    if let Some(t) = SAVED_TERMIOS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+    {
         // SAFETY: restoring attributes previously read from the same descriptor.
         unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &t) };
     }
@@ -69,44 +73,49 @@ pub fn restore_terminal() {
 /// Copies stdin into the UART until stdin ends. The thread is detached: a blocking read on
 /// stdin cannot be interrupted portably, and the process exits with the VM.
 pub fn spawn_stdin_forwarder(serial: Arc<Mutex<Serial>>, events: Sender<VmEvent>) {
-    let spawned = std::thread::Builder::new().name("console-in".into()).spawn(move || {
-        let mut stdin = std::io::stdin();
-        let mut buf = [0u8; 256];
-        let mut escape_pending = false;
-        loop {
-            let n = match stdin.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            let mut out = Vec::with_capacity(n);
-            for &b in &buf[..n] {
-                if escape_pending {
-                    escape_pending = false;
-                    match b {
-                        b'x' | b'X' => {
-                            let _ = events.send(VmEvent::ConsoleQuit);
-                            return;
+    let spawned = std::thread::Builder::new()
+        .name("console-in".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin();
+            let mut buf = [0u8; 256];
+            let mut escape_pending = false;
+            loop {
+                let n = match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                let mut out = Vec::with_capacity(n);
+                for &b in &buf[..n] {
+                    if escape_pending {
+                        escape_pending = false;
+                        match b {
+                            b'x' | b'X' => {
+                                let _ = events.send(VmEvent::ConsoleQuit);
+                                return;
+                            }
+                            ESCAPE => out.push(ESCAPE),
+                            other => out.extend_from_slice(&[ESCAPE, other]),
                         }
-                        ESCAPE => out.push(ESCAPE),
-                        other => out.extend_from_slice(&[ESCAPE, other]),
+                    } else if b == ESCAPE && stdin_is_tty() {
+                        escape_pending = true;
+                    } else {
+                        out.push(b);
                     }
-                } else if b == ESCAPE && stdin_is_tty() {
-                    escape_pending = true;
-                } else {
-                    out.push(b);
+                }
+                let mut rest = &out[..];
+                while !rest.is_empty() {
+                    let taken = serial
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .enqueue_input(rest);
+                    rest = &rest[taken..];
+                    if !rest.is_empty() {
+                        // The guest has not drained its FIFO yet.
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
                 }
             }
-            let mut rest = &out[..];
-            while !rest.is_empty() {
-                let taken = serial.lock().unwrap_or_else(|e| e.into_inner()).enqueue_input(rest);
-                rest = &rest[taken..];
-                if !rest.is_empty() {
-                    // The guest has not drained its FIFO yet.
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
-    });
+        });
     if let Err(e) = spawned {
         log::warn!("no console input: cannot start the stdin thread: {e}");
     }

@@ -23,8 +23,16 @@ pub struct VirtioSubscriber {
 
 impl VirtioSubscriber {
     pub fn new(transport: Arc<Mutex<MmioTransport>>, queue_events: Vec<EventFd>) -> Self {
-        let backend_fds = transport.lock().unwrap_or_else(|e| e.into_inner()).device().backend_fds();
-        VirtioSubscriber { transport, queue_events, backend_fds }
+        let backend_fds = transport
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .device()
+            .backend_fds();
+        VirtioSubscriber {
+            transport,
+            queue_events,
+            backend_fds,
+        }
     }
 }
 
@@ -42,7 +50,11 @@ impl MutEventSubscriber for VirtioSubscriber {
             }
         }
         for (i, fd) in self.backend_fds.iter().enumerate() {
-            let events = Events::with_data_raw(*fd, BACKEND_TOKEN + i as u32, EventSet::IN | EventSet::EDGE_TRIGGERED);
+            let events = Events::with_data_raw(
+                *fd,
+                BACKEND_TOKEN + i as u32,
+                EventSet::IN | EventSet::EDGE_TRIGGERED,
+            );
             if let Err(e) = ops.add(events) {
                 log::error!("event loop: cannot watch backend fd {fd}: {e:?}");
             }
@@ -95,15 +107,21 @@ impl EventLoop {
         manager.add_subscriber(Box::new(Waker(wake.try_clone()?)));
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = stop.clone();
-        let thread = std::thread::Builder::new().name("devices".into()).spawn(move || {
-            while !stop_flag.load(Ordering::SeqCst) {
-                if let Err(e) = manager.run() {
-                    log::error!("event loop: {e:?}");
-                    break;
+        let thread = std::thread::Builder::new()
+            .name("devices".into())
+            .spawn(move || {
+                while !stop_flag.load(Ordering::SeqCst) {
+                    if let Err(e) = manager.run() {
+                        log::error!("event loop: {e:?}");
+                        break;
+                    }
                 }
-            }
-        })?;
-        Ok(EventLoop { stop, wake, thread: Some(thread) })
+            })?;
+        Ok(EventLoop {
+            stop,
+            wake,
+            thread: Some(thread),
+        })
     }
 }
 

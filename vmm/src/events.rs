@@ -12,7 +12,10 @@ pub enum VmEvent {
     /// A control-socket request and where to send its answer.
     Control(Request, Responder),
     /// The migration worker finished (the VM left, or it failed and the guest runs here again).
-    MigrationFinished { result: Result<migration::progress::Summary, migration::MigrationError>, reply: Responder },
+    MigrationFinished {
+        result: Result<migration::progress::Summary, migration::MigrationError>,
+        reply: Responder,
+    },
     /// The guest wrote the reset command to the i8042 controller.
     GuestReset,
     /// A vCPU thread ended on its own.
@@ -37,8 +40,8 @@ impl EventLine {
 
 impl devices::Interrupt for EventLine {
     fn trigger(&self) -> std::io::Result<()> {
-        self.tx
-            .send((self.make)())
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the VM owner has gone"))
+        self.tx.send((self.make)()).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the VM owner has gone")
+        })
     }
 }

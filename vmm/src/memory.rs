@@ -12,7 +12,11 @@ pub enum MemoryError {
     #[error("cannot map {0} MiB of guest memory")]
     Map(u64, #[source] vm_memory::mmap::FromRangesError),
     #[error("KVM_SET_USER_MEMORY_REGION for slot {slot} failed")]
-    Register { slot: u32, #[source] source: kvm_ioctls::Error },
+    Register {
+        slot: u32,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
 }
 
 pub fn create(layout: &arch::MemoryLayout) -> Result<GuestMemoryMmap, MemoryError> {
@@ -32,7 +36,8 @@ pub fn register(vm: &VmFd, mem: &GuestMemoryMmap, flags: u32) -> Result<(), Memo
         };
         // SAFETY: the region stays mapped for as long as the VM exists: the VM owns `mem`,
         // and the mapping is only dropped after the VM fd (and its vCPUs) are closed.
-        unsafe { vm.set_user_memory_region(r) }.map_err(|source| MemoryError::Register { slot, source })?;
+        unsafe { vm.set_user_memory_region(r) }
+            .map_err(|source| MemoryError::Register { slot, source })?;
     }
     Ok(())
 }

@@ -14,7 +14,11 @@ pub enum PathsError {
     #[error("cannot open {0}")]
     Open(PathBuf, #[source] std::io::Error),
     #[error("a VM named '{name}' is already running in {dir} (pid {pid}); choose another --name or stop it with `vmm stop {name}`")]
-    NameTaken { name: String, dir: PathBuf, pid: String },
+    NameTaken {
+        name: String,
+        dir: PathBuf,
+        pid: String,
+    },
 }
 
 /// `$VMM_RUNTIME_DIR`, else `$XDG_RUNTIME_DIR/vmm`, else `/run/vmm`.
@@ -64,9 +68,14 @@ impl NameLock {
             let mut pid = String::new();
             let _ = file.read_to_string(&mut pid);
             let pid = pid.trim().to_string();
-            return Err(PathsError::NameTaken { name: name.to_string(), dir: dir.to_path_buf(), pid });
+            return Err(PathsError::NameTaken {
+                name: name.to_string(),
+                dir: dir.to_path_buf(),
+                pid,
+            });
         }
-        file.set_len(0).map_err(|e| PathsError::Open(path.clone(), e))?;
+        file.set_len(0)
+            .map_err(|e| PathsError::Open(path.clone(), e))?;
         write!(file, "{}", std::process::id()).map_err(|e| PathsError::Open(path.clone(), e))?;
         Ok(NameLock { _file: file, path })
     }
@@ -84,7 +93,12 @@ pub fn list_sockets(dir: &Path) -> Vec<String> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".sock").map(str::to_string))
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(".sock")
+                .map(str::to_string)
+        })
         .collect();
     names.sort();
     names
@@ -99,7 +113,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("vmm-paths-test-{}", std::process::id()));
         let first = NameLock::acquire(&dir, "web1").unwrap();
         match NameLock::acquire(&dir, "web1") {
-            Err(PathsError::NameTaken { pid, .. }) => assert_eq!(pid, std::process::id().to_string()),
+            Err(PathsError::NameTaken { pid, .. }) => {
+                assert_eq!(pid, std::process::id().to_string())
+            }
             other => panic!("expected NameTaken, got {:?}", other.err()),
         }
         NameLock::acquire(&dir, "web2").unwrap();

@@ -63,7 +63,9 @@ impl RunEnd {
             RunEnd::StopRequested => format!("VM '{name}' stopped on request"),
             RunEnd::Signal(s) => format!("{s} received; VM '{name}' stopped"),
             RunEnd::ConsoleQuit => format!("console escape (Ctrl-A x); VM '{name}' stopped"),
-            RunEnd::MigratedAway(to) => format!("VM '{name}' migrated to {to}; it runs there now and this copy has stopped"),
+            RunEnd::MigratedAway(to) => {
+                format!("VM '{name}' migrated to {to}; it runs there now and this copy has stopped")
+            }
             RunEnd::Failed(m) => format!("VM '{name}' failed: {m}"),
         }
     }
@@ -74,9 +76,14 @@ fn refuse_emulated_linux(opts: &RunOptions) -> anyhow::Result<()> {
         return Ok(());
     }
     let path = &opts.config.kernel;
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open kernel {}", path.display()))?;
+    let mut f = std::fs::File::open(path)
+        .with_context(|| format!("cannot open kernel {}", path.display()))?;
     if arch::loader::is_linux_kernel(&mut f)? {
-        bail!("{} is a Linux kernel, but {}", path.display(), host::PVM_LINUX_REFUSAL);
+        bail!(
+            "{} is a Linux kernel, but {}",
+            path.display(),
+            host::PVM_LINUX_REFUSAL
+        );
     }
     Ok(())
 }
@@ -87,8 +94,13 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunEnd> {
     let config = opts.config.clone();
     let _lock = NameLock::acquire(&opts.runtime_dir, &config.name)?;
     let (tx, rx) = mpsc::channel();
-    let built = crate::vm::build(&config, crate::vm::BuildMode::Boot, Box::new(std::io::stdout()), tx.clone())
-        .with_context(|| format!("cannot build VM '{}'", config.name))?;
+    let built = crate::vm::build(
+        &config,
+        crate::vm::BuildMode::Boot,
+        Box::new(std::io::stdout()),
+        tx.clone(),
+    )
+    .with_context(|| format!("cannot build VM '{}'", config.name))?;
     let (parts, vcpu_contexts, subscribers) = built.split();
     let event_loop = EventLoop::start(subscribers).context("cannot start the device event loop")?;
     let vcpus = VcpuSet::start(vcpu_contexts, false)?;
@@ -101,8 +113,14 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunEnd> {
 pub fn run_incoming(opts: IncomingOptions) -> anyhow::Result<RunEnd> {
     let _lock = NameLock::acquire(&opts.runtime_dir, &opts.name)?;
     let (tx, rx) = mpsc::channel();
-    let mut builder = crate::migrate::target::IncomingBuilder { name: opts.name.clone(), events: tx.clone(), result: None };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut builder = crate::migrate::target::IncomingBuilder {
+        name: opts.name.clone(),
+        events: tx.clone(),
+        result: None,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let started = Instant::now();
     let outcome = runtime.block_on(async {
         let mut stream = crate::migrate::transport::accept_one(&opts.listen, |addr| {
@@ -110,29 +128,52 @@ pub fn run_incoming(opts: IncomingOptions) -> anyhow::Result<RunEnd> {
         })
         .await
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
-        migration::receiver::receive(&mut stream, &mut builder, opts.key.as_ref()).await.map_err(anyhow::Error::from)
+        migration::receiver::receive(&mut stream, &mut builder, opts.key.as_ref())
+            .await
+            .map_err(anyhow::Error::from)
     });
     if let Err(e) = outcome {
         // The half-built VM (if any) is dropped here: nothing of it survives.
         if let Some(incoming) = builder.result.take() {
             let _ = incoming.machine.vcpus.stop();
         }
-        return Err(e.context(format!("incoming migration of '{}' failed; nothing was started here", opts.name)));
+        return Err(e.context(format!(
+            "incoming migration of '{}' failed; nothing was started here",
+            opts.name
+        )));
     }
     let incoming = builder.result.take().expect("a received VM");
-    eprintln!("vmm: VM '{}' received in {:.2} s and running here", opts.name, started.elapsed().as_secs_f64());
-    own(incoming.machine, incoming.event_loop, &opts.runtime_dir, tx, rx)
+    eprintln!(
+        "vmm: VM '{}' received in {:.2} s and running here",
+        opts.name,
+        started.elapsed().as_secs_f64()
+    );
+    own(
+        incoming.machine,
+        incoming.event_loop,
+        &opts.runtime_dir,
+        tx,
+        rx,
+    )
 }
 
 /// Publishes the control socket and owns the running VM until it ends.
-fn own(machine: Arc<Machine>, event_loop: EventLoop, runtime_dir: &std::path::Path, tx: Sender<VmEvent>, rx: Receiver<VmEvent>) -> anyhow::Result<RunEnd> {
+fn own(
+    machine: Arc<Machine>,
+    event_loop: EventLoop,
+    runtime_dir: &std::path::Path,
+    tx: Sender<VmEvent>,
+    rx: Receiver<VmEvent>,
+) -> anyhow::Result<RunEnd> {
     let name = machine.config.name.clone();
     let socket = socket_path(runtime_dir, &name);
     // We hold the name lock, so a socket file left here belongs to a VM that died.
     let _ = std::fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket).with_context(|| format!("cannot create control socket {}", socket.display()))?;
+    let listener = UnixListener::bind(&socket)
+        .with_context(|| format!("cannot create control socket {}", socket.display()))?;
     let _socket_cleanup = RemoveOnDrop(socket.clone());
-    let server = ControlServer::start(listener, tx.clone()).context("cannot start the control socket server")?;
+    let server = ControlServer::start(listener, tx.clone())
+        .context("cannot start the control socket server")?;
     let raw_terminal = RawTerminal::enable();
     spawn_stdin_forwarder(machine.serial.clone(), tx.clone());
     let started = Instant::now();
@@ -140,13 +181,17 @@ fn own(machine: Arc<Machine>, event_loop: EventLoop, runtime_dir: &std::path::Pa
     let mut migrating_to = String::new();
 
     let end = loop {
-        let Ok(event) = rx.recv() else { break RunEnd::Failed("event channel closed".into()) };
+        let Ok(event) = rx.recv() else {
+            break RunEnd::Failed("event channel closed".into());
+        };
         match event {
             VmEvent::Control(request, reply) => {
                 if let Request::Migrate(m) = &request {
                     migrating_to = m.to.clone();
                 }
-                if let Some(end) = handle_request(request, reply, &machine, &mut state, started, &tx) {
+                if let Some(end) =
+                    handle_request(request, reply, &machine, &mut state, started, &tx)
+                {
                     break end;
                 }
             }
@@ -174,7 +219,9 @@ fn own(machine: Arc<Machine>, event_loop: EventLoop, runtime_dir: &std::path::Pa
                 }
             }
             VmEvent::Signal(name) if state != VmState::Migrating => break RunEnd::Signal(name),
-            VmEvent::Signal(name) => log::warn!("{name} ignored: a migration is running (it ends or fails on its own)"),
+            VmEvent::Signal(name) => {
+                log::warn!("{name} ignored: a migration is running (it ends or fails on its own)")
+            }
             VmEvent::ConsoleQuit => break RunEnd::ConsoleQuit,
         }
     };
@@ -212,7 +259,9 @@ fn handle_request(
                 }
                 Err(e) => answer(Response::error(format!("pause failed: {e}"))),
             },
-            other => answer(Response::error(format!("cannot pause a VM that is {other}"))),
+            other => answer(Response::error(format!(
+                "cannot pause a VM that is {other}"
+            ))),
         },
         Request::Resume => match *state {
             VmState::Running => answer(Response::ok()),
@@ -222,10 +271,14 @@ fn handle_request(
                 *state = VmState::Running;
                 answer(Response::ok());
             }
-            other => answer(Response::error(format!("cannot resume a VM that is {other}"))),
+            other => answer(Response::error(format!(
+                "cannot resume a VM that is {other}"
+            ))),
         },
         Request::Stop if *state == VmState::Migrating => {
-            answer(Response::error("a migration is running; it must finish or fail first"));
+            answer(Response::error(
+                "a migration is running; it must finish or fail first",
+            ));
         }
         Request::Stop => {
             answer(Response::ok());
@@ -233,10 +286,13 @@ fn handle_request(
         }
         Request::Migrate(req) => {
             if *state != VmState::Running && *state != VmState::Paused {
-                answer(Response::error(format!("cannot migrate a VM that is {state}")));
+                answer(Response::error(format!(
+                    "cannot migrate a VM that is {state}"
+                )));
                 return None;
             }
-            match crate::migrate::worker::start(machine.clone(), req, reply.clone(), events.clone()) {
+            match crate::migrate::worker::start(machine.clone(), req, reply.clone(), events.clone())
+            {
                 Ok(()) => *state = VmState::Migrating,
                 Err(e) => answer(Response::error(e)),
             }

@@ -78,9 +78,18 @@ const THROTTLE_SLICE: Duration = Duration::from_millis(10);
 
 impl VcpuControl {
     fn new(count: usize, start_paused: bool) -> Arc<Self> {
-        let request = if start_paused { Request::Pause } else { Request::Run };
+        let request = if start_paused {
+            Request::Pause
+        } else {
+            Request::Run
+        };
         Arc::new(VcpuControl {
-            gate: Mutex::new(Gate { request, paused: 0, exited: 0, work: (0..count).map(|_| None).collect() }),
+            gate: Mutex::new(Gate {
+                request,
+                paused: 0,
+                exited: 0,
+                work: (0..count).map(|_| None).collect(),
+            }),
             changed: Condvar::new(),
             throttle: std::sync::atomic::AtomicU8::new(0),
         })
@@ -147,7 +156,12 @@ impl VcpuSet {
                 .map_err(|e| VcpuError::Spawn(index, e))?;
             threads.push(t);
         }
-        let set = VcpuSet { control, threads: Mutex::new(threads), count, throttler: Mutex::new(None) };
+        let set = VcpuSet {
+            control,
+            threads: Mutex::new(threads),
+            count,
+            throttler: Mutex::new(None),
+        };
         if start_paused {
             set.wait_parked(Duration::from_secs(10))?;
         }
@@ -155,7 +169,12 @@ impl VcpuSet {
     }
 
     fn kick_all(&self) {
-        for t in self.threads.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        for t in self
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
             // A thread that already exited cannot be signalled; that is fine.
             let _ = t.kill(kick_signal());
         }
@@ -172,7 +191,11 @@ impl VcpuSet {
             }
             // Re-kick periodically: a kick that landed between the gate check and KVM_RUN is
             // covered by immediate_exit, but a thread blocked elsewhere may need another one.
-            let (g, _) = self.control.changed.wait_timeout(gate, left.min(Duration::from_millis(50))).unwrap_or_else(|e| e.into_inner());
+            let (g, _) = self
+                .control
+                .changed
+                .wait_timeout(gate, left.min(Duration::from_millis(50)))
+                .unwrap_or_else(|e| e.into_inner());
             gate = g;
             if gate.paused + gate.exited < self.count {
                 drop(gate);
@@ -212,7 +235,12 @@ impl VcpuSet {
             self.kick_all();
             std::thread::sleep(Duration::from_millis(5));
         }
-        for t in self.threads.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        for t in self
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
             let _ = t.join();
         }
         Ok(())
@@ -260,7 +288,9 @@ impl VcpuSet {
     /// thread interrupts them each slice, and each sleeps its share before re-entering the guest.
     pub fn throttle(&self, percent: u8) {
         let percent = percent.min(99);
-        self.control.throttle.store(percent, std::sync::atomic::Ordering::SeqCst);
+        self.control
+            .throttle
+            .store(percent, std::sync::atomic::Ordering::SeqCst);
         let mut throttler = self.throttler.lock().unwrap_or_else(|e| e.into_inner());
         if percent == 0 {
             if let Some((stop, t)) = throttler.take() {
@@ -275,19 +305,26 @@ impl VcpuSet {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let pthreads: Vec<libc::pthread_t> = {
             use std::os::unix::thread::JoinHandleExt;
-            self.threads.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|t| t.as_pthread_t()).collect()
+            self.threads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|t| t.as_pthread_t())
+                .collect()
         };
         let flag = stop.clone();
-        let spawned = std::thread::Builder::new().name("throttle".into()).spawn(move || {
-            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
-                for t in &pthreads {
-                    // SAFETY: signalling our own vCPU threads, which outlive this thread
-                    // (stop() ends throttling before joining them).
-                    unsafe { libc::pthread_kill(*t, kick_signal()) };
+        let spawned = std::thread::Builder::new()
+            .name("throttle".into())
+            .spawn(move || {
+                while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    for t in &pthreads {
+                        // SAFETY: signalling our own vCPU threads, which outlive this thread
+                        // (stop() ends throttling before joining them).
+                        unsafe { libc::pthread_kill(*t, kick_signal()) };
+                    }
+                    std::thread::sleep(THROTTLE_SLICE);
                 }
-                std::thread::sleep(THROTTLE_SLICE);
-            }
-        });
+            });
         if let Ok(t) = spawned {
             *throttler = Some((stop, t));
         }
@@ -304,7 +341,10 @@ fn vcpu_thread(mut ctx: VcpuContext, control: Arc<VcpuControl>) {
         control.changed.notify_all();
     }
     if let Some(outcome) = outcome {
-        let _ = ctx.events.send(VmEvent::VcpuExited { index: ctx.index, outcome });
+        let _ = ctx.events.send(VmEvent::VcpuExited {
+            index: ctx.index,
+            outcome,
+        });
     }
 }
 
@@ -323,7 +363,10 @@ fn run_loop(ctx: &mut VcpuContext, control: &VcpuControl) -> Option<VcpuOutcome>
                         gate = control.lock();
                         continue;
                     }
-                    gate = control.changed.wait(gate).unwrap_or_else(|e| e.into_inner());
+                    gate = control
+                        .changed
+                        .wait(gate)
+                        .unwrap_or_else(|e| e.into_inner());
                 }
                 gate.paused -= 1;
             }
@@ -335,7 +378,9 @@ fn run_loop(ctx: &mut VcpuContext, control: &VcpuControl) -> Option<VcpuOutcome>
             Ok(exit) => {
                 if let Some(outcome) = handle_exit(exit, &ctx.pio, &ctx.mmio) {
                     if let VcpuOutcome::Failed(msg) = outcome {
-                        return Some(VcpuOutcome::Failed(describe_failure(&ctx.fd, ctx.index, &msg)));
+                        return Some(VcpuOutcome::Failed(describe_failure(
+                            &ctx.fd, ctx.index, &msg,
+                        )));
                     }
                     return Some(outcome);
                 }
@@ -347,7 +392,12 @@ fn run_loop(ctx: &mut VcpuContext, control: &VcpuControl) -> Option<VcpuOutcome>
                     std::thread::sleep(THROTTLE_SLICE * u32::from(throttle) / 100);
                 }
             }
-            Err(e) => return Some(VcpuOutcome::Failed(format!("vCPU {}: KVM_RUN failed: {e}", ctx.index))),
+            Err(e) => {
+                return Some(VcpuOutcome::Failed(format!(
+                    "vCPU {}: KVM_RUN failed: {e}",
+                    ctx.index
+                )))
+            }
         }
     }
 }
@@ -374,13 +424,17 @@ fn handle_exit(exit: VcpuExit<'_>, pio: &Bus, mmio: &Bus) -> Option<VcpuOutcome>
         // With the in-kernel irqchip KVM handles HLT itself; if it returns anyway, re-enter.
         VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr => {}
         VcpuExit::Shutdown => {
-            return Some(VcpuOutcome::Failed("the guest triple-faulted (KVM_EXIT_SHUTDOWN)".into()));
+            return Some(VcpuOutcome::Failed(
+                "the guest triple-faulted (KVM_EXIT_SHUTDOWN)".into(),
+            ));
         }
         VcpuExit::SystemEvent(kind, _) => {
             return Some(match kind {
                 SYSTEM_EVENT_RESET => VcpuOutcome::Reset,
                 SYSTEM_EVENT_SHUTDOWN => VcpuOutcome::PowerOff,
-                SYSTEM_EVENT_CRASH => VcpuOutcome::Failed("the guest reported a crash (KVM_SYSTEM_EVENT_CRASH)".into()),
+                SYSTEM_EVENT_CRASH => VcpuOutcome::Failed(
+                    "the guest reported a crash (KVM_SYSTEM_EVENT_CRASH)".into(),
+                ),
                 other => VcpuOutcome::Failed(format!("unknown KVM system event {other}")),
             });
         }
@@ -393,7 +447,9 @@ fn handle_exit(exit: VcpuExit<'_>, pio: &Bus, mmio: &Bus) -> Option<VcpuOutcome>
             return Some(VcpuOutcome::Failed("KVM internal error (KVM_EXIT_INTERNAL_ERROR), often an instruction KVM cannot emulate".into()));
         }
         other => {
-            return Some(VcpuOutcome::Failed(format!("unexpected vCPU exit {other:?}")));
+            return Some(VcpuOutcome::Failed(format!(
+                "unexpected vCPU exit {other:?}"
+            )));
         }
     }
     None

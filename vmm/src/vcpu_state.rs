@@ -7,8 +7,8 @@
 //! last, after the TSC and the LAPIC), VCPU_EVENTS last (SET_REGS clears pending exceptions).
 
 use kvm_bindings::{
-    kvm_cpuid_entry2, kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
-    kvm_xsave, CpuId, Msrs,
+    kvm_cpuid_entry2, kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs,
+    kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs,
 };
 use kvm_ioctls::{Kvm, VcpuFd};
 use serde::{Deserialize, Serialize};
@@ -35,14 +35,19 @@ fn e(what: &str) -> impl Fn(kvm_ioctls::Error) -> String + '_ {
 
 /// MTRR MSRs, which KVM's index list leaves out but a guest programs.
 const MTRR_MSRS: &[u32] = &[
-    0x200, 0x201, 0x202, 0x203, 0x204, 0x205, 0x206, 0x207, 0x208, 0x209, 0x20a, 0x20b, 0x20c, 0x20d, 0x20e, 0x20f, 0x250, 0x258,
-    0x259, 0x268, 0x269, 0x26a, 0x26b, 0x26c, 0x26d, 0x26e, 0x26f, 0x2ff,
+    0x200, 0x201, 0x202, 0x203, 0x204, 0x205, 0x206, 0x207, 0x208, 0x209, 0x20a, 0x20b, 0x20c,
+    0x20d, 0x20e, 0x20f, 0x250, 0x258, 0x259, 0x268, 0x269, 0x26a, 0x26b, 0x26c, 0x26d, 0x26e,
+    0x26f, 0x2ff,
 ];
 
 /// Every MSR in KVM_GET_MSR_INDEX_LIST plus the MTRRs, keeping only those this vCPU can read
 /// (some in the list are absent on a given CPU model; KVM_GET_MSRS stops at the first).
 pub fn saveable_msrs(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>, String> {
-    let mut list: Vec<u32> = kvm.get_msr_index_list().map_err(e("KVM_GET_MSR_INDEX_LIST"))?.as_slice().to_vec();
+    let mut list: Vec<u32> = kvm
+        .get_msr_index_list()
+        .map_err(e("KVM_GET_MSR_INDEX_LIST"))?
+        .as_slice()
+        .to_vec();
     for m in MTRR_MSRS {
         if !list.contains(m) {
             list.push(*m);
@@ -51,7 +56,13 @@ pub fn saveable_msrs(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>, String> {
     let mut readable = Vec::with_capacity(list.len());
     let mut rest = &list[..];
     while !rest.is_empty() {
-        let entries: Vec<kvm_msr_entry> = rest.iter().map(|&index| kvm_msr_entry { index, ..Default::default() }).collect();
+        let entries: Vec<kvm_msr_entry> = rest
+            .iter()
+            .map(|&index| kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect();
         let mut msrs = Msrs::from_entries(&entries).map_err(|e| format!("MSR list: {e:?}"))?;
         let n = vcpu.get_msrs(&mut msrs).map_err(e("KVM_GET_MSRS"))?;
         readable.extend_from_slice(&rest[..n]);
@@ -73,11 +84,21 @@ pub fn save(vcpu: &VcpuFd, msr_list: &[u32], cpuid: &CpuId) -> Result<VcpuState,
     let xcrs = vcpu.get_xcrs().map_err(e("KVM_GET_XCRS"))?;
     let debugregs = vcpu.get_debug_regs().map_err(e("KVM_GET_DEBUGREGS"))?;
     let lapic = vcpu.get_lapic().map_err(e("KVM_GET_LAPIC"))?;
-    let entries: Vec<kvm_msr_entry> = msr_list.iter().map(|&index| kvm_msr_entry { index, ..Default::default() }).collect();
+    let entries: Vec<kvm_msr_entry> = msr_list
+        .iter()
+        .map(|&index| kvm_msr_entry {
+            index,
+            ..Default::default()
+        })
+        .collect();
     let mut msrs = Msrs::from_entries(&entries).map_err(|e| format!("MSR list: {e:?}"))?;
     let n = vcpu.get_msrs(&mut msrs).map_err(e("KVM_GET_MSRS"))?;
     if n != entries.len() {
-        return Err(format!("KVM_GET_MSRS read {n} of {} MSRs; MSR {:#x} failed", entries.len(), entries[n].index));
+        return Err(format!(
+            "KVM_GET_MSRS read {n} of {} MSRs; MSR {:#x} failed",
+            entries.len(),
+            entries[n].index
+        ));
     }
     let vcpu_events = vcpu.get_vcpu_events().map_err(e("KVM_GET_VCPU_EVENTS"))?;
     Ok(VcpuState {
@@ -97,22 +118,39 @@ pub fn save(vcpu: &VcpuFd, msr_list: &[u32], cpuid: &CpuId) -> Result<VcpuState,
 pub fn restore(vcpu: &VcpuFd, s: &VcpuState) -> Result<(), String> {
     let cpuid = CpuId::from_entries(&s.cpuid).map_err(|e| format!("CPUID table: {e:?}"))?;
     vcpu.set_cpuid2(&cpuid).map_err(e("KVM_SET_CPUID2"))?;
-    vcpu.set_mp_state(s.mp_state).map_err(e("KVM_SET_MP_STATE"))?;
+    vcpu.set_mp_state(s.mp_state)
+        .map_err(e("KVM_SET_MP_STATE"))?;
     vcpu.set_regs(&s.regs).map_err(e("KVM_SET_REGS"))?;
     vcpu.set_sregs(&s.sregs).map_err(e("KVM_SET_SREGS"))?;
     // SAFETY: the xsave area was produced by KVM_GET_XSAVE on a vCPU with the same CPUID.
     unsafe { vcpu.set_xsave(&s.xsave) }.map_err(e("KVM_SET_XSAVE"))?;
     vcpu.set_xcrs(&s.xcrs).map_err(e("KVM_SET_XCRS"))?;
-    vcpu.set_debug_regs(&s.debugregs).map_err(e("KVM_SET_DEBUGREGS"))?;
+    vcpu.set_debug_regs(&s.debugregs)
+        .map_err(e("KVM_SET_DEBUGREGS"))?;
     vcpu.set_lapic(&s.lapic).map_err(e("KVM_SET_LAPIC"))?;
     // TSC_DEADLINE is relative to the TSC and armed through the LAPIC: set it after both.
-    let mut ordered: Vec<kvm_msr_entry> = s.msrs.iter().filter(|m| m.index != MSR_IA32_TSC_DEADLINE).copied().collect();
-    ordered.extend(s.msrs.iter().filter(|m| m.index == MSR_IA32_TSC_DEADLINE).copied());
+    let mut ordered: Vec<kvm_msr_entry> = s
+        .msrs
+        .iter()
+        .filter(|m| m.index != MSR_IA32_TSC_DEADLINE)
+        .copied()
+        .collect();
+    ordered.extend(
+        s.msrs
+            .iter()
+            .filter(|m| m.index == MSR_IA32_TSC_DEADLINE)
+            .copied(),
+    );
     let msrs = Msrs::from_entries(&ordered).map_err(|e| format!("MSR list: {e:?}"))?;
     let n = vcpu.set_msrs(&msrs).map_err(e("KVM_SET_MSRS"))?;
     if n != ordered.len() {
-        return Err(format!("KVM_SET_MSRS accepted {n} of {} MSRs; MSR {:#x} was refused", ordered.len(), ordered[n].index));
+        return Err(format!(
+            "KVM_SET_MSRS accepted {n} of {} MSRs; MSR {:#x} was refused",
+            ordered.len(),
+            ordered[n].index
+        ));
     }
-    vcpu.set_vcpu_events(&s.vcpu_events).map_err(e("KVM_SET_VCPU_EVENTS"))?;
+    vcpu.set_vcpu_events(&s.vcpu_events)
+        .map_err(e("KVM_SET_VCPU_EVENTS"))?;
     Ok(())
 }

@@ -6,7 +6,10 @@ use std::io::Write;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
-use arch::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, FIRST_DEVICE_IRQ, KVM_TSS_ADDRESS, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
+use arch::layout::{
+    CMDLINE_MAX_SIZE, CMDLINE_START, FIRST_DEVICE_IRQ, KVM_TSS_ADDRESS, VIRTIO_MMIO_SIZE,
+    VIRTIO_MMIO_START,
+};
 use arch::MemoryLayout;
 use devices::legacy::{Serial, COM1_BASE, COM1_IRQ, I8042, SERIAL_PORT_SIZE};
 use devices::virtio::block::{Block, Disk, DiskOptions};
@@ -32,11 +35,20 @@ pub enum BuildError {
     #[error("this KVM lacks a required capability: {0:?}")]
     MissingCap(Cap),
     #[error("{what} failed")]
-    Kvm { what: &'static str, #[source] source: kvm_ioctls::Error },
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
     #[error(transparent)]
     Memory(#[from] memory::MemoryError),
     #[error("cannot open {what} {path}")]
-    OpenFile { what: &'static str, path: String, #[source] source: std::io::Error },
+    OpenFile {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Loader(#[from] arch::loader::LoaderError),
     #[error("invalid kernel command line: {0}")]
@@ -46,7 +58,11 @@ pub enum BuildError {
     #[error(transparent)]
     MpTable(#[from] arch::mptable::MpTableError),
     #[error("cannot set up vCPU {index}")]
-    VcpuRegs { index: u8, #[source] source: arch::regs::RegsError },
+    VcpuRegs {
+        index: u8,
+        #[source]
+        source: arch::regs::RegsError,
+    },
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
     #[error("cannot place a device on the bus")]
@@ -62,7 +78,8 @@ pub enum BuildError {
 }
 
 /// IOAPIC pins 5..23 are free for virtio devices.
-const MAX_VIRTIO_DEVICES: usize = (arch::layout::IOAPIC_PINS - arch::layout::FIRST_DEVICE_IRQ) as usize;
+const MAX_VIRTIO_DEVICES: usize =
+    (arch::layout::IOAPIC_PINS - arch::layout::FIRST_DEVICE_IRQ) as usize;
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
     move |source| BuildError::Kvm { what, source }
@@ -123,10 +140,22 @@ pub struct BuiltVm {
     pub msr_list: Vec<u32>,
 }
 
-const REQUIRED_CAPS: &[Cap] = &[Cap::Irqchip, Cap::Pit2, Cap::UserMemory, Cap::SetTssAddr, Cap::Irqfd, Cap::ExtCpuid];
+const REQUIRED_CAPS: &[Cap] = &[
+    Cap::Irqchip,
+    Cap::Pit2,
+    Cap::UserMemory,
+    Cap::SetTssAddr,
+    Cap::Irqfd,
+    Cap::ExtCpuid,
+];
 
 /// Builds the VM described by `config`. Guest console output goes to `console_out`.
-pub fn build(config: &VmConfig, mode: BuildMode, console_out: Box<dyn Write + Send>, events: Sender<VmEvent>) -> Result<BuiltVm, BuildError> {
+pub fn build(
+    config: &VmConfig,
+    mode: BuildMode,
+    console_out: Box<dyn Write + Send>,
+    events: Sender<VmEvent>,
+) -> Result<BuiltVm, BuildError> {
     let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;
     for cap in REQUIRED_CAPS {
         if !kvm.check_extension(*cap) {
@@ -134,10 +163,17 @@ pub fn build(config: &VmConfig, mode: BuildMode, console_out: Box<dyn Write + Se
         }
     }
     let vm_fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-    vm_fd.set_tss_address(KVM_TSS_ADDRESS as usize).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    vm_fd
+        .set_tss_address(KVM_TSS_ADDRESS as usize)
+        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
     // The irqchip must exist before the vCPUs so each gets an in-kernel local APIC.
-    vm_fd.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+    vm_fd
+        .create_irq_chip()
+        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
     vm_fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
 
     let layout = MemoryLayout::new(config.memory_bytes);
@@ -148,7 +184,12 @@ pub fn build(config: &VmConfig, mode: BuildMode, console_out: Box<dyn Write + Se
     let mut cmdline = config.cmdline.clone();
     let mut virtio_devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for disk in &config.disks {
-        let opts = DiskOptions { path: disk.path.clone(), readonly: disk.readonly, direct: disk.direct, serial: disk.serial.clone() };
+        let opts = DiskOptions {
+            path: disk.path.clone(),
+            readonly: disk.readonly,
+            direct: disk.direct,
+            serial: disk.serial.clone(),
+        };
         let disk = match mode {
             BuildMode::Boot => Disk::open(&opts)?,
             BuildMode::Incoming => Disk::open_unlocked(&opts)?,
@@ -166,9 +207,15 @@ pub fn build(config: &VmConfig, mode: BuildMode, console_out: Box<dyn Write + Se
     for (i, device) in virtio_devices.into_iter().enumerate() {
         let base = VIRTIO_MMIO_START + i as u64 * VIRTIO_MMIO_SIZE;
         let irq = FIRST_DEVICE_IRQ + i as u32;
-        virtio.push(attach_virtio(&vm_fd, &memory, &mut mmio, device, base, irq)?);
+        virtio.push(attach_virtio(
+            &vm_fd, &memory, &mut mmio, device, base, irq,
+        )?);
         cmdline.push(' ');
-        cmdline.push_str(&devices::virtio::mmio::cmdline_entry(base, VIRTIO_MMIO_SIZE, irq));
+        cmdline.push_str(&devices::virtio::mmio::cmdline_entry(
+            base,
+            VIRTIO_MMIO_SIZE,
+            irq,
+        ));
     }
     let mmio = Arc::new(mmio);
 
@@ -176,7 +223,8 @@ pub fn build(config: &VmConfig, mode: BuildMode, console_out: Box<dyn Write + Se
         BuildMode::Boot => {
             let entry = load_guest_images(config, &cmdline, &layout, &memory)?;
             arch::mptable::write_mptable(&memory, config.vcpus)?;
-            arch::regs::write_boot_tables(&memory).map_err(|source| BuildError::VcpuRegs { index: 0, source })?;
+            arch::regs::write_boot_tables(&memory)
+                .map_err(|source| BuildError::VcpuRegs { index: 0, source })?;
             Some(entry)
         }
         BuildMode::Incoming => None,
@@ -184,18 +232,36 @@ pub fn build(config: &VmConfig, mode: BuildMode, console_out: Box<dyn Write + Se
 
     // Legacy devices on the port bus.
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
-    vm_fd.register_irqfd(&serial_irq, COM1_IRQ).map_err(kvm_err("KVM_IRQFD (COM1)"))?;
+    vm_fd
+        .register_irqfd(&serial_irq, COM1_IRQ)
+        .map_err(kvm_err("KVM_IRQFD (COM1)"))?;
     let serial = Arc::new(Mutex::new(Serial::new(Arc::new(serial_irq), console_out)));
-    let i8042 = Arc::new(Mutex::new(I8042::new(Arc::new(EventLine::new(events.clone(), || VmEvent::GuestReset)))));
+    let i8042 = Arc::new(Mutex::new(I8042::new(Arc::new(EventLine::new(
+        events.clone(),
+        || VmEvent::GuestReset,
+    )))));
     let mut pio = Bus::new();
     pio.insert(serial.clone(), COM1_BASE, SERIAL_PORT_SIZE)?;
     pio.insert(i8042, I8042::BASE, I8042::SIZE)?;
     let pio = Arc::new(pio);
 
     let (vcpus, cpuids) = create_vcpus(&kvm, &vm_fd, config.vcpus, entry, &pio, &mmio, &events)?;
-    let msr_list = crate::vcpu_state::saveable_msrs(&kvm, &vcpus[0].fd).map_err(BuildError::Msrs)?;
+    let msr_list =
+        crate::vcpu_state::saveable_msrs(&kvm, &vcpus[0].fd).map_err(BuildError::Msrs)?;
     let transports = virtio.iter().map(|s| s.transport()).collect();
-    Ok(BuiltVm { kvm, vm_fd: Arc::new(vm_fd), memory, serial, pio, mmio, vcpus, virtio, transports, cpuids, msr_list })
+    Ok(BuiltVm {
+        kvm,
+        vm_fd: Arc::new(vm_fd),
+        memory,
+        serial,
+        pio,
+        mmio,
+        vcpus,
+        virtio,
+        transports,
+        cpuids,
+        msr_list,
+    })
 }
 
 /// Puts a virtio device behind an MMIO transport at `base`: its interrupt through an irqfd on
@@ -209,48 +275,80 @@ fn attach_virtio(
     irq: u32,
 ) -> Result<VirtioSubscriber, BuildError> {
     let irq_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
-    vm_fd.register_irqfd(&irq_evt, irq).map_err(kvm_err("KVM_IRQFD (virtio)"))?;
+    vm_fd
+        .register_irqfd(&irq_evt, irq)
+        .map_err(kvm_err("KVM_IRQFD (virtio)"))?;
     let interrupt = Arc::new(VirtioInterrupt::new(Arc::new(irq_evt)));
     let queue_count = device.queue_max_sizes().len();
     let mut queue_events = Vec::with_capacity(queue_count);
     for q in 0..queue_count {
         let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;
         let addr = IoEventAddress::Mmio(base + devices::virtio::mmio::REG_QUEUE_NOTIFY);
-        vm_fd.register_ioevent(&evt, &addr, q as u32).map_err(kvm_err("KVM_IOEVENTFD (virtio queue)"))?;
+        vm_fd
+            .register_ioevent(&evt, &addr, q as u32)
+            .map_err(kvm_err("KVM_IOEVENTFD (virtio queue)"))?;
         queue_events.push(evt);
     }
-    let transport = Arc::new(Mutex::new(MmioTransport::new(device, memory.clone(), interrupt)));
+    let transport = Arc::new(Mutex::new(MmioTransport::new(
+        device,
+        memory.clone(),
+        interrupt,
+    )));
     mmio.insert(transport.clone(), base, VIRTIO_MMIO_SIZE)?;
     Ok(VirtioSubscriber::new(transport, queue_events))
 }
 
 /// Loads kernel, command line and initrd, and writes the zero page; returns the entry point.
-fn load_guest_images(config: &VmConfig, cmdline_str: &str, layout: &MemoryLayout, memory: &GuestMemoryMmap) -> Result<vm_memory::GuestAddress, BuildError> {
+fn load_guest_images(
+    config: &VmConfig,
+    cmdline_str: &str,
+    layout: &MemoryLayout,
+    memory: &GuestMemoryMmap,
+) -> Result<vm_memory::GuestAddress, BuildError> {
     let open = |what, path: &std::path::Path| {
-        File::open(path).map_err(|source| BuildError::OpenFile { what, path: path.display().to_string(), source })
+        File::open(path).map_err(|source| BuildError::OpenFile {
+            what,
+            path: path.display().to_string(),
+            source,
+        })
     };
     let mut kernel_file = open("kernel", &config.kernel)?;
     let kernel = arch::loader::load_kernel(memory, &mut kernel_file)?;
 
-    let mut cmdline = Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| BuildError::Cmdline(e.to_string()))?;
-    cmdline.insert_str(cmdline_str).map_err(|e| BuildError::Cmdline(e.to_string()))?;
+    let mut cmdline =
+        Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| BuildError::Cmdline(e.to_string()))?;
+    cmdline
+        .insert_str(cmdline_str)
+        .map_err(|e| BuildError::Cmdline(e.to_string()))?;
     linux_loader::loader::load_cmdline(memory, vm_memory::GuestAddress(CMDLINE_START), &cmdline)
         .map_err(|e| BuildError::Cmdline(e.to_string()))?;
-    let cmdline_len = cmdline.as_cstring().map_err(|e| BuildError::Cmdline(e.to_string()))?.as_bytes().len();
+    let cmdline_len = cmdline
+        .as_cstring()
+        .map_err(|e| BuildError::Cmdline(e.to_string()))?
+        .as_bytes()
+        .len();
 
     let initrd = match &config.initrd {
         Some(path) => {
             let mut f = open("initrd", path)?;
             // initrd_addr_max from the bzImage header; an ELF vmlinux accepts any 32-bit address.
-            let addr_max = kernel.setup_header.map_or(0xffff_ffff, |h| u64::from(h.initrd_addr_max));
-            Some(arch::loader::load_initrd(memory, layout, kernel.end, addr_max, &mut f)?)
+            let addr_max = kernel
+                .setup_header
+                .map_or(0xffff_ffff, |h| u64::from(h.initrd_addr_max));
+            Some(arch::loader::load_initrd(
+                memory, layout, kernel.end, addr_max, &mut f,
+            )?)
         }
         None => None,
     };
     arch::bootparams::write_zero_page(
         memory,
         layout,
-        &arch::bootparams::ZeroPageInput { setup_header: kernel.setup_header, cmdline_len, initrd },
+        &arch::bootparams::ZeroPageInput {
+            setup_header: kernel.setup_header,
+            cmdline_len,
+            initrd,
+        },
     )?;
     Ok(kernel.entry)
 }
@@ -265,14 +363,25 @@ fn create_vcpus(
     mmio: &Arc<Bus>,
     events: &Sender<VmEvent>,
 ) -> Result<(Vec<VcpuContext>, Vec<kvm_bindings::CpuId>), BuildError> {
-    let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
     let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
     let mut out = Vec::new();
     let mut cpuids = Vec::new();
     for index in 0..count {
-        let fd = vm_fd.create_vcpu(u64::from(index)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        let fd = vm_fd
+            .create_vcpu(u64::from(index))
+            .map_err(kvm_err("KVM_CREATE_VCPU"))?;
         let mut cpuid = supported.clone();
-        arch::cpuid::normalize(&mut cpuid, arch::cpuid::VcpuTopology { apic_id: index, vcpu_count: count, tsc_deadline });
+        arch::cpuid::normalize(
+            &mut cpuid,
+            arch::cpuid::VcpuTopology {
+                apic_id: index,
+                vcpu_count: count,
+                tsc_deadline,
+            },
+        );
         let regs_err = |source| BuildError::VcpuRegs { index, source };
         fd.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
         // Only the boot vCPU starts at the entry point; the others stay in their reset state
@@ -285,7 +394,13 @@ fn create_vcpus(
             arch::regs::setup_lapic(&fd).map_err(regs_err)?;
         }
         cpuids.push(cpuid);
-        out.push(VcpuContext { index, fd, pio: pio.clone(), mmio: mmio.clone(), events: events.clone() });
+        out.push(VcpuContext {
+            index,
+            fd,
+            pio: pio.clone(),
+            mmio: mmio.clone(),
+            events: events.clone(),
+        });
     }
     Ok((out, cpuids))
 }

@@ -27,7 +27,9 @@ pub struct I8042 {
 impl I8042 {
     /// `reset` fires when the guest asks the controller to reset the CPU.
     pub fn new(reset: Arc<dyn Interrupt>) -> Self {
-        I8042 { inner: vm_superio::I8042Device::new(ResetLine(reset)) }
+        I8042 {
+            inner: vm_superio::I8042Device::new(ResetLine(reset)),
+        }
     }
 
     pub const BASE: u64 = I8042_BASE;

@@ -33,7 +33,10 @@ pub struct Serial {
 
 impl Serial {
     pub fn new(irq: Arc<dyn Interrupt>, out: Box<dyn Write + Send>) -> Self {
-        Serial { uart: vm_superio::Serial::new(IrqTrigger(irq), out), output_broken: false }
+        Serial {
+            uart: vm_superio::Serial::new(IrqTrigger(irq), out),
+            output_broken: false,
+        }
     }
 
     /// Queues host input for the guest; returns how many bytes fitted in the FIFO.
@@ -50,10 +53,14 @@ impl Serial {
     /// Replaces the registers and pending input with a snapshot's, keeping the interrupt and output.
     pub fn restore(&mut self, s: &SerialSnapshot) {
         let trigger = self.uart.interrupt_evt().clone();
-        let placeholder = vm_superio::Serial::new(trigger.clone(), Box::new(std::io::sink()) as Box<dyn Write + Send>);
+        let placeholder = vm_superio::Serial::new(
+            trigger.clone(),
+            Box::new(std::io::sink()) as Box<dyn Write + Send>,
+        );
         let old = std::mem::replace(&mut self.uart, placeholder);
-        self.uart = vm_superio::Serial::from_state(&s.to_state(), trigger, NoEvents, old.into_writer())
-            .expect("vm-superio accepts any register state");
+        self.uart =
+            vm_superio::Serial::from_state(&s.to_state(), trigger, NoEvents, old.into_writer())
+                .expect("vm-superio accepts any register state");
     }
 
     pub fn snapshot(&self) -> SerialSnapshot {
@@ -74,7 +81,9 @@ impl BusDevice for Serial {
         if data.len() == 1 && offset < SERIAL_PORT_SIZE {
             if let Err(e) = self.uart.write(offset as u8, data[0]) {
                 if !self.output_broken {
-                    log::warn!("serial: console output failed ({e:?}); further failures are not reported");
+                    log::warn!(
+                        "serial: console output failed ({e:?}); further failures are not reported"
+                    );
                     self.output_broken = true;
                 }
             }

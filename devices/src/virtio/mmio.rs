@@ -95,7 +95,11 @@ pub enum RestoreError {
 }
 
 impl MmioTransport {
-    pub fn new(device: Box<dyn VirtioDevice>, mem: GuestMemoryMmap, interrupt: Arc<VirtioInterrupt>) -> Self {
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<VirtioInterrupt>,
+    ) -> Self {
         let queues = Self::fresh_queues(device.as_ref());
         MmioTransport {
             device,
@@ -114,9 +118,16 @@ impl MmioTransport {
 
     pub fn snapshot(&self) -> TransportSnapshot {
         let queues = if self.status & STATUS_DRIVER_OK != 0 {
-            self.device.queue_states().into_iter().map(QueueSnapshot::from).collect()
+            self.device
+                .queue_states()
+                .into_iter()
+                .map(QueueSnapshot::from)
+                .collect()
         } else {
-            self.queues.iter().map(|q| QueueSnapshot::from(q.state())).collect()
+            self.queues
+                .iter()
+                .map(|q| QueueSnapshot::from(q.state()))
+                .collect()
         };
         TransportSnapshot {
             device_type: self.device.device_type(),
@@ -136,18 +147,35 @@ impl MmioTransport {
     pub fn restore(&mut self, s: &TransportSnapshot) -> Result<(), RestoreError> {
         let found = self.device.device_type();
         if s.device_type != found {
-            return Err(RestoreError::DeviceType { expected: s.device_type, found });
+            return Err(RestoreError::DeviceType {
+                expected: s.device_type,
+                found,
+            });
         }
         let expected = self.device.queue_max_sizes().len();
         if s.queues.len() != expected {
-            return Err(RestoreError::QueueCount { given: s.queues.len(), expected });
+            return Err(RestoreError::QueueCount {
+                given: s.queues.len(),
+                expected,
+            });
         }
         let mut queues = Vec::with_capacity(expected);
-        for (i, (q, &max)) in s.queues.iter().zip(self.device.queue_max_sizes()).enumerate() {
+        for (i, (q, &max)) in s
+            .queues
+            .iter()
+            .zip(self.device.queue_max_sizes())
+            .enumerate()
+        {
             if q.max_size != max {
-                return Err(RestoreError::Queue(i, format!("max size {} where the device has {max}", q.max_size)));
+                return Err(RestoreError::Queue(
+                    i,
+                    format!("max size {} where the device has {max}", q.max_size),
+                ));
             }
-            queues.push(Queue::try_from(QueueState::from(*q)).map_err(|e| RestoreError::Queue(i, format!("{e:?}")))?);
+            queues.push(
+                Queue::try_from(QueueState::from(*q))
+                    .map_err(|e| RestoreError::Queue(i, format!("{e:?}")))?,
+            );
         }
         self.frozen = true;
         self.status = s.status;
@@ -161,7 +189,8 @@ impl MmioTransport {
             self.device.set_driver_features(s.driver_features);
         }
         if s.status & STATUS_DRIVER_OK != 0 && s.status & STATUS_DEVICE_NEEDS_RESET == 0 {
-            self.device.activate(self.mem.clone(), self.interrupt.clone(), queues)?;
+            self.device
+                .activate(self.mem.clone(), self.interrupt.clone(), queues)?;
         } else {
             self.queues = queues;
         }
@@ -233,7 +262,10 @@ impl MmioTransport {
 
     /// The device met a request it cannot complete: tell the driver (spec 2.1.2).
     fn needs_reset(&mut self) {
-        log::warn!("virtio-mmio: device type {} needs a reset", self.device.device_type());
+        log::warn!(
+            "virtio-mmio: device type {} needs a reset",
+            self.device.device_type()
+        );
         self.status |= STATUS_DEVICE_NEEDS_RESET;
         self.interrupt.signal_config();
     }
@@ -253,8 +285,14 @@ impl MmioTransport {
                 1 => (self.device.device_features() >> 32) as u32,
                 _ => 0,
             },
-            REG_QUEUE_NUM_MAX => self.queues.get(self.queue_sel as usize).map_or(0, |q| u32::from(q.max_size())),
-            REG_QUEUE_READY => self.queues.get(self.queue_sel as usize).map_or(0, |q| u32::from(q.ready())),
+            REG_QUEUE_NUM_MAX => self
+                .queues
+                .get(self.queue_sel as usize)
+                .map_or(0, |q| u32::from(q.max_size())),
+            REG_QUEUE_READY => self
+                .queues
+                .get(self.queue_sel as usize)
+                .map_or(0, |q| u32::from(q.ready())),
             REG_INTERRUPT_STATUS => self.interrupt.status(),
             REG_STATUS => self.status,
             REG_CONFIG_GENERATION => self.config_generation,
@@ -271,11 +309,19 @@ impl MmioTransport {
         match offset {
             REG_DEVICE_FEATURES_SEL => self.device_features_sel = value,
             REG_DRIVER_FEATURES_SEL => self.driver_features_sel = value,
-            REG_DRIVER_FEATURES if setting_up && self.status & STATUS_FEATURES_OK == 0 => match self.driver_features_sel {
-                0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(value),
-                1 => self.driver_features = (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32),
-                _ => {}
-            },
+            REG_DRIVER_FEATURES if setting_up && self.status & STATUS_FEATURES_OK == 0 => {
+                match self.driver_features_sel {
+                    0 => {
+                        self.driver_features =
+                            (self.driver_features & !0xffff_ffff) | u64::from(value)
+                    }
+                    1 => {
+                        self.driver_features =
+                            (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
+                    }
+                    _ => {}
+                }
+            }
             REG_QUEUE_SEL => self.queue_sel = value,
             REG_QUEUE_NUM if setting_up => {
                 if let Some(q) = self.selected_queue() {
@@ -287,12 +333,22 @@ impl MmioTransport {
                     q.set_ready(value == 1);
                 }
             }
-            REG_QUEUE_DESC_LOW | REG_QUEUE_DESC_HIGH | REG_QUEUE_DRIVER_LOW | REG_QUEUE_DRIVER_HIGH | REG_QUEUE_DEVICE_LOW
+            REG_QUEUE_DESC_LOW
+            | REG_QUEUE_DESC_HIGH
+            | REG_QUEUE_DRIVER_LOW
+            | REG_QUEUE_DRIVER_HIGH
+            | REG_QUEUE_DEVICE_LOW
             | REG_QUEUE_DEVICE_HIGH
                 if setting_up =>
             {
-                let Some(q) = self.selected_queue() else { return };
-                let (low, high) = if offset % 8 == 0 { (Some(value), None) } else { (None, Some(value)) };
+                let Some(q) = self.selected_queue() else {
+                    return;
+                };
+                let (low, high) = if offset % 8 == 0 {
+                    (Some(value), None)
+                } else {
+                    (None, Some(value))
+                };
                 match offset & !7 {
                     REG_QUEUE_DESC_LOW => q.set_desc_table_address(low, high),
                     REG_QUEUE_DRIVER_LOW => q.set_avail_ring_address(low, high),
@@ -302,7 +358,10 @@ impl MmioTransport {
             REG_QUEUE_NOTIFY => self.notify_queue(value as usize),
             REG_INTERRUPT_ACK => self.interrupt.ack(value),
             REG_STATUS => self.write_status(value),
-            _ => log::debug!("virtio-mmio: ignored write {value:#x} to register {offset:#x} (status {:#x})", self.status),
+            _ => log::debug!(
+                "virtio-mmio: ignored write {value:#x} to register {offset:#x} (status {:#x})",
+                self.status
+            ),
         }
     }
 
@@ -314,10 +373,15 @@ impl MmioTransport {
         let newly = value & !self.status;
         if newly & STATUS_FEATURES_OK != 0 {
             let offered = self.device.device_features();
-            if self.driver_features & !offered != 0 || self.driver_features & VIRTIO_F_VERSION_1 == 0 {
+            if self.driver_features & !offered != 0
+                || self.driver_features & VIRTIO_F_VERSION_1 == 0
+            {
                 // A feature we did not offer, or a legacy driver: leave FEATURES_OK unset so the
                 // driver sees the negotiation failed (spec 3.1.1).
-                log::warn!("virtio-mmio: refusing driver features {:#x} (offered {offered:#x})", self.driver_features);
+                log::warn!(
+                    "virtio-mmio: refusing driver features {:#x} (offered {offered:#x})",
+                    self.driver_features
+                );
                 self.status = value & !STATUS_FEATURES_OK;
                 return;
             }
@@ -332,13 +396,19 @@ impl MmioTransport {
     fn activate(&mut self) {
         for (i, q) in self.queues.iter().enumerate() {
             if !q.is_valid(&self.mem) {
-                log::warn!("virtio-mmio: queue {i} of device type {} is not valid", self.device.device_type());
+                log::warn!(
+                    "virtio-mmio: queue {i} of device type {} is not valid",
+                    self.device.device_type()
+                );
                 self.needs_reset();
                 return;
             }
         }
         let queues = std::mem::replace(&mut self.queues, Self::fresh_queues(self.device.as_ref()));
-        if let Err(e) = self.device.activate(self.mem.clone(), self.interrupt.clone(), queues) {
+        if let Err(e) = self
+            .device
+            .activate(self.mem.clone(), self.interrupt.clone(), queues)
+        {
             log::warn!("virtio-mmio: activation failed: {e}");
             self.needs_reset();
             return;
@@ -429,7 +499,12 @@ pub(crate) mod tests {
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             super::super::read_config_bytes(&[1, 2, 3, 4, 5, 6, 7, 8], offset, data)
         }
-        fn activate(&mut self, _: GuestMemoryMmap, _: Arc<VirtioInterrupt>, q: Vec<Queue>) -> Result<(), super::super::ActivateError> {
+        fn activate(
+            &mut self,
+            _: GuestMemoryMmap,
+            _: Arc<VirtioInterrupt>,
+            q: Vec<Queue>,
+        ) -> Result<(), super::super::ActivateError> {
             self.0.lock().unwrap().activated = Some(q.len());
             Ok(())
         }
@@ -441,7 +516,10 @@ pub(crate) mod tests {
             true
         }
         fn queue_states(&self) -> Vec<QueueState> {
-            vec![Queue::new(16).unwrap().state(), Queue::new(8).unwrap().state()]
+            vec![
+                Queue::new(16).unwrap().state(),
+                Queue::new(8).unwrap().state(),
+            ]
         }
     }
 
@@ -462,7 +540,10 @@ pub(crate) mod tests {
     fn transport() -> (MmioTransport, Arc<Mutex<Log>>) {
         let log = Arc::new(Mutex::new(Log::default()));
         let irq = Arc::new(VirtioInterrupt::new(Arc::new(CountingIrq::default())));
-        (MmioTransport::new(Box::new(Dummy(log.clone(), [16, 8])), memory(), irq), log)
+        (
+            MmioTransport::new(Box::new(Dummy(log.clone(), [16, 8])), memory(), irq),
+            log,
+        )
     }
 
     fn setup_queue(t: &mut MmioTransport, sel: u32, base: u64) {
@@ -503,11 +584,19 @@ pub(crate) mod tests {
         wr(&mut t, REG_DRIVER_FEATURES, 0x1);
         wr(&mut t, REG_DRIVER_FEATURES_SEL, 1);
         wr(&mut t, REG_DRIVER_FEATURES, 1);
-        wr(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        wr(
+            &mut t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
         assert_ne!(rd(&mut t, REG_STATUS) & STATUS_FEATURES_OK, 0);
         setup_queue(&mut t, 0, 0x10000);
         setup_queue(&mut t, 1, 0x20000);
-        wr(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        wr(
+            &mut t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
         assert_eq!(log.lock().unwrap().activated, Some(2));
         assert_eq!(log.lock().unwrap().features, VIRTIO_F_VERSION_1 | 1);
         // Activation runs every queue once (buffers posted before DRIVER_OK), then the kick.
@@ -516,7 +605,11 @@ pub(crate) mod tests {
         // Queue setup is frozen once the driver is done.
         wr(&mut t, REG_QUEUE_SEL, 0);
         wr(&mut t, REG_QUEUE_READY, 0);
-        assert_eq!(rd(&mut t, REG_QUEUE_READY), 0, "queues moved into the device at activation");
+        assert_eq!(
+            rd(&mut t, REG_QUEUE_READY),
+            0,
+            "queues moved into the device at activation"
+        );
         wr(&mut t, REG_STATUS, 0);
         assert_eq!(log.lock().unwrap().resets, 1);
         assert_eq!(rd(&mut t, REG_STATUS), 0);
@@ -526,10 +619,18 @@ pub(crate) mod tests {
         let (mut t, log) = transport();
         wr(&mut t, REG_DRIVER_FEATURES_SEL, 1);
         wr(&mut t, REG_DRIVER_FEATURES, 1);
-        wr(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        wr(
+            &mut t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
         setup_queue(&mut t, 0, 0x10000);
         setup_queue(&mut t, 1, 0x20000);
-        wr(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        wr(
+            &mut t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
         (t, log)
     }
 
@@ -541,8 +642,15 @@ pub(crate) mod tests {
         wr(&mut t, REG_QUEUE_NOTIFY, 0);
         assert!(log.lock().unwrap().notified.is_empty());
         t.thaw();
-        assert_eq!(log.lock().unwrap().notified, vec![0, 1], "every queue re-run");
-        assert_ne!(rd(&mut t, REG_INTERRUPT_STATUS) & super::super::INTERRUPT_USED_RING, 0);
+        assert_eq!(
+            log.lock().unwrap().notified,
+            vec![0, 1],
+            "every queue re-run"
+        );
+        assert_ne!(
+            rd(&mut t, REG_INTERRUPT_STATUS) & super::super::INTERRUPT_USED_RING,
+            0
+        );
     }
 
     #[test]
@@ -555,17 +663,29 @@ pub(crate) mod tests {
         assert_eq!(log.lock().unwrap().activated, Some(2));
         assert_eq!(log.lock().unwrap().features, VIRTIO_F_VERSION_1);
         assert!(fresh.is_frozen());
-        assert!(log.lock().unwrap().notified.is_empty(), "nothing runs before thaw");
+        assert!(
+            log.lock().unwrap().notified.is_empty(),
+            "nothing runs before thaw"
+        );
         assert_eq!(rd(&mut fresh, REG_STATUS), snap.status);
         let mut wrong = snap.clone();
         wrong.device_type = 1;
-        assert!(matches!(transport().0.restore(&wrong), Err(RestoreError::DeviceType { .. })));
+        assert!(matches!(
+            transport().0.restore(&wrong),
+            Err(RestoreError::DeviceType { .. })
+        ));
         let mut bad = snap.clone();
         bad.queues[1].size = 3; // not a power of two
-        assert!(matches!(transport().0.restore(&bad), Err(RestoreError::Queue(1, _))));
+        assert!(matches!(
+            transport().0.restore(&bad),
+            Err(RestoreError::Queue(1, _))
+        ));
         let mut short = snap;
         short.queues.pop();
-        assert!(matches!(transport().0.restore(&short), Err(RestoreError::QueueCount { .. })));
+        assert!(matches!(
+            transport().0.restore(&short),
+            Err(RestoreError::QueueCount { .. })
+        ));
     }
 
     #[test]
@@ -575,11 +695,19 @@ pub(crate) mod tests {
         wr(&mut t, REG_DRIVER_FEATURES, 0x4); // not offered
         wr(&mut t, REG_DRIVER_FEATURES_SEL, 1);
         wr(&mut t, REG_DRIVER_FEATURES, 1);
-        wr(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        wr(
+            &mut t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
         assert_eq!(rd(&mut t, REG_STATUS) & STATUS_FEATURES_OK, 0);
         let (mut t, _) = transport();
         wr(&mut t, REG_DRIVER_FEATURES, 0x1); // no VERSION_1
-        wr(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        wr(
+            &mut t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
         assert_eq!(rd(&mut t, REG_STATUS) & STATUS_FEATURES_OK, 0);
     }
 
@@ -588,19 +716,33 @@ pub(crate) mod tests {
         let (mut t, log) = transport();
         wr(&mut t, REG_DRIVER_FEATURES_SEL, 1);
         wr(&mut t, REG_DRIVER_FEATURES, 1);
-        wr(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        wr(
+            &mut t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
         setup_queue(&mut t, 0, 0x10000);
         setup_queue(&mut t, 1, 0x4000_0000); // outside guest memory
-        wr(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+        wr(
+            &mut t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
         assert_eq!(log.lock().unwrap().activated, None);
         assert_ne!(rd(&mut t, REG_STATUS) & STATUS_DEVICE_NEEDS_RESET, 0);
-        assert_ne!(rd(&mut t, REG_INTERRUPT_STATUS) & super::super::INTERRUPT_CONFIG, 0);
+        assert_ne!(
+            rd(&mut t, REG_INTERRUPT_STATUS) & super::super::INTERRUPT_CONFIG,
+            0
+        );
         wr(&mut t, REG_QUEUE_NOTIFY, 0);
         assert!(log.lock().unwrap().notified.is_empty());
     }
 
     #[test]
     fn cmdline_entries() {
-        assert_eq!(cmdline_entry(0xd000_0000, 0x1000, 5), "virtio_mmio.device=4K@0xd0000000:5");
+        assert_eq!(
+            cmdline_entry(0xd000_0000, 0x1000, 5),
+            "virtio_mmio.device=4K@0xd0000000:5"
+        );
     }
 }

@@ -37,7 +37,10 @@ pub struct VirtioInterrupt {
 
 impl VirtioInterrupt {
     pub fn new(line: Arc<dyn Interrupt>) -> Self {
-        VirtioInterrupt { status: AtomicU32::new(0), line }
+        VirtioInterrupt {
+            status: AtomicU32::new(0),
+            line,
+        }
     }
 
     fn raise(&self, bit: u32) {
@@ -91,7 +94,12 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// The driver set DRIVER_OK: start using the queues.
-    fn activate(&mut self, mem: GuestMemoryMmap, interrupt: Arc<VirtioInterrupt>, queues: Vec<Queue>) -> Result<(), ActivateError>;
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<VirtioInterrupt>,
+        queues: Vec<Queue>,
+    ) -> Result<(), ActivateError>;
     /// The driver wrote 0 to the status register: drop the queues, keep the backend.
     fn reset(&mut self);
     /// The guest notified queue `index`. Returns false if the device now needs a reset
@@ -176,7 +184,9 @@ impl From<QueueSnapshot> for QueueState {
 /// end return zeros (the spec leaves them undefined; zeros are the safe choice).
 pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     data.fill(0);
-    let Ok(start) = usize::try_from(offset) else { return };
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
     if start >= config.len() {
         return;
     }

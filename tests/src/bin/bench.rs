@@ -15,12 +15,24 @@ struct Result {
 fn run(scenario: &str) -> (Vec<String>, &'static str) {
     if vmm_tests::hardware_kvm() {
         let out = vmm_tests::rig::run_scenario_direct(scenario);
-        (String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect(), "hardware KVM")
+        (
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect(),
+            "hardware KVM",
+        )
     } else {
-        assert!(vmm_tests::rig::require_rig("bench"), "the nested rig is needed on this host");
+        assert!(
+            vmm_tests::rig::require_rig("bench"),
+            "the nested rig is needed on this host"
+        );
         let r = vmm_tests::rig::run_scenario(scenario, Duration::from_secs(1200), &[]);
         if !r.passed {
-            eprintln!("bench: scenario {scenario} did not complete ({}); its results are partial", r.verdict);
+            eprintln!(
+                "bench: scenario {scenario} did not complete ({}); its results are partial",
+                r.verdict
+            );
         }
         (r.console, "nested rig (L1 under QEMU TCG)")
     }
@@ -35,7 +47,12 @@ fn parse(scenario: &str, lines: &[String]) -> Vec<Result> {
             let name = it.next()?.to_string();
             let value = it.next()?.parse().ok()?;
             let unit = it.next().unwrap_or("").to_string();
-            Some(Result { scenario: scenario.to_string(), name, value, unit })
+            Some(Result {
+                scenario: scenario.to_string(),
+                name,
+                value,
+                unit,
+            })
         })
         .collect()
 }
@@ -69,14 +86,39 @@ fn loopback_mb_s() -> f64 {
 }
 
 /// Migrates a tiny guest between two VMM processes over loopback and returns the summary.
-fn migrate_tiny(label: &str, guest: &str, memory: &str, vcpus: &str, ready: &str) -> Option<serde_json::Value> {
-    let (a, b) = (vmm_tests::RuntimeDir::new("bench-src"), vmm_tests::RuntimeDir::new("bench-dst"));
+fn migrate_tiny(
+    label: &str,
+    guest: &str,
+    memory: &str,
+    vcpus: &str,
+    ready: &str,
+) -> Option<serde_json::Value> {
+    let (a, b) = (
+        vmm_tests::RuntimeDir::new("bench-src"),
+        vmm_tests::RuntimeDir::new("bench-dst"),
+    );
     let g = vmm_tests::guest(guest);
-    let mut src = vmm_tests::VmProcess::start(&a.0, &["--name", label, "--kernel", g.to_str().unwrap(), "--memory", memory, "--vcpus", vcpus]);
+    let mut src = vmm_tests::VmProcess::start(
+        &a.0,
+        &[
+            "--name",
+            label,
+            "--kernel",
+            g.to_str().unwrap(),
+            "--memory",
+            memory,
+            "--vcpus",
+            vcpus,
+        ],
+    );
     src.wait_for(ready, Duration::from_secs(300));
     let to = format!("tcp:127.0.0.1:{}", vmm_tests::free_port());
     let _dst = vmm_tests::VmProcess::start(&b.0, &["--name", label, "--incoming", &to]);
-    let (st, out, err) = vmm_tests::migrate_retrying(&a.0, &["migrate", label, "--to", &to, "--json"], Duration::from_secs(600));
+    let (st, out, err) = vmm_tests::migrate_retrying(
+        &a.0,
+        &["migrate", label, "--to", &to, "--json"],
+        Duration::from_secs(600),
+    );
     if !st.success() {
         eprintln!("bench: migration {label} failed: {err}");
         return None;
@@ -88,7 +130,12 @@ fn main() {
     let mut results = Vec::new();
     let mut place = "";
     let loopback = loopback_mb_s();
-    results.push(Result { scenario: "migration".into(), name: "loopback_tcp_mb_s".into(), value: loopback, unit: "MB/s".into() });
+    results.push(Result {
+        scenario: "migration".into(),
+        name: "loopback_tcp_mb_s".into(),
+        value: loopback,
+        unit: "MB/s".into(),
+    });
     // Tiny guests on this machine's /dev/kvm (PVM included): idle 1 GiB, 1 GiB of non-zero
     // memory, and a 2-vCPU guest rewriting 16 MiB continuously.
     for (label, guest, memory, vcpus, ready) in [
@@ -96,7 +143,9 @@ fn main() {
         ("filled-1g", "filler", "1G", "1", "filled"),
         ("dirtier-2vcpu", "dirtier", "256M", "2", "cpu1 pass 16 ok"),
     ] {
-        let Some(s) = migrate_tiny(label, guest, memory, vcpus, ready) else { continue };
+        let Some(s) = migrate_tiny(label, guest, memory, vcpus, ready) else {
+            continue;
+        };
         let f = |k: &str| s[k].as_f64().unwrap_or(0.0);
         let mb_s = f("throughput_bytes_per_sec") / 1e6;
         for (name, value, unit) in [
@@ -107,7 +156,12 @@ fn main() {
             ("throughput_mb_s", mb_s, "MB/s"),
             ("throughput_vs_loopback", mb_s / loopback, "ratio"),
         ] {
-            results.push(Result { scenario: format!("migrate:{label}"), name: name.into(), value, unit: unit.into() });
+            results.push(Result {
+                scenario: format!("migrate:{label}"),
+                name: name.into(),
+                value,
+                unit: unit.into(),
+            });
         }
     }
     for scenario in ["bench-io"] {
@@ -115,7 +169,10 @@ fn main() {
         place = where_;
         let r = parse(scenario, &lines);
         if r.is_empty() {
-            eprintln!("bench: scenario {scenario} reported nothing; console tail:\n{}", lines[lines.len().saturating_sub(30)..].join("\n"));
+            eprintln!(
+                "bench: scenario {scenario} reported nothing; console tail:\n{}",
+                lines[lines.len().saturating_sub(30)..].join("\n")
+            );
         }
         results.extend(r);
     }
@@ -127,11 +184,20 @@ fn main() {
         "migrate": "tiny guests on this host's /dev/kvm, two VMM processes over TCP loopback",
         "bench-io": place,
     });
-    println!("{}", serde_json::to_string_pretty(&serde_json::json!({"environment": environment, "results": json})).unwrap());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(
+            &serde_json::json!({"environment": environment, "results": json})
+        )
+        .unwrap()
+    );
     println!();
     println!("migrate:* = tiny guests on this host's /dev/kvm over loopback; bench-io = {place}");
     println!("{:<24} {:<26} {:>10}  unit", "scenario", "metric", "value");
     for r in &results {
-        println!("{:<24} {:<26} {:>10.3}  {}", r.scenario, r.name, r.value, r.unit);
+        println!(
+            "{:<24} {:<26} {:>10.3}  {}",
+            r.scenario, r.name, r.value, r.unit
+        );
     }
 }

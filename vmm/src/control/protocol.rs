@@ -86,19 +86,38 @@ pub struct Response {
 
 impl Response {
     pub fn ok() -> Self {
-        Response { ok: true, error: None, info: None, progress: None, summary: None }
+        Response {
+            ok: true,
+            error: None,
+            info: None,
+            progress: None,
+            summary: None,
+        }
     }
     pub fn info(info: VmInfo) -> Self {
-        Response { info: Some(info), ..Self::ok() }
+        Response {
+            info: Some(info),
+            ..Self::ok()
+        }
     }
     pub fn error(msg: impl Into<String>) -> Self {
-        Response { ok: false, error: Some(msg.into()), ..Self::ok() }
+        Response {
+            ok: false,
+            error: Some(msg.into()),
+            ..Self::ok()
+        }
     }
     pub fn progress(p: migration::progress::Progress) -> Self {
-        Response { progress: Some(p), ..Self::ok() }
+        Response {
+            progress: Some(p),
+            ..Self::ok()
+        }
     }
     pub fn summary(s: migration::progress::Summary) -> Self {
-        Response { summary: Some(s), ..Self::ok() }
+        Response {
+            summary: Some(s),
+            ..Self::ok()
+        }
     }
     /// The last line of an answer.
     pub fn is_final(&self) -> bool {
@@ -112,10 +131,16 @@ mod tests {
 
     #[test]
     fn wire_format() {
-        assert_eq!(serde_json::to_string(&Request::Pause).unwrap(), r#"{"command":"pause"}"#);
+        assert_eq!(
+            serde_json::to_string(&Request::Pause).unwrap(),
+            r#"{"command":"pause"}"#
+        );
         let r: Request = serde_json::from_str(r#"{"command":"info"}"#).unwrap();
         assert_eq!(r, Request::Info);
         assert!(serde_json::from_str::<Request>(r#"{"command":"explode"}"#).is_err());
-        assert_eq!(serde_json::to_string(&Response::error("no")).unwrap(), r#"{"ok":false,"error":"no"}"#);
+        assert_eq!(
+            serde_json::to_string(&Response::error("no")).unwrap(),
+            r#"{"ok":false,"error":"no"}"#
+        );
     }
 }

@@ -30,30 +30,39 @@ impl ControlServer {
     pub fn start(listener: StdUnixListener, events: Sender<VmEvent>) -> std::io::Result<Self> {
         listener.set_nonblocking(true)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let thread = std::thread::Builder::new().name("control".into()).spawn(move || {
-            runtime.block_on(async move {
-                let listener = match UnixListener::from_std(listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        log::error!("control socket: {e}");
-                        return;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let thread = std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = match UnixListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            log::error!("control socket: {e}");
+                            return;
+                        }
+                    };
+                    let pending = Arc::new(AtomicUsize::new(0));
+                    tokio::select! {
+                        _ = accept_loop(listener, events.clone(), pending.clone()) => {}
+                        _ = forward_signals(events) => {}
+                        _ = wait_shutdown(shutdown_rx) => {}
                     }
-                };
-                let pending = Arc::new(AtomicUsize::new(0));
-                tokio::select! {
-                    _ = accept_loop(listener, events.clone(), pending.clone()) => {}
-                    _ = forward_signals(events) => {}
-                    _ = wait_shutdown(shutdown_rx) => {}
-                }
-                // Let answers already decided (a "stop" among them) reach their clients.
-                let deadline = tokio::time::Instant::now() + RESPONSE_GRACE;
-                while pending.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
-                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                }
-            });
-        })?;
-        Ok(ControlServer { shutdown, thread: Some(thread) })
+                    // Let answers already decided (a "stop" among them) reach their clients.
+                    let deadline = tokio::time::Instant::now() + RESPONSE_GRACE;
+                    while pending.load(Ordering::SeqCst) > 0
+                        && tokio::time::Instant::now() < deadline
+                    {
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    }
+                });
+            })?;
+        Ok(ControlServer {
+            shutdown,
+            thread: Some(thread),
+        })
     }
 }
 
@@ -115,7 +124,11 @@ async fn serve_connection(stream: UnixStream, events: Sender<VmEvent>, pending: 
     let mut line = String::new();
     loop {
         line.clear();
-        match (&mut reader).take(MAX_REQUEST_LEN as u64 + 1).read_line(&mut line).await {
+        match (&mut reader)
+            .take(MAX_REQUEST_LEN as u64 + 1)
+            .read_line(&mut line)
+            .await
+        {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
@@ -130,7 +143,10 @@ async fn serve_connection(stream: UnixStream, events: Sender<VmEvent>, pending: 
         };
         let mut written = true;
         loop {
-            let response = answers.recv().await.unwrap_or_else(|| Response::error("the VM is shutting down"));
+            let response = answers
+                .recv()
+                .await
+                .unwrap_or_else(|| Response::error("the VM is shutting down"));
             let mut out = serde_json::to_vec(&response).expect("responses serialise");
             out.push(b'\n');
             // A client that went away does not stop the request (a migration runs on).
@@ -150,7 +166,9 @@ async fn serve_connection(stream: UnixStream, events: Sender<VmEvent>, pending: 
 
 fn dispatch(request: Request, events: &Sender<VmEvent>) -> mpsc::UnboundedReceiver<Response> {
     let (tx, rx) = mpsc::unbounded_channel();
-    if let Err(std::sync::mpsc::SendError(VmEvent::Control(_, tx))) = events.send(VmEvent::Control(request, tx)) {
+    if let Err(std::sync::mpsc::SendError(VmEvent::Control(_, tx))) =
+        events.send(VmEvent::Control(request, tx))
+    {
         let _ = tx.send(Response::error("the VM is shutting down"));
     }
     rx

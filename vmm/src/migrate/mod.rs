@@ -4,5 +4,5 @@
 pub mod source;
 pub mod state;
 pub mod target;
-pub mod worker;
 pub mod transport;
+pub mod worker;

@@ -26,23 +26,41 @@ impl SourceVm for MachineSource {
         let m = self.m();
         let mut disk_sizes = Vec::new();
         for d in &m.config.disks {
-            disk_sizes.push(std::fs::metadata(&d.path).map(|md| md.len()).map_err(|e| format!("disk {}: {e}", d.path.display()))?);
+            disk_sizes.push(
+                devices::virtio::block::disk_size(&d.path)
+                    .map_err(|e| format!("disk {}: {e}", d.path.display()))?,
+            );
         }
-        let cfg = MigrationConfig { vm: m.config.clone(), cpuid: m.cpuids[0].as_slice().to_vec(), disk_sizes };
+        let cfg = MigrationConfig {
+            vm: m.config.clone(),
+            cpuid: m.cpuids[0].as_slice().to_vec(),
+            disk_sizes,
+        };
         migration::envelope::seal(&cfg).map_err(|e| e.to_string())
     }
 
     fn regions(&self) -> Vec<RamRegion> {
-        self.m().memory.iter().map(|r| RamRegion { gpa: r.start_addr().0, pages: (r.len() / 4096) as usize }).collect()
+        self.m()
+            .memory
+            .iter()
+            .map(|r| RamRegion {
+                gpa: r.start_addr().0,
+                pages: (r.len() / 4096) as usize,
+            })
+            .collect()
     }
 
     fn read_memory(&self, gpa: u64, buf: &mut [u8]) -> VmResult<()> {
-        self.m().memory.read_slice(buf, GuestAddress(gpa)).map_err(|e| format!("read of guest memory at {gpa:#x}: {e}"))
+        self.m()
+            .memory
+            .read_slice(buf, GuestAddress(gpa))
+            .map_err(|e| format!("read of guest memory at {gpa:#x}: {e}"))
     }
 
     fn start_dirty_log(&self) -> VmResult<()> {
         let m = self.m();
-        crate::memory::register(&m.vm_fd, &m.memory, KVM_MEM_LOG_DIRTY_PAGES).map_err(|e| e.to_string())?;
+        crate::memory::register(&m.vm_fd, &m.memory, KVM_MEM_LOG_DIRTY_PAGES)
+            .map_err(|e| e.to_string())?;
         // Forget everything recorded so far: round 0 sends all memory anyway.
         self.take_dirty()?;
         Ok(())
@@ -60,7 +78,10 @@ impl SourceVm for MachineSource {
         let mut out = Vec::new();
         for (slot, region) in m.memory.iter().enumerate() {
             let pages = (region.len() / 4096) as usize;
-            let kvm_words = m.vm_fd.get_dirty_log(slot as u32, region.len() as usize).map_err(|e| format!("KVM_GET_DIRTY_LOG: {e}"))?;
+            let kvm_words = m
+                .vm_fd
+                .get_dirty_log(slot as u32, region.len() as usize)
+                .map_err(|e| format!("KVM_GET_DIRTY_LOG: {e}"))?;
             let mut bitmap = DirtyBitmap::from_words(pages, kvm_words);
             // Pages the VMM itself wrote (device DMA, used rings) are not in KVM's log.
             let vmm_words = std::ops::Deref::deref(region).bitmap().get_and_reset();
@@ -95,25 +116,37 @@ impl SourceVm for MachineSource {
         let m = self.m();
         let vm = crate::vm_state::save(&m.vm_fd)?;
         let msr_list = Arc::new(m.msr_list.clone());
-        let cpuids: Arc<Vec<Vec<kvm_bindings::kvm_cpuid_entry2>>> = Arc::new(m.cpuids.iter().map(|c| c.as_slice().to_vec()).collect());
+        let cpuids: Arc<Vec<Vec<kvm_bindings::kvm_cpuid_entry2>>> =
+            Arc::new(m.cpuids.iter().map(|c| c.as_slice().to_vec()).collect());
         let vcpus = m
             .vcpus
             .on_each(move |i, fd| {
-                let cpuid = kvm_bindings::CpuId::from_entries(&cpuids[i as usize]).map_err(|e| format!("{e:?}"))?;
+                let cpuid = kvm_bindings::CpuId::from_entries(&cpuids[i as usize])
+                    .map_err(|e| format!("{e:?}"))?;
                 crate::vcpu_state::save(fd, &msr_list, &cpuid)
             })
             .map_err(|e| e.to_string())?
             .into_iter()
             .collect::<Result<Vec<_>, _>>()?;
-        let serial = m.serial.lock().unwrap_or_else(|e| e.into_inner()).snapshot();
+        let serial = m
+            .serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .snapshot();
         let mut transports = Vec::new();
         m.each_transport(|t| transports.push(t.snapshot()));
-        let state = MigrationState { vm, vcpus, serial, transports };
+        let state = MigrationState {
+            vm,
+            vcpus,
+            serial,
+            transports,
+        };
         migration::envelope::seal(&state).map_err(|e| e.to_string())
     }
 
     fn release(&self) {
-        self.m().each_transport(|t| t.device_mut().release_backend());
+        self.m()
+            .each_transport(|t| t.device_mut().release_backend());
     }
 
     fn throttle(&self, percent: u8) {

@@ -30,45 +30,52 @@ pub struct IncomingBuilder {
 impl IncomingBuilder {
     fn check(&self, cfg: &MigrationConfig, kvm: &kvm_ioctls::Kvm) -> VmResult<()> {
         if cfg.vm.name != self.name {
-            return Err(format!("the VM is named '{}' but this destination waits for '{}'", cfg.vm.name, self.name));
+            return Err(format!(
+                "the VM is named '{}' but this destination waits for '{}'",
+                cfg.vm.name, self.name
+            ));
         }
         let supported = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| format!("KVM_GET_SUPPORTED_CPUID: {e}"))?;
         let missing = arch::cpuid::missing_features(&cfg.cpuid, supported.as_slice());
         if !missing.is_empty() {
-            return Err(format!("this host's CPU lacks features the guest may use: {}", missing.join(", ")));
+            return Err(format!(
+                "this host's CPU lacks features the guest may use: {}",
+                missing.join(", ")
+            ));
         }
         if cfg.disk_sizes.len() != cfg.vm.disks.len() {
             return Err("malformed config: disk sizes do not match the disks".into());
         }
         for (d, &size) in cfg.vm.disks.iter().zip(&cfg.disk_sizes) {
-            let md = std::fs::metadata(&d.path)
+            let here = devices::virtio::block::disk_size(&d.path)
                 .map_err(|e| format!("disk {} is not reachable here ({e}); the disk must be on shared storage at the same path", d.path.display()))?;
-            let here = if md.is_file() { md.len() } else { block_device_size(&d.path)? };
             if here != size {
                 return Err(format!("disk {} is {here} bytes here but {size} bytes on the source: not the same shared disk", d.path.display()));
             }
         }
         if let Some(avail) = mem_available() {
             if cfg.vm.memory_bytes > avail {
-                return Err(format!("the VM needs {} MiB of memory, this host has {} MiB available", cfg.vm.memory_bytes >> 20, avail >> 20));
+                return Err(format!(
+                    "the VM needs {} MiB of memory, this host has {} MiB available",
+                    cfg.vm.memory_bytes >> 20,
+                    avail >> 20
+                ));
             }
         }
         Ok(())
     }
 }
 
-fn block_device_size(path: &std::path::Path) -> VmResult<u64> {
-    use std::io::Seek;
-    let mut f = std::fs::File::open(path).map_err(|e| format!("disk {}: {e}", path.display()))?;
-    f.seek(std::io::SeekFrom::End(0)).map_err(|e| format!("disk {}: {e}", path.display()))
-}
-
 fn mem_available() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+    line.split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()
+        .map(|kb| kb * 1024)
 }
 
 impl TargetBuilder for IncomingBuilder {
@@ -76,13 +83,22 @@ impl TargetBuilder for IncomingBuilder {
         let cfg: MigrationConfig = migration::envelope::open(config).map_err(|e| e.to_string())?;
         let kvm = kvm_ioctls::Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
         self.check(&cfg, &kvm)?;
-        let built = crate::vm::build(&cfg.vm, crate::vm::BuildMode::Incoming, Box::new(std::io::stdout()), self.events.clone())
-            .map_err(|e| format!("cannot build the VM here: {}", crate::error_chain(&e)))?;
+        let built = crate::vm::build(
+            &cfg.vm,
+            crate::vm::BuildMode::Incoming,
+            Box::new(std::io::stdout()),
+            self.events.clone(),
+        )
+        .map_err(|e| format!("cannot build the VM here: {}", crate::error_chain(&e)))?;
         let (parts, vcpu_contexts, subscribers) = built.split();
-        let event_loop = EventLoop::start(subscribers).map_err(|e| format!("cannot start the device event loop: {e}"))?;
+        let event_loop = EventLoop::start(subscribers)
+            .map_err(|e| format!("cannot start the device event loop: {e}"))?;
         let vcpus = VcpuSet::start(vcpu_contexts, true).map_err(|e| e.to_string())?;
         let machine = Arc::new(Machine::new(cfg.vm, parts, vcpus));
-        self.result = Some(Incoming { machine: machine.clone(), event_loop });
+        self.result = Some(Incoming {
+            machine: machine.clone(),
+            event_loop,
+        });
         Ok(Box::new(MachineTarget { machine }))
     }
 }
@@ -93,11 +109,21 @@ struct MachineTarget {
 
 impl TargetVm for MachineTarget {
     fn regions(&self) -> Vec<RamRegion> {
-        self.machine.memory.iter().map(|r| RamRegion { gpa: r.start_addr().0, pages: (r.len() / 4096) as usize }).collect()
+        self.machine
+            .memory
+            .iter()
+            .map(|r| RamRegion {
+                gpa: r.start_addr().0,
+                pages: (r.len() / 4096) as usize,
+            })
+            .collect()
     }
 
     fn write_memory(&mut self, gpa: u64, data: &[u8]) -> VmResult<()> {
-        self.machine.memory.write_slice(data, GuestAddress(gpa)).map_err(|e| format!("write of guest memory at {gpa:#x}: {e}"))
+        self.machine
+            .memory
+            .write_slice(data, GuestAddress(gpa))
+            .map_err(|e| format!("write of guest memory at {gpa:#x}: {e}"))
     }
 
     fn restore_state(&mut self, state: &[u8]) -> VmResult<()> {
@@ -124,9 +150,15 @@ impl TargetVm for MachineTarget {
             .into_iter()
             .enumerate()
             .try_for_each(|(i, r)| r.map_err(|e| format!("vCPU {i}: {e}")))?;
-        m.serial.lock().unwrap_or_else(|e| e.into_inner()).restore(&s.serial);
+        m.serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .restore(&s.serial);
         for (t, snap) in m.transports.iter().zip(&s.transports) {
-            t.lock().unwrap_or_else(|e| e.into_inner()).restore(snap).map_err(|e| e.to_string())?;
+            t.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .restore(snap)
+                .map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -139,7 +171,9 @@ impl TargetVm for MachineTarget {
             loop {
                 match t.device_mut().acquire_backend() {
                     Ok(()) => break,
-                    Err(e) if Instant::now() > deadline => return Err(format!("cannot take the disk over: {e}")),
+                    Err(e) if Instant::now() > deadline => {
+                        return Err(format!("cannot take the disk over: {e}"))
+                    }
                     Err(_) => std::thread::sleep(Duration::from_millis(20)),
                 }
             }

@@ -17,8 +17,11 @@ pub enum Endpoint {
 impl Endpoint {
     pub fn parse(s: &str) -> Result<Self, String> {
         if let Some(rest) = s.strip_prefix("tcp:") {
-            let (host, port) = rest.rsplit_once(':').ok_or_else(|| format!("'{s}': expected tcp:HOST:PORT"))?;
-            port.parse::<u16>().map_err(|_| format!("'{s}': bad port '{port}'"))?;
+            let (host, port) = rest
+                .rsplit_once(':')
+                .ok_or_else(|| format!("'{s}': expected tcp:HOST:PORT"))?;
+            port.parse::<u16>()
+                .map_err(|_| format!("'{s}': bad port '{port}'"))?;
             if host.is_empty() {
                 return Err(format!("'{s}': missing host"));
             }
@@ -98,7 +101,11 @@ pub async fn accept_one(ep: &Endpoint, listening: impl FnOnce(&str)) -> std::io:
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
@@ -107,7 +114,11 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
@@ -133,12 +144,27 @@ mod tests {
 
     #[test]
     fn endpoints() {
-        assert_eq!(Endpoint::parse("tcp:host2:4444").unwrap(), Endpoint::Tcp("host2:4444".into()));
-        assert_eq!(Endpoint::parse("unix:/run/m.sock").unwrap(), Endpoint::Unix("/run/m.sock".into()));
-        for bad in ["host:1", "tcp:host", "tcp::1", "tcp:h:99999", "unix:", "udp:x:1"] {
+        assert_eq!(
+            Endpoint::parse("tcp:host2:4444").unwrap(),
+            Endpoint::Tcp("host2:4444".into())
+        );
+        assert_eq!(
+            Endpoint::parse("unix:/run/m.sock").unwrap(),
+            Endpoint::Unix("/run/m.sock".into())
+        );
+        for bad in [
+            "host:1",
+            "tcp:host",
+            "tcp::1",
+            "tcp:h:99999",
+            "unix:",
+            "udp:x:1",
+        ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }
-        assert!(Endpoint::parse("tcp:127.0.0.1:4444").unwrap().is_local_only());
+        assert!(Endpoint::parse("tcp:127.0.0.1:4444")
+            .unwrap()
+            .is_local_only());
         assert!(!Endpoint::parse("tcp:0.0.0.0:4444").unwrap().is_local_only());
         assert!(Endpoint::parse("unix:/x").unwrap().is_local_only());
     }

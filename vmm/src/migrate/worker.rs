@@ -15,9 +15,17 @@ use crate::events::{Responder, VmEvent};
 use crate::machine::Machine;
 
 /// Checks the request and starts the worker; errors are about the request itself.
-pub fn start(machine: Arc<Machine>, req: MigrateRequest, reply: Responder, events: Sender<VmEvent>) -> Result<(), String> {
+pub fn start(
+    machine: Arc<Machine>,
+    req: MigrateRequest,
+    reply: Responder,
+    events: Sender<VmEvent>,
+) -> Result<(), String> {
     let endpoint = Endpoint::parse(&req.to)?;
-    let mut opts = SendOptions { offline: req.offline, ..Default::default() };
+    let mut opts = SendOptions {
+        offline: req.offline,
+        ..Default::default()
+    };
     if let Some(ms) = req.downtime_ms {
         opts.downtime_budget = Duration::from_millis(ms);
     }
@@ -36,7 +44,10 @@ pub fn start(machine: Arc<Machine>, req: MigrateRequest, reply: Responder, event
         Some(other) => return Err(format!("--on-timeout takes cancel or force, not '{other}'")),
     };
     if let Some(path) = &req.auth_key_file {
-        opts.key = Some(migration::auth::Key::from_file(std::path::Path::new(path)).map_err(|e| e.to_string())?);
+        opts.key = Some(
+            migration::auth::Key::from_file(std::path::Path::new(path))
+                .map_err(|e| e.to_string())?,
+        );
     }
     std::thread::Builder::new()
         .name("migration".into())
@@ -48,16 +59,23 @@ pub fn start(machine: Arc<Machine>, req: MigrateRequest, reply: Responder, event
     Ok(())
 }
 
-fn run(machine: Arc<Machine>, endpoint: &Endpoint, opts: &SendOptions, reply: &Responder) -> Result<migration::progress::Summary, migration::MigrationError> {
+fn run(
+    machine: Arc<Machine>,
+    endpoint: &Endpoint,
+    opts: &SendOptions,
+    reply: &Responder,
+) -> Result<migration::progress::Summary, migration::MigrationError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| migration::MigrationError::Source(format!("cannot start the I/O runtime: {e}")))?;
+        .map_err(|e| {
+            migration::MigrationError::Source(format!("cannot start the I/O runtime: {e}"))
+        })?;
     let source = MachineSource { machine };
     runtime.block_on(async {
-        let mut stream = connect(endpoint)
-            .await
-            .map_err(|e| migration::MigrationError::Refused(format!("cannot connect to {endpoint}: {e}")))?;
+        let mut stream = connect(endpoint).await.map_err(|e| {
+            migration::MigrationError::Refused(format!("cannot connect to {endpoint}: {e}"))
+        })?;
         migration::sender::send(&mut stream, &source, opts, |p| {
             let _ = reply.send(Response::progress(p.clone()));
         })

@@ -7,7 +7,10 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use super::disk::Disk;
 use super::request::{self, MAX_REQUEST_BYTES};
 use super::SECTOR_SIZE;
-use crate::virtio::{read_config_bytes, ActivateError, GuestMemoryMmap, VirtioDevice, VirtioInterrupt, TYPE_BLOCK, VIRTIO_F_VERSION_1};
+use crate::virtio::{
+    read_config_bytes, ActivateError, GuestMemoryMmap, VirtioDevice, VirtioInterrupt, TYPE_BLOCK,
+    VIRTIO_F_VERSION_1,
+};
 
 const VIRTIO_BLK_F_SIZE_MAX: u64 = 1 << 1;
 const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
@@ -37,7 +40,12 @@ impl Block {
         config.extend_from_slice(&(disk.size() / SECTOR_SIZE).to_le_bytes());
         config.extend_from_slice(&(MAX_REQUEST_BYTES as u32).to_le_bytes());
         config.extend_from_slice(&(u32::from(QUEUE_SIZE) - 2).to_le_bytes());
-        Block { disk, driver_features: 0, config, active: None }
+        Block {
+            disk,
+            driver_features: 0,
+            config,
+            active: None,
+        }
     }
 
     pub fn disk(&self) -> &Disk {
@@ -46,7 +54,9 @@ impl Block {
 
     /// Pops and executes every available request; false if one could not be completed at all.
     fn process_requests(&mut self) -> bool {
-        let Some(active) = self.active.as_mut() else { return true };
+        let Some(active) = self.active.as_mut() else {
+            return true;
+        };
         let mem = &active.mem;
         let mut used_any = false;
         let mut healthy = true;
@@ -93,7 +103,11 @@ impl VirtioDevice for Block {
     }
 
     fn device_features(&self) -> u64 {
-        let ro = if self.disk.readonly() { VIRTIO_BLK_F_RO } else { 0 };
+        let ro = if self.disk.readonly() {
+            VIRTIO_BLK_F_RO
+        } else {
+            0
+        };
         VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH | VIRTIO_BLK_F_SIZE_MAX | VIRTIO_BLK_F_SEG_MAX | ro
     }
 
@@ -105,12 +119,24 @@ impl VirtioDevice for Block {
         read_config_bytes(&self.config, offset, data);
     }
 
-    fn activate(&mut self, mem: GuestMemoryMmap, interrupt: Arc<VirtioInterrupt>, mut queues: Vec<Queue>) -> Result<(), ActivateError> {
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<VirtioInterrupt>,
+        mut queues: Vec<Queue>,
+    ) -> Result<(), ActivateError> {
         if queues.len() != 1 {
-            return Err(ActivateError::QueueCount { given: queues.len(), needed: 1 });
+            return Err(ActivateError::QueueCount {
+                given: queues.len(),
+                needed: 1,
+            });
         }
         let queue = queues.remove(0);
-        self.active = Some(Active { mem, interrupt, queue });
+        self.active = Some(Active {
+            mem,
+            interrupt,
+            queue,
+        });
         Ok(())
     }
 
@@ -141,7 +167,9 @@ impl VirtioDevice for Block {
     }
 
     fn flush_backend(&mut self) -> Result<(), String> {
-        self.disk.flush().map_err(|e| format!("flush of {} failed: {e}", self.disk.path().display()))
+        self.disk
+            .flush()
+            .map_err(|e| format!("flush of {} failed: {e}", self.disk.path().display()))
     }
 }
 
@@ -169,7 +197,13 @@ mod tests {
             *b = (i / 512) as u8;
         }
         std::fs::write(&path, &content).unwrap();
-        let disk = Disk::open(&DiskOptions { path: path.clone(), readonly, direct: false, serial: Some("serial-1".into()) }).unwrap();
+        let disk = Disk::open(&DiskOptions {
+            path: path.clone(),
+            readonly,
+            direct: false,
+            serial: Some("serial-1".into()),
+        })
+        .unwrap();
         (Block::new(disk), path)
     }
 
@@ -186,7 +220,11 @@ mod tests {
             .enumerate()
             .map(|(i, d)| {
                 let d = Descriptor::from(*d);
-                let (flags, nx) = if i + 1 < n { (d.flags() | next, i as u16 + 1) } else { (d.flags(), 0) };
+                let (flags, nx) = if i + 1 < n {
+                    (d.flags() | next, i as u16 + 1)
+                } else {
+                    (d.flags(), 0)
+                };
                 RawDescriptor::from(Descriptor::new(d.addr().0, d.len(), flags, nx))
             })
             .collect()
@@ -194,7 +232,13 @@ mod tests {
 
     /// Runs one request made of `descs` (header written at HDR) and returns (status byte,
     /// used length, device healthy).
-    fn run(dev: &mut Block, mem: &GuestMemoryMmap, kind: u32, sector: u64, descs: &[RawDescriptor]) -> (u8, u32, bool) {
+    fn run(
+        dev: &mut Block,
+        mem: &GuestMemoryMmap,
+        kind: u32,
+        sector: u64,
+        descs: &[RawDescriptor],
+    ) -> (u8, u32, bool) {
         mem.write_obj(kind, GuestAddress(HDR)).unwrap();
         mem.write_obj(sector, GuestAddress(HDR + 8)).unwrap();
         mem.write_obj(0xeeu8, GuestAddress(STATUS)).unwrap();
@@ -204,12 +248,25 @@ mod tests {
         dev.activate(mem.clone(), irq, vec![q]).unwrap();
         vq.add_desc_chains(&chain(descs), 0).unwrap();
         let healthy = dev.process_queue(0);
-        let used_len: u32 = vq.used().ring().ref_at(0).map(|e| e.load().len()).unwrap_or(u32::MAX);
-        (mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), used_len, healthy)
+        let used_len: u32 = vq
+            .used()
+            .ring()
+            .ref_at(0)
+            .map(|e| e.load().len())
+            .unwrap_or(u32::MAX);
+        (
+            mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap(),
+            used_len,
+            healthy,
+        )
     }
 
     fn rw(hdr_len: u32, data: (u64, u32, u16)) -> Vec<RawDescriptor> {
-        vec![desc(HDR, hdr_len, 0), desc(data.0, data.1, data.2), desc(STATUS, 1, W)]
+        vec![
+            desc(HDR, hdr_len, 0),
+            desc(data.0, data.1, data.2),
+            desc(STATUS, 1, W),
+        ]
     }
 
     #[test]
@@ -226,10 +283,24 @@ mod tests {
         mem.write_slice(&[0xabu8; 512], GuestAddress(DATA)).unwrap();
         let (st, len, _) = run(&mut dev, &mem, VIRTIO_BLK_T_OUT, 5, &rw(16, (DATA, 512, 0)));
         assert_eq!((st, len), (VIRTIO_BLK_S_OK, 1));
-        let (st, _, _) = run(&mut dev, &mem, VIRTIO_BLK_T_FLUSH, 0, &[desc(HDR, 16, 0), desc(STATUS, 1, W)]);
+        let (st, _, _) = run(
+            &mut dev,
+            &mem,
+            VIRTIO_BLK_T_FLUSH,
+            0,
+            &[desc(HDR, 16, 0), desc(STATUS, 1, W)],
+        );
         assert_eq!(st, VIRTIO_BLK_S_OK);
-        assert!(std::fs::read(&path).unwrap()[5 * 512..6 * 512].iter().all(|&b| b == 0xab));
-        let (st, len, _) = run(&mut dev, &mem, VIRTIO_BLK_T_GET_ID, 0, &rw(16, (DATA, 20, W)));
+        assert!(std::fs::read(&path).unwrap()[5 * 512..6 * 512]
+            .iter()
+            .all(|&b| b == 0xab));
+        let (st, len, _) = run(
+            &mut dev,
+            &mem,
+            VIRTIO_BLK_T_GET_ID,
+            0,
+            &rw(16, (DATA, 20, W)),
+        );
         assert_eq!((st, len), (VIRTIO_BLK_S_OK, 21));
         let mut id = [0u8; 8];
         mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
@@ -242,7 +313,11 @@ mod tests {
         let (mut dev, path) = block("dirty", false);
         let mem = memory();
         // Data spans two pages (0x50800..0x51800); the status byte is in a third page.
-        let descs = vec![desc(HDR, 16, 0), desc(DATA + 0x800, 4096, W), desc(STATUS, 1, W)];
+        let descs = vec![
+            desc(HDR, 16, 0),
+            desc(DATA + 0x800, 4096, W),
+            desc(STATUS, 1, W),
+        ];
         mem.write_obj(VIRTIO_BLK_T_IN, GuestAddress(HDR)).unwrap();
         mem.write_obj(0u64, GuestAddress(HDR + 8)).unwrap();
         let vq = MockSplitQueue::new(&mem, 16);
@@ -268,15 +343,69 @@ mod tests {
         let mem = memory();
         let beyond = 64 * 1024 / 512;
         let cases: Vec<(&str, u32, u64, Vec<RawDescriptor>, u8)> = vec![
-            ("read past the end", VIRTIO_BLK_T_IN, beyond - 1, rw(16, (DATA, 1024, W)), VIRTIO_BLK_S_IOERR),
-            ("sector overflow", VIRTIO_BLK_T_IN, u64::MAX / 2, rw(16, (DATA, 512, W)), VIRTIO_BLK_S_IOERR),
-            ("partial sector", VIRTIO_BLK_T_OUT, 0, rw(16, (DATA, 100, 0)), VIRTIO_BLK_S_IOERR),
-            ("short header", VIRTIO_BLK_T_IN, 0, rw(8, (DATA, 512, W)), VIRTIO_BLK_S_IOERR),
-            ("read into device-readable buffer", VIRTIO_BLK_T_IN, 0, rw(16, (DATA, 512, 0)), VIRTIO_BLK_S_IOERR),
-            ("write from device-writable buffer", VIRTIO_BLK_T_OUT, 0, rw(16, (DATA, 512, W)), VIRTIO_BLK_S_IOERR),
-            ("data outside guest memory", VIRTIO_BLK_T_IN, 0, rw(16, (0x20_0000, 512, W)), VIRTIO_BLK_S_IOERR),
-            ("too long", VIRTIO_BLK_T_IN, 0, rw(16, (DATA, (MAX_REQUEST_BYTES + 512) as u32, W)), VIRTIO_BLK_S_IOERR),
-            ("unknown type", 99, 0, vec![desc(HDR, 16, 0), desc(STATUS, 1, W)], VIRTIO_BLK_S_UNSUPP),
+            (
+                "read past the end",
+                VIRTIO_BLK_T_IN,
+                beyond - 1,
+                rw(16, (DATA, 1024, W)),
+                VIRTIO_BLK_S_IOERR,
+            ),
+            (
+                "sector overflow",
+                VIRTIO_BLK_T_IN,
+                u64::MAX / 2,
+                rw(16, (DATA, 512, W)),
+                VIRTIO_BLK_S_IOERR,
+            ),
+            (
+                "partial sector",
+                VIRTIO_BLK_T_OUT,
+                0,
+                rw(16, (DATA, 100, 0)),
+                VIRTIO_BLK_S_IOERR,
+            ),
+            (
+                "short header",
+                VIRTIO_BLK_T_IN,
+                0,
+                rw(8, (DATA, 512, W)),
+                VIRTIO_BLK_S_IOERR,
+            ),
+            (
+                "read into device-readable buffer",
+                VIRTIO_BLK_T_IN,
+                0,
+                rw(16, (DATA, 512, 0)),
+                VIRTIO_BLK_S_IOERR,
+            ),
+            (
+                "write from device-writable buffer",
+                VIRTIO_BLK_T_OUT,
+                0,
+                rw(16, (DATA, 512, W)),
+                VIRTIO_BLK_S_IOERR,
+            ),
+            (
+                "data outside guest memory",
+                VIRTIO_BLK_T_IN,
+                0,
+                rw(16, (0x20_0000, 512, W)),
+                VIRTIO_BLK_S_IOERR,
+            ),
+            (
+                "too long",
+                VIRTIO_BLK_T_IN,
+                0,
+                rw(16, (DATA, (MAX_REQUEST_BYTES + 512) as u32, W)),
+                VIRTIO_BLK_S_IOERR,
+            ),
+            (
+                "unknown type",
+                99,
+                0,
+                vec![desc(HDR, 16, 0), desc(STATUS, 1, W)],
+                VIRTIO_BLK_S_UNSUPP,
+            ),
         ];
         for (what, kind, sector, descs, expected) in cases {
             let (st, _, ok) = run(&mut dev, &mem, kind, sector, &descs);
@@ -301,11 +430,23 @@ mod tests {
     fn chains_without_a_status_byte_need_a_reset() {
         let (mut dev, path) = block("nostatus", false);
         let mem = memory();
-        let (_, len, ok) = run(&mut dev, &mem, VIRTIO_BLK_T_IN, 0, &[desc(HDR, 16, 0), desc(DATA, 512, 0)]);
+        let (_, len, ok) = run(
+            &mut dev,
+            &mem,
+            VIRTIO_BLK_T_IN,
+            0,
+            &[desc(HDR, 16, 0), desc(DATA, 512, 0)],
+        );
         assert!(!ok);
         assert_eq!(len, 0);
         // A status descriptor outside guest memory.
-        let (_, _, ok) = run(&mut dev, &mem, VIRTIO_BLK_T_IN, 0, &[desc(HDR, 16, 0), desc(0x40_0000, 1, W)]);
+        let (_, _, ok) = run(
+            &mut dev,
+            &mem,
+            VIRTIO_BLK_T_IN,
+            0,
+            &[desc(HDR, 16, 0), desc(0x40_0000, 1, W)],
+        );
         assert!(!ok);
         std::fs::remove_file(path).unwrap();
     }
@@ -318,8 +459,15 @@ mod tests {
         let vq = MockSplitQueue::new(&mem, 16);
         // 0 -> 1 -> 0 -> ... with NEXT set on both.
         let next = virtio_bindings::bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
-        vq.desc_table().store(0, RawDescriptor::from(Descriptor::new(HDR, 16, next, 1))).unwrap();
-        vq.desc_table().store(1, RawDescriptor::from(Descriptor::new(STATUS, 1, next | W, 0))).unwrap();
+        vq.desc_table()
+            .store(0, RawDescriptor::from(Descriptor::new(HDR, 16, next, 1)))
+            .unwrap();
+        vq.desc_table()
+            .store(
+                1,
+                RawDescriptor::from(Descriptor::new(STATUS, 1, next | W, 0)),
+            )
+            .unwrap();
         vq.avail().ring().ref_at(0).unwrap().store(0u16.into());
         vq.avail().idx().store(1u16.into());
         let q: Queue = vq.create_queue().unwrap();

@@ -48,6 +48,8 @@ impl Disk {
     pub fn open(opts: &DiskOptions) -> Result<Self, DiskError> {
         let disk = Self::open_unlocked(opts)?;
         disk.lock()?;
+        // On shared storage another host may have written since this host last read.
+        disk.drop_cache();
         Ok(disk)
     }
 
@@ -59,16 +61,28 @@ impl Disk {
         if opts.direct {
             oo.custom_flags(libc::O_DIRECT);
         }
-        let file = oo.open(&opts.path).map_err(|e| DiskError::Open(opts.path.clone(), e))?;
+        let file = oo
+            .open(&opts.path)
+            .map_err(|e| DiskError::Open(opts.path.clone(), e))?;
         let size = size_of(&file).map_err(|e| DiskError::Size(opts.path.clone(), e))?;
         if size < SECTOR_SIZE {
             return Err(DiskError::Empty(opts.path.clone()));
         }
         let mut id = [0u8; ID_BYTES];
-        let serial = opts.serial.clone().unwrap_or_else(|| default_serial(&opts.path));
+        let serial = opts
+            .serial
+            .clone()
+            .unwrap_or_else(|| default_serial(&opts.path));
         let n = serial.len().min(ID_BYTES);
         id[..n].copy_from_slice(&serial.as_bytes()[..n]);
-        Ok(Disk { file, path: opts.path.clone(), size, readonly: opts.readonly, direct: opts.direct, id })
+        Ok(Disk {
+            file,
+            path: opts.path.clone(),
+            size,
+            readonly: opts.readonly,
+            direct: opts.direct,
+            id,
+        })
     }
 
     /// Takes the lock (see [`lock`]).
@@ -129,7 +143,9 @@ impl Disk {
         if self.direct {
             let mut buf = AlignedBuf::new(data.len());
             buf.as_mut_slice()[..data.len()].copy_from_slice(data);
-            return self.file.write_all_at(&buf.as_slice()[..data.len()], offset);
+            return self
+                .file
+                .write_all_at(&buf.as_slice()[..data.len()], offset);
         }
         self.file.write_all_at(data, offset)
     }
@@ -141,7 +157,14 @@ impl Disk {
 }
 
 fn default_serial(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The size in bytes of the image file or block device at `path`, as a VM would see it.
+pub fn disk_size(path: &Path) -> std::io::Result<u64> {
+    size_of(&File::open(path)?)
 }
 
 fn size_of(file: &File) -> std::io::Result<u64> {
@@ -159,7 +182,11 @@ fn size_of(file: &File) -> std::io::Result<u64> {
 /// shared for a read-only one. OFD locks belong to this open file, not the process, and are
 /// released when it is closed.
 fn lock(file: &File, path: &Path, readonly: bool) -> Result<(), DiskError> {
-    let kind = if readonly { libc::F_RDLCK } else { libc::F_WRLCK };
+    let kind = if readonly {
+        libc::F_RDLCK
+    } else {
+        libc::F_WRLCK
+    };
     // SAFETY: flock is plain data; zeroed is a valid value to fill in.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     fl.l_type = kind as libc::c_short;
@@ -173,7 +200,10 @@ fn lock(file: &File, path: &Path, readonly: bool) -> Result<(), DiskError> {
     match e.raw_os_error() {
         Some(libc::EAGAIN) | Some(libc::EACCES) => {
             let held = if readonly { "write" } else { "read or write" };
-            Err(DiskError::Locked { path: path.to_path_buf(), kind: held })
+            Err(DiskError::Locked {
+                path: path.to_path_buf(),
+                kind: held,
+            })
         }
         _ => Err(DiskError::Lock(path.to_path_buf(), e)),
     }
@@ -226,7 +256,12 @@ pub(crate) mod tests {
     }
 
     fn opts(path: &Path, readonly: bool) -> DiskOptions {
-        DiskOptions { path: path.to_path_buf(), readonly, direct: false, serial: None }
+        DiskOptions {
+            path: path.to_path_buf(),
+            readonly,
+            direct: false,
+            serial: None,
+        }
     }
 
     #[test]
@@ -235,11 +270,17 @@ pub(crate) mod tests {
         let first = Disk::open(&opts(&p, false)).unwrap();
         let err = Disk::open(&opts(&p, false)).err().unwrap();
         assert!(matches!(err, DiskError::Locked { .. }), "{err}");
-        assert!(matches!(Disk::open(&opts(&p, true)).err().unwrap(), DiskError::Locked { .. }));
+        assert!(matches!(
+            Disk::open(&opts(&p, true)).err().unwrap(),
+            DiskError::Locked { .. }
+        ));
         drop(first);
         let ro1 = Disk::open(&opts(&p, true)).unwrap();
         let _ro2 = Disk::open(&opts(&p, true)).unwrap();
-        assert!(matches!(Disk::open(&opts(&p, false)).err().unwrap(), DiskError::Locked { .. }));
+        assert!(matches!(
+            Disk::open(&opts(&p, false)).err().unwrap(),
+            DiskError::Locked { .. }
+        ));
         drop(ro1);
         std::fs::remove_file(&p).unwrap();
     }
@@ -258,7 +299,12 @@ pub(crate) mod tests {
     #[test]
     fn direct_io_round_trips_unaligned_lengths() {
         let p = temp_disk("direct", 16384);
-        let o = DiskOptions { path: p.clone(), readonly: false, direct: true, serial: None };
+        let o = DiskOptions {
+            path: p.clone(),
+            readonly: false,
+            direct: true,
+            serial: None,
+        };
         match Disk::open(&o) {
             Ok(d) => {
                 d.write_at(4096, &[7u8; 4096]).unwrap();

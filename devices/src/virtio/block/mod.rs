@@ -5,7 +5,7 @@ mod disk;
 mod request;
 
 pub use device::Block;
-pub use disk::{Disk, DiskError, DiskOptions};
+pub use disk::{disk_size, Disk, DiskError, DiskOptions};
 
 pub const SECTOR_SIZE: u64 = 512;
 /// Length of the ID string GET_ID returns.

@@ -73,11 +73,16 @@ pub fn execute(disk: &Disk, mem: &GuestMemoryMmap, chain: Chain<'_>) -> Result<u
             (VIRTIO_BLK_S_IOERR, 0)
         }
     };
-    mem.write_obj(status, status_addr).map_err(|_| Unrecoverable::NoStatusByte)?;
+    mem.write_obj(status, status_addr)
+        .map_err(|_| Unrecoverable::NoStatusByte)?;
     Ok((data_written + 1) as u32)
 }
 
-fn serve<B: BitmapSlice>(disk: &Disk, reader: &mut Reader<'_, B>, writer: &mut Writer<'_, B>) -> u8 {
+fn serve<B: BitmapSlice>(
+    disk: &Disk,
+    reader: &mut Reader<'_, B>,
+    writer: &mut Writer<'_, B>,
+) -> u8 {
     let Ok(header) = reader.read_obj::<RequestHeader>() else {
         log::debug!("virtio-blk: request without a full header");
         return VIRTIO_BLK_S_IOERR;
@@ -94,7 +99,10 @@ fn serve<B: BitmapSlice>(disk: &Disk, reader: &mut Reader<'_, B>, writer: &mut W
                     Ok(buf) if writer.write_all(&buf).is_ok() => VIRTIO_BLK_S_OK,
                     Ok(_) => VIRTIO_BLK_S_IOERR,
                     Err(e) => {
-                        log::warn!("virtio-blk: read of {len} bytes at {offset} from {} failed: {e}", disk.path().display());
+                        log::warn!(
+                            "virtio-blk: read of {len} bytes at {offset} from {} failed: {e}",
+                            disk.path().display()
+                        );
                         VIRTIO_BLK_S_IOERR
                     }
                 },
@@ -106,7 +114,9 @@ fn serve<B: BitmapSlice>(disk: &Disk, reader: &mut Reader<'_, B>, writer: &mut W
                 return VIRTIO_BLK_S_IOERR;
             }
             let len = reader.available_bytes();
-            let Some(offset) = data_range(disk, header.sector, len) else { return VIRTIO_BLK_S_IOERR };
+            let Some(offset) = data_range(disk, header.sector, len) else {
+                return VIRTIO_BLK_S_IOERR;
+            };
             let mut buf = vec![0u8; len];
             if reader.read_exact(&mut buf).is_err() {
                 return VIRTIO_BLK_S_IOERR;
@@ -114,7 +124,10 @@ fn serve<B: BitmapSlice>(disk: &Disk, reader: &mut Reader<'_, B>, writer: &mut W
             match disk.write_at(offset, &buf) {
                 Ok(()) => VIRTIO_BLK_S_OK,
                 Err(e) => {
-                    log::warn!("virtio-blk: write of {len} bytes at {offset} to {} failed: {e}", disk.path().display());
+                    log::warn!(
+                        "virtio-blk: write of {len} bytes at {offset} to {} failed: {e}",
+                        disk.path().display()
+                    );
                     VIRTIO_BLK_S_IOERR
                 }
             }

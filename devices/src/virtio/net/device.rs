@@ -8,7 +8,10 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueOwnedT, QueueT, Reader, Writer};
 
 use super::{MAX_FRAME_LEN, VNET_HDR_LEN};
-use crate::virtio::{read_config_bytes, ActivateError, GuestMemoryMmap, VirtioDevice, VirtioInterrupt, TYPE_NET, VIRTIO_F_VERSION_1};
+use crate::virtio::{
+    read_config_bytes, ActivateError, GuestMemoryMmap, VirtioDevice, VirtioInterrupt, TYPE_NET,
+    VIRTIO_F_VERSION_1,
+};
 
 /// The guest may hand frames with a partial checksum, and TCP segments of up to 64 KiB, to the
 /// device: the tap (which receives the virtio-net header too) finishes them. One large frame
@@ -55,7 +58,15 @@ impl Net {
         // struct virtio_net_config: mac[6], status (le16).
         let mut config = mac.to_vec();
         config.extend_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
-        Net { backend, mac, config, active: None, rx_pending: None, rx_buf: vec![0; MAX_FRAME_LEN], tx_buf: Vec::with_capacity(MAX_FRAME_LEN) }
+        Net {
+            backend,
+            mac,
+            config,
+            active: None,
+            rx_pending: None,
+            rx_buf: vec![0; MAX_FRAME_LEN],
+            tx_buf: Vec::with_capacity(MAX_FRAME_LEN),
+        }
     }
 
     pub fn mac(&self) -> [u8; 6] {
@@ -64,7 +75,9 @@ impl Net {
 
     /// Sends every frame the guest queued on TX. False if the queue itself is broken.
     fn process_tx(&mut self) -> bool {
-        let Some(active) = self.active.as_mut() else { return true };
+        let Some(active) = self.active.as_mut() else {
+            return true;
+        };
         let mem = &active.mem;
         let mut used_any = false;
         loop {
@@ -79,7 +92,10 @@ impl Net {
             let head = chain.head_index();
             self.tx_buf.clear();
             match Reader::new(mem, chain) {
-                Ok(mut reader) if reader.available_bytes() <= MAX_FRAME_LEN && reader.available_bytes() > VNET_HDR_LEN => {
+                Ok(mut reader)
+                    if reader.available_bytes() <= MAX_FRAME_LEN
+                        && reader.available_bytes() > VNET_HDR_LEN =>
+                {
                     if reader.read_to_end(&mut self.tx_buf).is_ok() {
                         if let Err(e) = self.backend.send(&self.tx_buf) {
                             // A full or downed tap drops the frame, as a wire would.
@@ -87,7 +103,10 @@ impl Net {
                         }
                     }
                 }
-                Ok(reader) => log::debug!("virtio-net: TX frame of {} bytes dropped", reader.available_bytes()),
+                Ok(reader) => log::debug!(
+                    "virtio-net: TX frame of {} bytes dropped",
+                    reader.available_bytes()
+                ),
                 Err(e) => log::debug!("virtio-net: TX chain outside guest memory: {e}"),
             }
             if active.tx.add_used(mem, head, 0).is_err() {
@@ -104,7 +123,9 @@ impl Net {
     /// Moves frames from the backend into guest RX buffers until the backend is drained or
     /// the guest has no buffer left (the rest waits for the next RX notification).
     fn process_rx(&mut self) -> bool {
-        let Some(active) = self.active.as_mut() else { return true };
+        let Some(active) = self.active.as_mut() else {
+            return true;
+        };
         let mem = &active.mem;
         let mut used_any = false;
         let healthy = loop {
@@ -146,7 +167,11 @@ impl Net {
                     }
                 }
                 Ok(w) => {
-                    log::debug!("virtio-net: RX buffer of {} bytes too small for a {}-byte frame", w.available_bytes(), frame.len());
+                    log::debug!(
+                        "virtio-net: RX buffer of {} bytes too small for a {}-byte frame",
+                        w.available_bytes(),
+                        frame.len()
+                    );
                     0
                 }
                 Err(e) => {
@@ -176,7 +201,12 @@ impl VirtioDevice for Net {
     }
 
     fn device_features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC | VIRTIO_NET_F_STATUS | VIRTIO_NET_F_CSUM | VIRTIO_NET_F_HOST_TSO4 | VIRTIO_NET_F_HOST_TSO6
+        VIRTIO_F_VERSION_1
+            | VIRTIO_NET_F_MAC
+            | VIRTIO_NET_F_STATUS
+            | VIRTIO_NET_F_CSUM
+            | VIRTIO_NET_F_HOST_TSO4
+            | VIRTIO_NET_F_HOST_TSO6
     }
 
     fn set_driver_features(&mut self, _features: u64) {}
@@ -185,11 +215,25 @@ impl VirtioDevice for Net {
         read_config_bytes(&self.config, offset, data);
     }
 
-    fn activate(&mut self, mem: GuestMemoryMmap, interrupt: Arc<VirtioInterrupt>, queues: Vec<Queue>) -> Result<(), ActivateError> {
-        let [rx, tx]: [Queue; 2] = queues
-            .try_into()
-            .map_err(|q: Vec<Queue>| ActivateError::QueueCount { given: q.len(), needed: 2 })?;
-        self.active = Some(Active { mem, interrupt, rx, tx });
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<VirtioInterrupt>,
+        queues: Vec<Queue>,
+    ) -> Result<(), ActivateError> {
+        let [rx, tx]: [Queue; 2] =
+            queues
+                .try_into()
+                .map_err(|q: Vec<Queue>| ActivateError::QueueCount {
+                    given: q.len(),
+                    needed: 2,
+                })?;
+        self.active = Some(Active {
+            mem,
+            interrupt,
+            rx,
+            tx,
+        });
         Ok(())
     }
 
@@ -215,14 +259,20 @@ impl VirtioDevice for Net {
     }
 
     fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
-        self.active.iter().flat_map(|a| [a.rx.state(), a.tx.state()]).collect()
+        self.active
+            .iter()
+            .flat_map(|a| [a.rx.state(), a.tx.state()])
+            .collect()
     }
 
     fn announce(&mut self) {
         let frame = super::rarp_frame(self.mac);
         for _ in 0..3 {
             if let Err(e) = self.backend.send(&frame) {
-                log::warn!("virtio-net: cannot announce {}: {e}", super::format_mac(&self.mac));
+                log::warn!(
+                    "virtio-net: cannot announce {}: {e}",
+                    super::format_mac(&self.mac)
+                );
             }
         }
     }
@@ -232,7 +282,8 @@ impl VirtioDevice for Net {
     }
 
     fn restore_extra(&mut self, extra: &[u8]) {
-        self.rx_pending = (!extra.is_empty() && extra.len() <= MAX_FRAME_LEN).then(|| extra.to_vec());
+        self.rx_pending =
+            (!extra.is_empty() && extra.len() <= MAX_FRAME_LEN).then(|| extra.to_vec());
     }
 }
 
@@ -287,7 +338,12 @@ mod tests {
         let rx = MockSplitQueue::create(mem, GuestAddress(0x0), 16);
         let tx = MockSplitQueue::create(mem, GuestAddress(0x8000), 16);
         let irq = Arc::new(VirtioInterrupt::new(Arc::new(CountingIrq::default())));
-        dev.activate(mem.clone(), irq, vec![rx.create_queue().unwrap(), tx.create_queue().unwrap()]).unwrap();
+        dev.activate(
+            mem.clone(),
+            irq,
+            vec![rx.create_queue().unwrap(), tx.create_queue().unwrap()],
+        )
+        .unwrap();
         Setup { rx, tx }
     }
 
@@ -305,11 +361,16 @@ mod tests {
         let mem = memory();
         let s = activate(&mut dev, &mem);
         let f = frame(60, 0xab);
-        mem.write_slice(&f[..VNET_HDR_LEN], GuestAddress(0x40000)).unwrap();
-        mem.write_slice(&f[VNET_HDR_LEN..], GuestAddress(0x41000)).unwrap();
+        mem.write_slice(&f[..VNET_HDR_LEN], GuestAddress(0x40000))
+            .unwrap();
+        mem.write_slice(&f[VNET_HDR_LEN..], GuestAddress(0x41000))
+            .unwrap();
         let next = VRING_DESC_F_NEXT as u16;
         s.tx.add_desc_chains(
-            &[RawDescriptor::from(Descriptor::new(0x40000, VNET_HDR_LEN as u32, next, 1)), single(0x41000, 60, 0)],
+            &[
+                RawDescriptor::from(Descriptor::new(0x40000, VNET_HDR_LEN as u32, next, 1)),
+                single(0x41000, 60, 0),
+            ],
             0,
         )
         .unwrap();
@@ -326,7 +387,8 @@ mod tests {
         let mem = memory();
         let s = activate(&mut dev, &mem);
         // A buffer straddling a page boundary.
-        s.rx.add_desc_chains(&[single(0x50f00, 2048, VRING_DESC_F_WRITE as u16)], 0).unwrap();
+        s.rx.add_desc_chains(&[single(0x50f00, 2048, VRING_DESC_F_WRITE as u16)], 0)
+            .unwrap();
         let f = frame(1000, 0x5a);
         peer.send(&f).unwrap();
         crate::virtio::tests::clear_dirty(&mem);
@@ -352,12 +414,26 @@ mod tests {
         peer.send(&frame(100, 2)).unwrap();
         dev.process_backend(0);
         assert_eq!(s.rx.used().idx().load(), 0, "no buffers yet");
-        s.rx.add_desc_chains(&[single(0x50000, 2048, VRING_DESC_F_WRITE as u16), single(0x51000, 2048, VRING_DESC_F_WRITE as u16)], 0)
-            .unwrap();
+        s.rx.add_desc_chains(
+            &[
+                single(0x50000, 2048, VRING_DESC_F_WRITE as u16),
+                single(0x51000, 2048, VRING_DESC_F_WRITE as u16),
+            ],
+            0,
+        )
+        .unwrap();
         assert!(dev.process_queue(RX));
         assert_eq!(s.rx.used().idx().load(), 2);
-        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x50000 + VNET_HDR_LEN as u64)).unwrap(), 1);
-        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x51000 + VNET_HDR_LEN as u64)).unwrap(), 2);
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(0x50000 + VNET_HDR_LEN as u64))
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(0x51000 + VNET_HDR_LEN as u64))
+                .unwrap(),
+            2
+        );
     }
 
     #[test]
@@ -367,7 +443,11 @@ mod tests {
         let s = activate(&mut dev, &mem);
         // RX: a buffer too small, a device-readable buffer, one outside guest memory.
         s.rx.add_desc_chains(
-            &[single(0x50000, 16, VRING_DESC_F_WRITE as u16), single(0x51000, 2048, 0), single(0x4000_0000, 2048, VRING_DESC_F_WRITE as u16)],
+            &[
+                single(0x50000, 16, VRING_DESC_F_WRITE as u16),
+                single(0x51000, 2048, 0),
+                single(0x4000_0000, 2048, VRING_DESC_F_WRITE as u16),
+            ],
             0,
         )
         .unwrap();
@@ -381,7 +461,11 @@ mod tests {
         }
         // TX: header only, oversized, outside memory.
         s.tx.add_desc_chains(
-            &[single(0x60000, VNET_HDR_LEN as u32, 0), single(0x60000, (MAX_FRAME_LEN + 1) as u32, 0), single(0x4000_0000, 100, 0)],
+            &[
+                single(0x60000, VNET_HDR_LEN as u32, 0),
+                single(0x60000, (MAX_FRAME_LEN + 1) as u32, 0),
+                single(0x4000_0000, 100, 0),
+            ],
             0,
         )
         .unwrap();

@@ -28,7 +28,10 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 }
 
 pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// A stable, locally administered MAC derived from a VM name and NIC index (52:54:00:xx:xx:xx).
@@ -49,11 +52,23 @@ mod tests {
 
     #[test]
     fn macs() {
-        assert_eq!(parse_mac("52:54:00:12:34:5f"), Some([0x52, 0x54, 0, 0x12, 0x34, 0x5f]));
-        for bad in ["", "52:54:00:12:34", "52:54:00:12:34:56:78", "5:54:00:12:34:56", "zz:54:00:12:34:56"] {
+        assert_eq!(
+            parse_mac("52:54:00:12:34:5f"),
+            Some([0x52, 0x54, 0, 0x12, 0x34, 0x5f])
+        );
+        for bad in [
+            "",
+            "52:54:00:12:34",
+            "52:54:00:12:34:56:78",
+            "5:54:00:12:34:56",
+            "zz:54:00:12:34:56",
+        ] {
             assert_eq!(parse_mac(bad), None, "{bad}");
         }
-        assert_eq!(format_mac(&[0x52, 0x54, 0, 1, 0xab, 0xff]), "52:54:00:01:ab:ff");
+        assert_eq!(
+            format_mac(&[0x52, 0x54, 0, 1, 0xab, 0xff]),
+            "52:54:00:01:ab:ff"
+        );
         assert_eq!(default_mac("web1", 0), default_mac("web1", 0));
         assert_ne!(default_mac("web1", 0), default_mac("web2", 0));
         assert_ne!(default_mac("web1", 0), default_mac("web1", 1));

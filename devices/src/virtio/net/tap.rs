@@ -21,7 +21,9 @@ pub enum TapError {
     BadName(String),
     #[error("cannot open /dev/net/tun (is the tun module loaded?)")]
     OpenTun(#[source] std::io::Error),
-    #[error("cannot attach to tap '{0}' (TUNSETIFF; needs CAP_NET_ADMIN, or a tap owned by this user)")]
+    #[error(
+        "cannot attach to tap '{0}' (TUNSETIFF; needs CAP_NET_ADMIN, or a tap owned by this user)"
+    )]
     Attach(String, #[source] std::io::Error),
     #[error("cannot configure tap '{0}' ({1})")]
     Configure(String, &'static str, #[source] std::io::Error),
@@ -51,23 +53,41 @@ impl Tap {
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")
             .map_err(TapError::OpenTun)?;
-        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, _pad: [0; 22] };
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
+            _pad: [0; 22],
+        };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
         // SAFETY: TUNSETIFF reads and writes an ifreq; `req` is a live, correctly sized ifreq.
         if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
-            return Err(TapError::Attach(name.to_string(), std::io::Error::last_os_error()));
+            return Err(TapError::Attach(
+                name.to_string(),
+                std::io::Error::last_os_error(),
+            ));
         }
         let hdr_len: libc::c_int = VNET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads an int through the pointer.
         if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ, &hdr_len) } < 0 {
-            return Err(TapError::Configure(name.to_string(), "TUNSETVNETHDRSZ", std::io::Error::last_os_error()));
+            return Err(TapError::Configure(
+                name.to_string(),
+                "TUNSETVNETHDRSZ",
+                std::io::Error::last_os_error(),
+            ));
         }
         // No checksum or segmentation offloads: the guest is offered none either.
         // SAFETY: TUNSETOFFLOAD takes its argument by value.
         if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD, 0 as libc::c_ulong) } < 0 {
-            return Err(TapError::Configure(name.to_string(), "TUNSETOFFLOAD", std::io::Error::last_os_error()));
+            return Err(TapError::Configure(
+                name.to_string(),
+                "TUNSETOFFLOAD",
+                std::io::Error::last_os_error(),
+            ));
         }
-        Ok(Tap { file, name: name.to_string() })
+        Ok(Tap {
+            file,
+            name: name.to_string(),
+        })
     }
 
     pub fn name(&self) -> &str {
