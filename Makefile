@@ -69,5 +69,6 @@ clean:
 	rm -rf $(BUILD)
 
 bench: deps artifacts rig
+	resources/rig/build-qemu-image.sh $(BUILD)/rig/qemu-tools.ext4
 	cargo build --release --bin vmm
 	VMM_BIN=$(ROOT)/target/release/vmm cargo run --release -p vmm-tests --bin bench

@@ -9,6 +9,7 @@
 #   RIG_MAC               that NIC's MAC address
 #   RIG_LUN=FILE          a raw image shared with the other host, attached as a virtio disk
 #                         (/dev/vda inside) with locking off, as a shared LUN would be
+#   RIG_TOOLS=FILE        a read-only disk image with serial "tools" (QEMU for the benchmark)
 #   RIG_APPEND            more kernel command-line words (rig.NAME=VALUE reach the scenario)
 # idle=poll keeps the L1 CPUs from halting when there are two: Debian's QEMU 7.2 under TCG
 # sometimes never wakes a halted vCPU (DESIGN.md section 10).
@@ -26,6 +27,10 @@ fi
 if [ -n "${RIG_LUN:-}" ]; then
   args+=(-drive "file=$RIG_LUN,format=raw,if=none,id=lun,file.locking=off"
          -device "virtio-blk-pci,drive=lun,share-rw=on,serial=lun0")
+fi
+if [ -n "${RIG_TOOLS:-}" ]; then
+  args+=(-drive "file=$RIG_TOOLS,format=raw,if=none,id=tools,readonly=on"
+         -device "virtio-blk-pci,drive=tools,serial=tools")
 fi
 exec qemu-system-x86_64 -accel tcg -cpu EPYC -smp "$smp" -m "${RIG_MEM:-3G}" \
   -display none -serial stdio -monitor none -no-reboot "${args[@]}" \

@@ -126,9 +126,77 @@ fn migrate_tiny(
     serde_json::from_str(&out).ok()
 }
 
+/// The same Linux guest migrated between two nested-rig L1 hosts by our vmm and by QEMU, at
+/// several dirty rates (resources/rig/scenarios/migrate-bench), with the ratios vmm/QEMU.
+fn rig_migration_vs_qemu(results: &mut Vec<Result>) {
+    if !vmm_tests::rig::require_rig("bench") {
+        return;
+    }
+    let tools = vmm_tests::rig::rig_dir().join("qemu-tools.ext4");
+    assert!(tools.exists(), "{} missing: `make bench` builds it (resources/rig/build-qemu-image.sh)", tools.display());
+    let dir = vmm_tests::RuntimeDir::new("bench-lun");
+    let lun = dir.0.join("lun.img");
+    vmm_tests::rig::make_shared_lun(&lun, 16);
+    let mut hosts = vmm_tests::rig::two_hosts("migrate-bench", &lun, "");
+    for h in &mut hosts {
+        h.env.push(("RIG_TOOLS".into(), tools.display().to_string()));
+    }
+    let run = vmm_tests::rig::run_hosts("migrate-bench", &hosts, Duration::from_secs(1800), &[]);
+    if !run.passed {
+        eprintln!("bench: rig migration scenario did not complete ({}); its results are partial", run.verdict);
+    }
+    // "RIG: vmm-RATE total_ms=.. downtime_ms=.. bytes=.. rounds=.." and the same for qemu;
+    // "RIG: guest-gap RATE vmm=.. qemu=..".
+    let mut by: std::collections::BTreeMap<(String, String), f64> = Default::default();
+    for line in &run.lines {
+        let Some(rest) = line.2.split_once("RIG: ").map(|(_, r)| r) else { continue };
+        let mut words = rest.split_whitespace();
+        let Some(head) = words.next() else { continue };
+        let (who, rate) = match head.split_once('-') {
+            Some((w @ ("vmm" | "qemu"), r)) => (w.to_string(), r.to_string()),
+            _ if head == "guest-gap" => ("gap".to_string(), words.next().unwrap_or("").to_string()),
+            _ => continue,
+        };
+        for kv in words {
+            let Some((k, v)) = kv.split_once('=') else { continue };
+            let Ok(v) = v.parse::<f64>() else { continue };
+            let key = if who == "gap" { format!("{k}:guest_gap_ms") } else { format!("{who}:{k}") };
+            by.insert((rate.clone(), key), v);
+        }
+    }
+    let rates: std::collections::BTreeSet<String> = by.keys().map(|(r, _)| r.clone()).collect();
+    for rate in rates {
+        let get = |k: &str| by.get(&(rate.clone(), k.to_string())).copied();
+        let scenario = format!("rig-migrate:{rate}");
+        for who in ["vmm", "qemu"] {
+            for (k, unit, scale) in [("total_ms", "ms", 1.0), ("downtime_ms", "ms", 1.0), ("guest_gap_ms", "ms", 1.0), ("bytes", "MB", 1e-6), ("rounds", "rounds", 1.0)] {
+                if let Some(v) = get(&format!("{who}:{k}")) {
+                    let name = if k == "bytes" { format!("{who}_sent_mb") } else { format!("{who}_{k}") };
+                    results.push(Result { scenario: scenario.clone(), name, value: v * scale, unit: unit.into() });
+                }
+            }
+            if let (Some(b), Some(t)) = (get(&format!("{who}:bytes")), get(&format!("{who}:total_ms"))) {
+                results.push(Result { scenario: scenario.clone(), name: format!("{who}_throughput_mb_s"), value: b / 1e6 / (t / 1000.0).max(1e-3), unit: "MB/s".into() });
+            }
+        }
+        for k in ["total_ms", "downtime_ms", "guest_gap_ms"] {
+            if let (Some(a), Some(b)) = (get(&format!("vmm:{k}")), get(&format!("qemu:{k}"))) {
+                if b > 0.0 {
+                    results.push(Result { scenario: scenario.clone(), name: format!("ratio_{k}_vmm_over_qemu"), value: a / b, unit: "ratio".into() });
+                }
+            }
+        }
+    }
+}
+
 fn main() {
     let mut results = Vec::new();
     let mut place = "";
+    let only = std::env::var("BENCH_ONLY").ok();
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|w| w == name));
+    if wanted("rig-migrate") {
+        rig_migration_vs_qemu(&mut results);
+    }
     let loopback = loopback_mb_s();
     results.push(Result {
         scenario: "migration".into(),
@@ -143,6 +211,9 @@ fn main() {
         ("filled-1g", "filler", "1G", "1", "filled"),
         ("dirtier-2vcpu", "dirtier", "256M", "2", "cpu1 pass 16 ok"),
     ] {
+        if !wanted("migrate") {
+            break;
+        }
         let Some(s) = migrate_tiny(label, guest, memory, vcpus, ready) else {
             continue;
         };
@@ -164,7 +235,7 @@ fn main() {
             });
         }
     }
-    for scenario in ["bench-io"] {
+    for scenario in ["bench-io"].into_iter().filter(|s| wanted(s)) {
         let (lines, where_) = run(scenario);
         place = where_;
         let r = parse(scenario, &lines);
