@@ -15,7 +15,7 @@ trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage"/{bin,lib,share}
 cp "$qemu" "$stage/bin/"
 ldd "$qemu" | awk '/=> \// {print $3} /^\t\/lib/ {print $1}' | while read -r lib; do cp -L "$lib" "$stage/lib/"; done
-cp /usr/share/qemu/bios-microvm.bin "$stage/share/"
+cp -L /usr/share/qemu/bios-microvm.bin /usr/share/qemu/qboot.rom "$stage/share/"
 size=$(( $(du -sm "$stage" | cut -f1) + 32 ))
 mkfs.ext4 -q -F -L qemu -d "$stage" "$out.tmp" "${size}M"
 mv "$out.tmp" "$out"

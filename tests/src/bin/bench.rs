@@ -133,23 +133,33 @@ fn rig_migration_vs_qemu(results: &mut Vec<Result>) {
         return;
     }
     let tools = vmm_tests::rig::rig_dir().join("qemu-tools.ext4");
-    assert!(tools.exists(), "{} missing: `make bench` builds it (resources/rig/build-qemu-image.sh)", tools.display());
+    assert!(
+        tools.exists(),
+        "{} missing: `make bench` builds it (resources/rig/build-qemu-image.sh)",
+        tools.display()
+    );
     let dir = vmm_tests::RuntimeDir::new("bench-lun");
     let lun = dir.0.join("lun.img");
     vmm_tests::rig::make_shared_lun(&lun, 16);
     let mut hosts = vmm_tests::rig::two_hosts("migrate-bench", &lun, "");
     for h in &mut hosts {
-        h.env.push(("RIG_TOOLS".into(), tools.display().to_string()));
+        h.env
+            .push(("RIG_TOOLS".into(), tools.display().to_string()));
     }
     let run = vmm_tests::rig::run_hosts("migrate-bench", &hosts, Duration::from_secs(1800), &[]);
     if !run.passed {
-        eprintln!("bench: rig migration scenario did not complete ({}); its results are partial", run.verdict);
+        eprintln!(
+            "bench: rig migration scenario did not complete ({}); its results are partial",
+            run.verdict
+        );
     }
     // "RIG: vmm-RATE total_ms=.. downtime_ms=.. bytes=.. rounds=.." and the same for qemu;
     // "RIG: guest-gap RATE vmm=.. qemu=..".
     let mut by: std::collections::BTreeMap<(String, String), f64> = Default::default();
     for line in &run.lines {
-        let Some(rest) = line.2.split_once("RIG: ").map(|(_, r)| r) else { continue };
+        let Some(rest) = line.2.split_once("RIG: ").map(|(_, r)| r) else {
+            continue;
+        };
         let mut words = rest.split_whitespace();
         let Some(head) = words.next() else { continue };
         let (who, rate) = match head.split_once('-') {
@@ -158,9 +168,15 @@ fn rig_migration_vs_qemu(results: &mut Vec<Result>) {
             _ => continue,
         };
         for kv in words {
-            let Some((k, v)) = kv.split_once('=') else { continue };
+            let Some((k, v)) = kv.split_once('=') else {
+                continue;
+            };
             let Ok(v) = v.parse::<f64>() else { continue };
-            let key = if who == "gap" { format!("{k}:guest_gap_ms") } else { format!("{who}:{k}") };
+            let key = if who == "gap" {
+                format!("{k}:guest_gap_ms")
+            } else {
+                format!("{who}:{k}")
+            };
             by.insert((rate.clone(), key), v);
         }
     }
@@ -169,20 +185,48 @@ fn rig_migration_vs_qemu(results: &mut Vec<Result>) {
         let get = |k: &str| by.get(&(rate.clone(), k.to_string())).copied();
         let scenario = format!("rig-migrate:{rate}");
         for who in ["vmm", "qemu"] {
-            for (k, unit, scale) in [("total_ms", "ms", 1.0), ("downtime_ms", "ms", 1.0), ("guest_gap_ms", "ms", 1.0), ("bytes", "MB", 1e-6), ("rounds", "rounds", 1.0)] {
+            for (k, unit, scale) in [
+                ("total_ms", "ms", 1.0),
+                ("downtime_ms", "ms", 1.0),
+                ("guest_gap_ms", "ms", 1.0),
+                ("bytes", "MB", 1e-6),
+                ("rounds", "rounds", 1.0),
+            ] {
                 if let Some(v) = get(&format!("{who}:{k}")) {
-                    let name = if k == "bytes" { format!("{who}_sent_mb") } else { format!("{who}_{k}") };
-                    results.push(Result { scenario: scenario.clone(), name, value: v * scale, unit: unit.into() });
+                    let name = if k == "bytes" {
+                        format!("{who}_sent_mb")
+                    } else {
+                        format!("{who}_{k}")
+                    };
+                    results.push(Result {
+                        scenario: scenario.clone(),
+                        name,
+                        value: v * scale,
+                        unit: unit.into(),
+                    });
                 }
             }
-            if let (Some(b), Some(t)) = (get(&format!("{who}:bytes")), get(&format!("{who}:total_ms"))) {
-                results.push(Result { scenario: scenario.clone(), name: format!("{who}_throughput_mb_s"), value: b / 1e6 / (t / 1000.0).max(1e-3), unit: "MB/s".into() });
+            if let (Some(b), Some(t)) = (
+                get(&format!("{who}:bytes")),
+                get(&format!("{who}:total_ms")).filter(|&t| t > 0.0),
+            ) {
+                results.push(Result {
+                    scenario: scenario.clone(),
+                    name: format!("{who}_throughput_mb_s"),
+                    value: b / 1e6 / (t / 1000.0).max(1e-3),
+                    unit: "MB/s".into(),
+                });
             }
         }
         for k in ["total_ms", "downtime_ms", "guest_gap_ms"] {
             if let (Some(a), Some(b)) = (get(&format!("vmm:{k}")), get(&format!("qemu:{k}"))) {
                 if b > 0.0 {
-                    results.push(Result { scenario: scenario.clone(), name: format!("ratio_{k}_vmm_over_qemu"), value: a / b, unit: "ratio".into() });
+                    results.push(Result {
+                        scenario: scenario.clone(),
+                        name: format!("ratio_{k}_vmm_over_qemu"),
+                        value: a / b,
+                        unit: "ratio".into(),
+                    });
                 }
             }
         }
@@ -193,7 +237,10 @@ fn main() {
     let mut results = Vec::new();
     let mut place = "";
     let only = std::env::var("BENCH_ONLY").ok();
-    let wanted = |name: &str| only.as_deref().is_none_or(|o| o.split(',').any(|w| w == name));
+    let wanted = |name: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|w| w == name))
+    };
     if wanted("rig-migrate") {
         rig_migration_vs_qemu(&mut results);
     }
