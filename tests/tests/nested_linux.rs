@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use vmm_tests::hardware_kvm;
 use vmm_tests::rig::{
-    clock_report, make_shared_lun, require_rig, run_hosts, run_scenario, two_hosts,
+    clock_report, make_shared_lun, require_rig, run_hosts, run_scenario, two_hosts, RigRun,
 };
 
 /// Runs a scenario of resources/rig/scenarios: inside the nested rig on a PVM host, directly
@@ -19,26 +19,32 @@ fn scenario(test: &str, name: &str, markers: &[&str]) {
         return;
     }
     let run = run_scenario(name, Duration::from_secs(1200), markers);
+    report_and_check(&run, name, "the nested rig", 60, |l| {
+        l.starts_with("RIG:") || l.starts_with("VMM-GUEST:")
+    });
+}
+
+/// Prints how a rig run went (milestones, the console lines `shown` picks) and fails the test,
+/// with the last `tail` console lines, unless every host reported PASS.
+fn report_and_check(
+    run: &RigRun,
+    name: &str,
+    place: &str,
+    tail: usize,
+    shown: impl Fn(&str) -> bool,
+) {
     println!(
-        "scenario {name} took {:.1} s in the nested rig; milestones:",
+        "scenario {name} took {:.1} s in {place}; milestones:",
         run.elapsed.as_secs_f64()
     );
     for (mark, t) in &run.marks {
         println!("  {t:>7.1} s  {mark}");
     }
-    for line in run
-        .console
-        .iter()
-        .filter(|l| l.starts_with("RIG:") || l.starts_with("VMM-GUEST:"))
-    {
+    for line in run.console.iter().filter(|l| shown(l)) {
         println!("  | {line}");
     }
-    assert!(
-        run.passed,
-        "{}\nconsole tail:\n{}",
-        run.verdict,
-        run.console[run.console.len().saturating_sub(60)..].join("\n")
-    );
+    let tail = run.console[run.console.len().saturating_sub(tail)..].join("\n");
+    assert!(run.passed, "{}\nconsole tail:\n{tail}", run.verdict);
 }
 
 #[test]
@@ -100,22 +106,9 @@ fn migrate_between_hosts(test: &str, vcpus: u32, first: &str, back: &str) {
             "RIG-RESULT",
         ],
     );
-    println!(
-        "scenario {name} took {:.1} s in two nested-rig L1 hosts; milestones:",
-        run.elapsed.as_secs_f64()
-    );
-    for (mark, t) in &run.marks {
-        println!("  {t:>7.1} s  {mark}");
-    }
-    for line in run
-        .console
-        .iter()
-        .filter(|l| l.contains("RIG:") || l.contains("VMM-GUEST:") || l.contains("CONT: CORRUPT"))
-    {
-        println!("  | {line}");
-    }
-    let tail = run.console[run.console.len().saturating_sub(80)..].join("\n");
-    assert!(run.passed, "{}\nconsole tail:\n{tail}", run.verdict);
+    report_and_check(&run, &name, "two nested-rig L1 hosts", 80, |l| {
+        l.contains("RIG:") || l.contains("VMM-GUEST:") || l.contains("CONT: CORRUPT")
+    });
     let clock = clock_report(&run.lines);
     println!(
         "guest clock: stretches (host, heartbeats, min offset ms) {:?}; largest jump {:.0} ms; longest heartbeat gap the guest saw {} ms",
