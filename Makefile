@@ -10,9 +10,10 @@ export VMM_CACHE_DIR ?= /var/cache/vmm
 STATIC_TARGET := x86_64-unknown-linux-gnu
 STATIC_VMM := $(ROOT)/target/$(STATIC_TARGET)/release/vmm
 DEB_PACKAGES := binutils qemu-system-x86 busybox-static cpio e2fsprogs gzip kmod iproute2 \
-                linux-source-6.1 bc flex bison make gcc libc6-dev libelf-dev libssl-dev xz-utils
+                linux-source-6.1 bc flex bison make gcc libc6-dev libelf-dev libssl-dev xz-utils \
+                openssl util-linux
 
-.PHONY: all deps build vmm-static artifacts rig run test unit-test kvm-test rig-test bench clean
+.PHONY: all deps build vmm-static artifacts rig run test lint unit-test kvm-test rig-test bench clean
 
 all: build
 
@@ -55,14 +56,17 @@ unit-test:
 	cargo test --workspace --exclude vmm-tests
 
 kvm-test:
-	cargo test -p vmm-tests --test boot --test lifecycle --test cli_errors --test migration --test migration_faults --test migration_netns
+	cargo test -p vmm-tests --test boot --test lifecycle --test cli_errors --test migration --test migration_faults --test migration_security --test migration_netns
 
 rig-test:
 	cargo test -p vmm-tests --test nested_linux -- --nocapture --test-threads=1
 
+lint:
+	cargo clippy --workspace --all-targets -- -D warnings
+
 test: deps artifacts rig
 	cargo build --workspace --all-targets
-	$(MAKE) --no-print-directory unit-test kvm-test rig-test
+	$(MAKE) --no-print-directory lint unit-test kvm-test rig-test
 
 clean:
 	cargo clean

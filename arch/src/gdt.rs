@@ -30,7 +30,7 @@ pub fn boot_gdt() -> [u64; 4] {
 
 /// Decodes a descriptor into the form KVM expects for a loaded segment register.
 pub fn kvm_segment_from_gdt(entry: u64, table_index: u8) -> kvm_segment {
-    let base = (((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64;
+    let base = ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000);
     let raw_limit = (((entry >> 32) & 0x000f_0000) | (entry & 0x0000_ffff)) as u32;
     let g = ((entry >> 55) & 1) as u8;
     // With G=1 the limit counts 4 KiB pages; KVM wants it in bytes.

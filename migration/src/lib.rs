@@ -1,10 +1,11 @@
-//! Live migration: the versioned state envelope, the wire framing, authentication, dirty-page
+//! Live migration: the secured channel, the versioned state envelope, the wire framing, dirty-page
 //! bookkeeping, and the sender and receiver state machines, written against the [`vm`] traits
 //! the VMM implements, so the protocol is testable without /dev/kvm.
 
-pub mod auth;
+pub mod channel;
 pub mod dirty;
 pub mod envelope;
+pub mod key;
 pub mod progress;
 pub mod protocol;
 pub mod receiver;

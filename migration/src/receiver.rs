@@ -3,22 +3,20 @@
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::auth::Key;
-use crate::protocol::{authenticate_destination, exchange_hello, Hello, MigrationError};
+use crate::protocol::{exchange_hello, MigrationError};
 use crate::vm::{region_index, TargetBuilder, TargetVm};
 use crate::wire::{self, FrameKind, PAGE_SIZE};
 
-/// Receives a VM; on success it is running here. On failure the half-built VM is dropped
+/// Receives a VM over `stream`, a channel already secured (see [`crate::channel`]); on success it is running here. On failure the half-built VM is dropped
 /// (discarded) and the source is told why, if the connection still works.
 pub async fn receive<S>(
     stream: &mut S,
     builder: &mut (dyn TargetBuilder + Send),
-    key: Option<&Key>,
 ) -> Result<Box<dyn TargetVm>, MigrationError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    match receive_inner(stream, builder, key).await {
+    match receive_inner(stream, builder).await {
         Ok(vm) => Ok(vm),
         Err(e) => {
             if !matches!(e, MigrationError::Wire(wire::WireError::Remote(_))) {
@@ -33,13 +31,13 @@ where
 async fn receive_inner<S>(
     stream: &mut S,
     builder: &mut (dyn TargetBuilder + Send),
-    key: Option<&Key>,
 ) -> Result<Box<dyn TargetVm>, MigrationError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    exchange_hello(stream, &Hello::new(key.is_some()), false).await?;
-    authenticate_destination(stream, key).await?;
+    // The destination speaks first: a source whose TLS certificate it rejected then reads the
+    // alert instead of writing into a closed connection.
+    exchange_hello(stream, true).await?;
     let config = wire::expect_frame(stream, FrameKind::Config).await?;
     let mut vm = builder.build(&config).map_err(MigrationError::Refused)?;
     wire::write_frame(stream, FrameKind::Accept, &[]).await?;

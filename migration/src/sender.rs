@@ -5,10 +5,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::auth::Key;
 use crate::dirty::{is_zero_page, DirtyBitmap};
 use crate::progress::{Progress, RoundStats, Summary};
-use crate::protocol::{authenticate_source, exchange_hello, Hello, MigrationError};
+use crate::protocol::{exchange_hello, MigrationError};
 use crate::vm::{RamRegion, SourceVm};
 use crate::wire::{self, FrameKind, PagesBuilder, WireError, MAX_PAGES_PER_FRAME, PAGE_SIZE};
 
@@ -31,7 +30,6 @@ pub struct SendOptions {
     pub timeout: Duration,
     pub on_timeout: OnTimeout,
     pub auto_converge: bool,
-    pub key: Option<Key>,
 }
 
 impl Default for SendOptions {
@@ -44,12 +42,11 @@ impl Default for SendOptions {
             timeout: Duration::from_secs(600),
             on_timeout: OnTimeout::Force,
             auto_converge: true,
-            key: None,
         }
     }
 }
 
-/// Sends `vm` over `stream`. On an error before commit the guest is running on the source
+/// Sends `vm` over `stream`, a channel already secured (see [`crate::channel`]). On an error before commit the guest is running on the source
 /// again when this returns.
 pub async fn send<S, F>(
     stream: &mut S,
@@ -75,11 +72,14 @@ where
             // A send that failed because the destination gave up: its reason is probably
             // waiting in the stream, and says more than "connection lost".
             let e = match e {
+                MigrationError::Wire(WireError::Remote(reason)) => {
+                    MigrationError::Destination(reason)
+                }
                 MigrationError::Wire(WireError::Io(io)) => {
                     match tokio::time::timeout(Duration::from_millis(500), wire::read_frame(stream))
                         .await
                     {
-                        Ok(Err(WireError::Remote(reason))) => MigrationError::Target(reason),
+                        Ok(Err(WireError::Remote(reason))) => MigrationError::Destination(reason),
                         _ => MigrationError::Wire(WireError::Io(io)),
                     }
                 }
@@ -139,16 +139,10 @@ impl Run<'_> {
         S: AsyncRead + AsyncWrite + Unpin,
         F: FnMut(&Progress),
     {
-        let theirs = exchange_hello(stream, &Hello::new(false), true).await?;
-        authenticate_source(stream, self.opts.key.as_ref(), theirs.auth_required).await?;
+        exchange_hello(stream, false).await?;
         let config = self.vm.config().map_err(MigrationError::Source)?;
         wire::write_frame(stream, FrameKind::Config, &config).await?;
-        wire::expect_frame(stream, FrameKind::Accept)
-            .await
-            .map_err(|e| match e {
-                WireError::Remote(m) => MigrationError::Refused(m),
-                other => MigrationError::Wire(other),
-            })?;
+        wire::expect_frame(stream, FrameKind::Accept).await?;
 
         let regions = self.vm.regions();
         // Dirty tracking also in an offline migration: pausing stops the vCPUs, but devices
@@ -256,12 +250,7 @@ impl Run<'_> {
         self.vm.stop_dirty_log();
         wire::write_frame(stream, FrameKind::State, &state).await?;
         self.sent += state.len() as u64;
-        wire::expect_frame(stream, FrameKind::Ready)
-            .await
-            .map_err(|e| match e {
-                WireError::Remote(m) => MigrationError::Target(m),
-                other => MigrationError::Wire(other),
-            })?;
+        wire::expect_frame(stream, FrameKind::Ready).await?;
         self.summary.rounds = round + 1;
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! The protocol end to end between a fake source and a fake destination over an in-memory
-//! pipe: live convergence with a guest that keeps writing, zero-page skipping, auth, refusals,
-//! and broken streams (the source must be running again after every failure before commit).
+//! pipe, through the secured channel: live convergence with a guest that keeps writing,
+//! zero-page skipping, refusals, and broken or tampered streams (the source must be running again after every failure before commit).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::auth::Key;
+use crate::channel::{secure_destination, secure_source, DestinationSecurity, SourceSecurity};
 use crate::dirty::DirtyBitmap;
+use crate::key::Key;
 use crate::receiver::receive;
 use crate::sender::{send, OnTimeout, SendOptions};
 use crate::vm::{RamRegion, SourceVm, TargetBuilder, TargetVm, VmResult};
@@ -164,6 +165,11 @@ fn key(s: &str) -> Key {
     Key::new(s.as_bytes().to_vec()).unwrap()
 }
 
+fn psk() -> (SourceSecurity, DestinationSecurity) {
+    let k = key("0123456789abcdef-test-key");
+    (SourceSecurity::Psk(k.clone()), DestinationSecurity::Psk(k))
+}
+
 struct Outcome {
     source: Result<crate::progress::Summary, MigrationError>,
     target: Result<(), MigrationError>,
@@ -171,26 +177,51 @@ struct Outcome {
     src: Arc<FakeSource>,
 }
 
-async fn migrate(
-    src: FakeSource,
-    opts: SendOptions,
-    dest_key: Option<Key>,
-    refuse: Option<String>,
-) -> Outcome {
-    let (mut a, mut b) = tokio::io::duplex(1 << 20);
-    let src = Arc::new(src);
+fn builder(refuse: Option<String>) -> (Builder, Arc<Mutex<Shared>>) {
     let shared = Arc::new(Mutex::new(Shared::default()));
-    let mut builder = Builder {
-        shared: shared.clone(),
-        refuse,
-    };
-    let target = tokio::spawn(async move {
-        receive(&mut b, &mut builder, dest_key.as_ref())
-            .await
-            .map(|_| ())
-    });
-    let source = send(&mut a, src.as_ref(), &opts, |_| {}).await;
-    drop(a);
+    (
+        Builder {
+            shared: shared.clone(),
+            refuse,
+        },
+        shared,
+    )
+}
+
+/// The destination: secures the connection, then receives.
+async fn destination<S>(
+    stream: S,
+    security: DestinationSecurity,
+    mut builder: Builder,
+) -> Result<(), MigrationError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut stream = secure_destination(stream, &security).await?;
+    receive(&mut stream, &mut builder).await.map(|_| ())
+}
+
+/// The source: secures the connection, then sends; the guest runs on if securing fails.
+async fn source<S>(
+    stream: S,
+    security: SourceSecurity,
+    src: &FakeSource,
+    opts: &SendOptions,
+) -> Result<crate::progress::Summary, MigrationError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut stream = secure_source(stream, &security).await?;
+    send(&mut stream, src, opts, |_| {}).await
+}
+
+async fn migrate(src: FakeSource, opts: SendOptions, refuse: Option<String>) -> Outcome {
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let src = Arc::new(src);
+    let (sec_src, sec_dst) = psk();
+    let (builder, shared) = builder(refuse);
+    let target = tokio::spawn(destination(b, sec_dst, builder));
+    let source = source(a, sec_src, &src, &opts).await;
     let target = target.await.unwrap();
     Outcome {
         source,
@@ -206,7 +237,7 @@ async fn live_migration_converges_and_copies_memory_exactly() {
         downtime_budget: Duration::from_secs(5),
         ..Default::default()
     };
-    let o = migrate(FakeSource::new(8), opts, None, None).await;
+    let o = migrate(FakeSource::new(8), opts, None).await;
     let summary = o.source.unwrap();
     o.target.unwrap();
     let shared = o.shared.lock().unwrap();
@@ -239,7 +270,7 @@ async fn a_guest_that_never_converges_is_forced_or_cancelled_as_asked() {
         auto_converge: false,
         ..Default::default()
     };
-    let o = migrate(FakeSource::new(64), opts.clone(), None, None).await;
+    let o = migrate(FakeSource::new(64), opts.clone(), None).await;
     assert_eq!(o.source.unwrap().switchover, "round-limit");
     assert_eq!(o.shared.lock().unwrap().mem, *o.src.mem.lock().unwrap());
 
@@ -247,7 +278,7 @@ async fn a_guest_that_never_converges_is_forced_or_cancelled_as_asked() {
         on_timeout: OnTimeout::Cancel,
         ..opts
     };
-    let o = migrate(FakeSource::new(64), cancel, None, None).await;
+    let o = migrate(FakeSource::new(64), cancel, None).await;
     assert!(
         matches!(o.source, Err(MigrationError::NotConverged(_))),
         "{:?}",
@@ -267,7 +298,7 @@ async fn offline_migration_pauses_first() {
         offline: true,
         ..Default::default()
     };
-    let o = migrate(FakeSource::new(8), opts, None, None).await;
+    let o = migrate(FakeSource::new(8), opts, None).await;
     let s = o.source.unwrap();
     assert_eq!(s.switchover, "offline");
     assert_eq!(s.rounds, 1);
@@ -289,7 +320,6 @@ async fn device_writes_after_the_pause_reach_the_destination() {
                 ..Default::default()
             },
             None,
-            None,
         )
         .await;
         o.source.unwrap();
@@ -300,58 +330,15 @@ async fn device_writes_after_the_pause_reach_the_destination() {
 }
 
 #[tokio::test]
-async fn keys_must_match_on_both_ends() {
-    let with = |k: &str| SendOptions {
-        key: Some(key(k)),
-        ..Default::default()
-    };
-    let o = migrate(
-        FakeSource::new(1),
-        with("0123456789abcdef"),
-        Some(key("0123456789abcdef")),
-        None,
-    )
-    .await;
-    o.source.unwrap();
-    let o = migrate(
-        FakeSource::new(1),
-        with("0123456789abcdef"),
-        Some(key("fedcba9876543210")),
-        None,
-    )
-    .await;
-    assert!(
-        matches!(o.source, Err(MigrationError::Auth(_))),
-        "{:?}",
-        o.source.err()
-    );
-    assert!(matches!(o.target, Err(MigrationError::Auth(_))));
-    assert!(o.src.running.load(Ordering::SeqCst));
-    let o = migrate(
-        FakeSource::new(1),
-        SendOptions::default(),
-        Some(key("0123456789abcdef")),
-        None,
-    )
-    .await;
-    let err = o.source.unwrap_err().to_string();
-    assert!(err.contains("requires a key"), "{err}");
-    let o = migrate(FakeSource::new(1), with("0123456789abcdef"), None, None).await;
-    let err = o.source.unwrap_err().to_string();
-    assert!(err.contains("does not authenticate"), "{err}");
-}
-
-#[tokio::test]
 async fn a_refusal_reaches_the_source_with_its_reason() {
     let o = migrate(
         FakeSource::new(1),
         SendOptions::default(),
-        None,
         Some("disk /shared/x.img is missing".into()),
     )
     .await;
     match o.source {
-        Err(MigrationError::Refused(m)) => {
+        Err(MigrationError::Destination(m)) => {
             assert!(m.contains("disk /shared/x.img is missing"), "{m}")
         }
         other => panic!("{:?}", other.err()),
@@ -361,16 +348,17 @@ async fn a_refusal_reaches_the_source_with_its_reason() {
 
 /// Forwards bytes from the source to the destination, damaging the stream at byte `at`:
 /// flipping a byte, or cutting the connection.
-async fn damaged(flip: bool, at: usize) -> Outcome {
-    let (mut a, mut a_far) = tokio::io::duplex(1 << 20);
-    let (mut b_far, mut b) = tokio::io::duplex(1 << 20);
+async fn damaged(flip: bool, at: usize, secured: bool) -> Outcome {
+    let (a, mut a_far) = tokio::io::duplex(1 << 20);
+    let (mut b_far, b) = tokio::io::duplex(1 << 20);
     let src = Arc::new(FakeSource::new(8));
-    let shared = Arc::new(Mutex::new(Shared::default()));
-    let mut builder = Builder {
-        shared: shared.clone(),
-        refuse: None,
+    let (sec_src, sec_dst) = if secured {
+        psk()
+    } else {
+        (SourceSecurity::Insecure, DestinationSecurity::Insecure)
     };
-    let target = tokio::spawn(async move { receive(&mut b, &mut builder, None).await.map(|_| ()) });
+    let (builder, shared) = builder(None);
+    let target = tokio::spawn(destination(b, sec_dst, builder));
     let proxy = tokio::spawn(async move {
         let (mut ar, mut aw) = tokio::io::split(&mut a_far);
         let (mut br, mut bw) = tokio::io::split(&mut b_far);
@@ -382,7 +370,7 @@ async fn damaged(flip: bool, at: usize) -> Outcome {
                     Ok(0) | Err(_) => break,
                     Ok(n) => n,
                 };
-                if seen + n > at {
+                if seen <= at && seen + n > at {
                     if flip {
                         buf[at - seen] ^= 0xff;
                     } else {
@@ -399,6 +387,7 @@ async fn damaged(flip: bool, at: usize) -> Outcome {
         };
         let down = async {
             let _ = tokio::io::copy(&mut br, &mut aw).await;
+            let _ = aw.shutdown().await;
         };
         if flip {
             tokio::join!(up, down);
@@ -406,8 +395,7 @@ async fn damaged(flip: bool, at: usize) -> Outcome {
             tokio::select! { _ = up => {}, _ = down => {} }
         }
     });
-    let source = send(&mut a, src.as_ref(), &SendOptions::default(), |_| {}).await;
-    drop(a);
+    let source = source(a, sec_src, &src, &SendOptions::default()).await;
     let target = target.await.unwrap();
     proxy.abort();
     Outcome {
@@ -420,10 +408,20 @@ async fn damaged(flip: bool, at: usize) -> Outcome {
 
 #[tokio::test]
 async fn a_cut_or_corrupted_stream_fails_cleanly_and_the_source_keeps_running() {
-    for (flip, at) in [(false, 300), (false, 100_000), (true, 90), (true, 200_000)] {
-        let o = tokio::time::timeout(Duration::from_secs(20), damaged(flip, at))
+    for (flip, at, secured) in [
+        (false, 300, false),
+        (false, 100_000, false),
+        (true, 90, false),
+        (true, 200_000, false),
+        (false, 300, true),
+        (false, 100_000, true),
+        (true, 5, true),
+        (true, 90, true),
+        (true, 200_000, true),
+    ] {
+        let o = tokio::time::timeout(Duration::from_secs(20), damaged(flip, at, secured))
             .await
-            .unwrap_or_else(|_| panic!("flip={flip} at={at} hung"));
+            .unwrap_or_else(|_| panic!("flip={flip} at={at} secured={secured} hung"));
         assert!(
             o.source.is_err(),
             "flip={flip} at={at}: the source must notice"
@@ -437,6 +435,16 @@ async fn a_cut_or_corrupted_stream_fails_cleanly_and_the_source_keeps_running() 
             o.src.running.load(Ordering::SeqCst),
             "flip={flip} at={at}: source running again"
         );
+        if secured && flip && at >= 90 {
+            assert!(
+                matches!(
+                    o.target,
+                    Err(MigrationError::Wire(crate::wire::WireError::Integrity(_)))
+                ),
+                "at={at}: {:?}",
+                o.target.err()
+            );
+        }
         assert!(!o.src.released.load(Ordering::SeqCst));
     }
 }

@@ -57,7 +57,11 @@ impl FrameKind {
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
     #[error("connection lost")]
-    Io(#[from] std::io::Error),
+    Io(#[source] std::io::Error),
+    #[error("the migration stream was tampered with")]
+    Integrity(#[source] std::io::Error),
+    #[error("authentication failed: the peer rejected this end's TLS certificate ({0:?})")]
+    CertificateRejected(rustls::AlertDescription),
     #[error("unknown frame kind {0} (corrupted stream or another protocol)")]
     UnknownKind(u8),
     #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
@@ -68,8 +72,32 @@ pub enum WireError {
     BadPages(String),
     #[error("expected a {expected:?} frame, got {got:?}")]
     Unexpected { expected: FrameKind, got: FrameKind },
-    #[error("the peer reported: {0}")]
+    #[error("the other end reported: {0}")]
     Remote(String),
+}
+
+impl From<std::io::Error> for WireError {
+    fn from(e: std::io::Error) -> Self {
+        if crate::channel::is_integrity_failure(&e) {
+            WireError::Integrity(e)
+        } else if let Some(alert) = crate::channel::certificate_rejection(&e) {
+            WireError::CertificateRejected(alert)
+        } else {
+            WireError::Io(e)
+        }
+    }
+}
+
+/// Longest error text taken from a peer.
+const MAX_REMOTE_TEXT: usize = 1024;
+
+/// A peer's error text made safe for a terminal and a log: control characters (escape
+/// sequences among them) become spaces, and the length is bounded.
+pub fn sanitize_remote_text(raw: &[u8]) -> String {
+    String::from_utf8_lossy(&raw[..raw.len().min(MAX_REMOTE_TEXT)])
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 #[derive(Debug)]
@@ -92,6 +120,8 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     header[5..9].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
     w.write_all(&header).await?;
     w.write_all(payload).await?;
+    // A secured stream buffers into records: each frame goes out whole, now.
+    w.flush().await?;
     Ok(())
 }
 
@@ -109,9 +139,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, WireEr
         return Err(WireError::Checksum(kind));
     }
     if kind == FrameKind::Error {
-        return Err(WireError::Remote(
-            String::from_utf8_lossy(&payload).into_owned(),
-        ));
+        return Err(WireError::Remote(sanitize_remote_text(&payload)));
     }
     Ok(Frame { kind, payload })
 }
@@ -182,7 +210,9 @@ impl PagesBuilder {
 
     /// Adds a run of pages starting at page `first` whose bytes are `data` (a multiple of PAGE_SIZE).
     pub fn push(&mut self, first: u64, data: &[u8]) {
-        debug_assert!(data.len() % PAGE_SIZE == 0 && data.len() / PAGE_SIZE <= self.room());
+        debug_assert!(
+            data.len().is_multiple_of(PAGE_SIZE) && data.len() / PAGE_SIZE <= self.room()
+        );
         self.buf.extend_from_slice(&first.to_le_bytes());
         self.buf
             .extend_from_slice(&((data.len() / PAGE_SIZE) as u32).to_le_bytes());

@@ -8,7 +8,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=$1 vmm_bin=$2 kernel_dir=$3 guestfs_dir=$4
 cache=${VMM_CACHE_DIR:-/var/cache/vmm}
-"$here/../apt-install.sh" busybox-static cpio gzip kmod qemu-system-x86 gcc libc6-dev >&2
+"$here/../apt-install.sh" busybox-static cpio gzip kmod qemu-system-x86 gcc libc6-dev openssl >&2
 
 # The cloud kernel package, by the version the meta-package points at.
 pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
@@ -53,6 +53,9 @@ gcc -O2 -Wall -static -o "$stage/rig/rig-tools" "$here/tools/rig-tools.c"
 cp "$vmm_bin" "$stage/rig/vmm"
 cp "$kernel_dir/bzImage" "$kernel_dir/vmlinux" "$guestfs_dir/initramfs.cpio.gz" "$stage/rig/guest/"
 cp "$here"/scenarios/* "$stage/rig/scenarios/"
+# Certificates for the two-host scenarios' mutual TLS (--tls-dir): one set naming both hosts,
+# made fresh for each build (openssl, in Cloud Hypervisor's file names).
+"$here/../tls/make-certs.sh" "$stage/rig/tls" 10.0.0.1 10.0.0.2
 mkdir -p "$out"
 cp "$kdir/vmlinuz" "$out/vmlinuz.tmp" && mv "$out/vmlinuz.tmp" "$out/vmlinuz"
 (cd "$stage" && find . | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 | gzip -1n) > "$out/initramfs.cpio.gz.tmp"

@@ -2,7 +2,8 @@
 # pages). Pass G writes G and the page's identity into the first qword of each page, after
 # checking the page still holds what pass G-1 wrote there. A page that lost a write (a migration
 # that forgot a dirty page) prints "CORRUPT cpu<N> page <P>" and stops that CPU. Every 16
-# passes it prints "cpu<N> pass <G> ok". Never exits.
+# passes it prints "cpu<N> pass <G> ok". Never exits. Holds a 64-byte marker (secret_marker) that
+# the security tests look for in captures of the migration stream.
 .intel_syntax noprefix
 .code64
 
@@ -95,3 +96,6 @@ s_ok: .asciz " ok\n"
 s_corrupt: .asciz "CORRUPT cpu"
 s_page: .asciz " page "
 s_found: .asciz " found "
+# 64 bytes the security tests look for in captures of the migration stream (never printed).
+.global secret_marker
+secret_marker: .ascii "vmm-test-guest-secret:0123456789abcdefghijklmnopqrstuvwxyzABCDEF"

@@ -2,6 +2,7 @@
 //! that watches the console, and the rule for tests that need /dev/kvm (fail in CI, skip with a
 //! reason on a developer's machine).
 
+pub mod proxy;
 pub mod rig;
 
 use std::io::{BufRead, BufReader, Read};
@@ -140,7 +141,10 @@ pub struct VmProcess {
     child: Child,
     lines: Receiver<String>,
     pub console: Arc<Mutex<Vec<String>>>,
-    stderr: Option<std::thread::JoinHandle<String>>,
+    err_lines: Receiver<String>,
+    /// Everything the process wrote to stderr so far.
+    pub stderr: Arc<Mutex<Vec<String>>>,
+    stderr_done: Option<std::thread::JoinHandle<()>>,
 }
 
 impl VmProcess {
@@ -182,12 +186,40 @@ impl VmProcess {
                 }
             }
         });
-        let stderr = Some(collect(child.stderr.take().unwrap()));
+        let (err_tx, err_lines) = mpsc::channel();
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let err_sink = stderr.clone();
+        let err_pipe = child.stderr.take().unwrap();
+        let stderr_done = Some(std::thread::spawn(move || {
+            for line in BufReader::new(err_pipe).lines() {
+                let Ok(line) = line else { break };
+                err_sink.lock().unwrap().push(line.clone());
+                let _ = err_tx.send(line);
+            }
+        }));
         VmProcess {
             child,
             lines,
             console,
+            err_lines,
             stderr,
+            stderr_done,
+        }
+    }
+
+    /// Waits for a line on the process's stderr containing `needle`; returns it.
+    pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.err_lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "no stderr line containing {needle:?} within {timeout:?}; stderr: {:?}",
+                    self.stderr.lock().unwrap()
+                ),
+            }
         }
     }
 
@@ -262,7 +294,10 @@ impl VmProcess {
                 self.tail(20)
             );
         };
-        let err = self.stderr.take().map(join_text).unwrap_or_default();
+        if let Some(t) = self.stderr_done.take() {
+            let _ = t.join();
+        }
+        let err = self.stderr.lock().unwrap().join("\n");
         (status, err)
     }
 }
@@ -273,6 +308,90 @@ impl Drop for VmProcess {
             kill(&mut self.child);
         }
     }
+}
+
+/// Starts the dirtier guest (128 MiB) with `extra` options and waits until every vCPU has
+/// made progress.
+pub fn start_dirtier(dir: &Path, name: &str, vcpus: u8, extra: &[&str]) -> VmProcess {
+    let g = guest("dirtier");
+    let v = vcpus.to_string();
+    let mut args = vec![
+        "--name",
+        name,
+        "--kernel",
+        g.to_str().unwrap(),
+        "--memory",
+        "128M",
+        "--vcpus",
+        &v,
+    ];
+    args.extend_from_slice(extra);
+    let mut vm = VmProcess::start(dir, &args);
+    let needles: Vec<String> = (0..vcpus)
+        .map(|cpu| format!("cpu{cpu} pass 16 ok"))
+        .collect();
+    vm.wait_for_each(
+        &needles.iter().map(String::as_str).collect::<Vec<_>>(),
+        Duration::from_secs(120),
+    );
+    vm
+}
+
+/// The source VM is running, answering, and its guest still passes its memory self-check.
+pub fn assert_source_intact(dir: &Path, vm: &mut VmProcess, name: &str) {
+    let t = Duration::from_secs(120);
+    let (st, out, err) = vmm_cli(dir, &["info", name, "--json"], t);
+    assert!(st.success(), "{err}");
+    assert!(out.contains("\"running\""), "{out}");
+    vm.drain();
+    vm.wait_for("pass", t);
+    vm.wait_for("pass", t);
+    let console = vm.console.lock().unwrap().clone();
+    assert!(
+        !console.iter().any(|l| l.contains("CORRUPT")),
+        "memory corrupted: {:?}",
+        &console[console.len().saturating_sub(10)..]
+    );
+}
+
+/// Makes a certificate set for --tls-dir in `dir` naming `names` (resources/tls/make-certs.sh).
+pub fn make_certs(dir: &Path, names: &[&str]) {
+    let script = workspace_root().join("resources/tls/make-certs.sh");
+    let out = Command::new(&script)
+        .arg(dir)
+        .args(names)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {}: {e} (is openssl installed?)",
+                script.display()
+            )
+        });
+    assert!(
+        out.status.success(),
+        "make-certs.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Writes a migration key file (mode 0600) in `dir` and returns its path.
+pub fn key_file(dir: &Path, name: &str, key: &str) -> PathBuf {
+    use std::os::unix::fs::OpenOptionsExt;
+    let p = dir.join(name);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&p)
+        .unwrap();
+    std::io::Write::write_all(&mut f, format!("{key}\n").as_bytes()).unwrap();
+    p
+}
+
+/// The key most tests migrate with, in `dir`.
+pub fn test_key(dir: &Path) -> PathBuf {
+    key_file(dir, "migration.key", "vmm-test-migration-key-0123456789")
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.

@@ -1,10 +1,12 @@
 //! Live migration of tiny guests between two VMM processes on this machine's /dev/kvm, each
-//! with its own runtime directory standing for a host: a dirtier guest that checks every page
+//! with its own runtime directory standing for a host, over the key-secured channel: a dirtier guest that checks every page
 //! against what it last wrote must keep going on the destination with no corruption.
 
 use std::time::Duration;
 
-use vmm_tests::{free_port, guest, migrate_retrying, require_kvm, vmm_cli, RuntimeDir, VmProcess};
+use vmm_tests::{
+    free_port, migrate_retrying, require_kvm, test_key, vmm_cli, RuntimeDir, VmProcess,
+};
 
 const T: Duration = Duration::from_secs(120);
 
@@ -15,28 +17,8 @@ fn pass_of(line: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Starts a dirtier guest and waits until every vCPU has made progress.
 fn start_dirtier(dir: &RuntimeDir, name: &str, vcpus: u8) -> VmProcess {
-    let g = guest("dirtier");
-    let v = vcpus.to_string();
-    let mut vm = VmProcess::start(
-        &dir.0,
-        &[
-            "--name",
-            name,
-            "--kernel",
-            g.to_str().unwrap(),
-            "--memory",
-            "128M",
-            "--vcpus",
-            &v,
-        ],
-    );
-    let needles: Vec<String> = (0..vcpus)
-        .map(|cpu| format!("cpu{cpu} pass 16 ok"))
-        .collect();
-    vm.wait_for_each(&needles.iter().map(String::as_str).collect::<Vec<_>>(), T);
-    vm
+    vmm_tests::start_dirtier(&dir.0, name, vcpus, &[])
 }
 
 fn migrate(
@@ -45,7 +27,15 @@ fn migrate(
     to: &str,
     extra: &[&str],
 ) -> (std::process::ExitStatus, String, String) {
-    let mut args = vec!["migrate", name, "--to", to];
+    let key = test_key(&dir.0);
+    let mut args = vec![
+        "migrate",
+        name,
+        "--to",
+        to,
+        "--auth-key-file",
+        key.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     migrate_retrying(&dir.0, &args, T)
 }
@@ -62,7 +52,18 @@ fn move_vm(
 ) -> VmProcess {
     let port = free_port();
     let to = format!("tcp:127.0.0.1:{port}");
-    let mut dst = VmProcess::start(&dst_dir.0, &["--name", name, "--incoming", &to]);
+    let key = test_key(&dst_dir.0);
+    let mut dst = VmProcess::start(
+        &dst_dir.0,
+        &[
+            "--name",
+            name,
+            "--incoming",
+            &to,
+            "--auth-key-file",
+            key.to_str().unwrap(),
+        ],
+    );
     let (st, out, err) = migrate(src_dir, name, &to, extra);
     assert!(st.success(), "vmm migrate failed: {out}\n{err}");
     if extra.contains(&"--json") {

@@ -1,10 +1,10 @@
 //! Migration between two "hosts": network namespaces joined by a veth pair, the destination
-//! addressed by its IP, with mutual authentication (a non-loopback listener requires it).
+//! addressed by its IP, over mutual TLS (the destination's certificate names that IP).
 
 use std::process::Command;
 use std::time::Duration;
 
-use vmm_tests::{guest, migrate_retrying, require_kvm, RuntimeDir, VmProcess};
+use vmm_tests::{guest, make_certs, migrate_retrying, require_kvm, RuntimeDir, VmProcess};
 
 const T: Duration = Duration::from_secs(120);
 
@@ -77,8 +77,8 @@ fn live_migration_between_two_network_namespaces() {
         Err(e) => panic!("cannot create the test hosts' network namespaces: {e}"),
     };
     let (a, b) = (RuntimeDir::new("host1"), RuntimeDir::new("host2"));
-    let key = a.0.join("key");
-    std::fs::write(&key, "a shared secret for both hosts").unwrap();
+    let certs = a.0.join("tls");
+    make_certs(&certs, &["10.77.0.2"]);
     let g = guest("dirtier");
     let in_h1 = ["ip", "netns", "exec", hosts.h1.as_str()];
     let in_h2 = ["ip", "netns", "exec", hosts.h2.as_str()];
@@ -105,8 +105,8 @@ fn live_migration_between_two_network_namespaces() {
             "n1",
             "--incoming",
             "tcp:10.77.0.2:4444",
-            "--auth-key-file",
-            key.to_str().unwrap(),
+            "--tls-dir",
+            certs.to_str().unwrap(),
         ],
     );
     let (st, out, err) = migrate_retrying(
@@ -116,8 +116,8 @@ fn live_migration_between_two_network_namespaces() {
             "n1",
             "--to",
             "tcp:10.77.0.2:4444",
-            "--auth-key-file",
-            key.to_str().unwrap(),
+            "--tls-dir",
+            certs.to_str().unwrap(),
         ],
         T,
     );

@@ -87,9 +87,22 @@ struct MigrateArgs {
     /// When the guest does not converge in time: cancel (it keeps running here) or force a stop-and-copy.
     #[arg(long, value_name = "cancel|force", default_value = "force")]
     on_timeout: String,
-    /// Pre-shared key (at least 16 bytes) for mutual authentication; the destination needs the same.
-    #[arg(long, value_name = "FILE")]
+    /// Pre-shared key file (at least 16 bytes, at most 4 KiB): the destination needs the same.
+    /// The whole stream is then encrypted and authenticated (Noise NNpsk0, AES-GCM).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["tls_dir", "insecure"])]
     auth_key_file: Option<PathBuf>,
+    /// Mutual TLS 1.3 with the certificates in DIR: ca-cert.pem, client-cert.pem,
+    /// client-key.pem (Cloud Hypervisor's names). The destination's certificate must name the
+    /// host in --to (or --tls-hostname).
+    #[arg(long, value_name = "DIR", conflicts_with = "insecure")]
+    tls_dir: Option<PathBuf>,
+    /// The name the destination's certificate must carry, if not the host in --to.
+    #[arg(long, value_name = "NAME", requires = "tls_dir")]
+    tls_hostname: Option<String>,
+    /// Send over TCP without encryption or authentication (the destination must say
+    /// --insecure too): anyone on the path can read and alter the guest's memory.
+    #[arg(long)]
+    insecure: bool,
     /// Print the final summary as JSON.
     #[arg(long)]
     json: bool,
@@ -104,12 +117,27 @@ struct RunArgs {
     #[arg(long, value_name = "PATH", required_unless_present = "incoming")]
     kernel: Option<PathBuf>,
     /// Start empty and wait for this VM to arrive by migration on tcp:ADDR:PORT or unix:PATH.
+    /// The VM may have only the disks and NICs given here with --disk and --net (its
+    /// config must match them); a Unix socket accepts only this user or root.
     #[arg(long, value_name = "ENDPOINT", conflicts_with_all = ["kernel", "initrd"])]
     incoming: Option<String>,
-    /// With --incoming: accept only a source holding this pre-shared key (at least 16 bytes).
-    #[arg(long, value_name = "FILE", requires = "incoming")]
+    /// With --incoming: accept only a source holding this pre-shared key file (at least 16
+    /// bytes, at most 4 KiB); the whole stream is encrypted and authenticated.
+    #[arg(long, value_name = "FILE", requires = "incoming", conflicts_with_all = ["tls_dir", "insecure"])]
     auth_key_file: Option<PathBuf>,
-    /// With --incoming on a non-loopback address: accept an unauthenticated source anyway.
+    /// With --incoming: mutual TLS 1.3 with the certificates in DIR: ca-cert.pem,
+    /// server-cert.pem, server-key.pem (Cloud Hypervisor's names); only a source whose client
+    /// certificate chains to ca-cert.pem is accepted.
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires = "incoming",
+        conflicts_with = "insecure"
+    )]
+    tls_dir: Option<PathBuf>,
+    /// With --incoming on TCP: accept a source without encryption or authentication (the
+    /// source must say --insecure too). Anyone who can reach the port can then hand this
+    /// host a VM, and anyone on the path can read and alter its memory.
     #[arg(long, requires = "incoming")]
     insecure: bool,
     /// Initial ramdisk (e.g. a gzip'd cpio archive).
@@ -125,11 +153,13 @@ struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 1)]
     vcpus: u64,
     /// A virtio-blk disk: a raw image file or block device (a shared LUN), repeatable.
-    /// The VMM holds an exclusive lock on each writable disk while it runs.
+    /// The VMM holds an exclusive lock on each writable disk while it runs. With --incoming:
+    /// a disk the incoming VM may use (its config must name the same path, size and flags).
     #[arg(long, value_name = "PATH[,readonly=on][,direct=on][,serial=ID]")]
     disk: Vec<String>,
     /// A virtio-net NIC on a tap device (created if it does not exist), repeatable. Without
-    /// mac=, a stable MAC is derived from the VM name.
+    /// mac=, a stable MAC is derived from the VM name. With --incoming: a tap the incoming
+    /// VM's NIC of the same position may use (the MACs must match).
     #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
     net: Vec<String>,
     /// On a PVM host, start a stock Linux kernel even though it will be emulated (very slow).
@@ -167,14 +197,18 @@ fn migrate(dir: &std::path::Path, args: MigrateArgs) -> anyhow::Result<u8> {
         timeout_secs: Some(args.timeout),
         on_timeout: Some(args.on_timeout.clone()),
         max_rounds: Some(args.max_rounds),
-        auth_key_file: args.auth_key_file.as_ref().map(|p| {
-            // The VM process reads the key: give it a path that does not depend on our cwd.
-            std::fs::canonicalize(p)
-                .unwrap_or_else(|_| p.clone())
-                .display()
-                .to_string()
-        }),
+        // The VM process reads these files: give it paths that do not depend on our cwd.
+        auth_key_file: args.auth_key_file.as_deref().map(absolute),
+        tls_dir: args.tls_dir.as_deref().map(absolute),
+        tls_hostname: args.tls_hostname.clone(),
+        insecure: args.insecure,
     };
+    let endpoint = Endpoint::parse(&args.to).map_err(anyhow::Error::msg)?;
+    if args.insecure {
+        if let Some(w) = vmm::migrate::security::insecure_warning(&endpoint) {
+            eprintln!("vmm: {w}");
+        }
+    }
     config::validate_name(&args.name)?;
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let socket = paths::socket_path(dir, &args.name);
@@ -229,24 +263,56 @@ fn migrate(dir: &std::path::Path, args: MigrateArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+fn absolute(p: &std::path::Path) -> String {
+    std::fs::canonicalize(p)
+        .unwrap_or_else(|_| p.to_path_buf())
+        .display()
+        .to_string()
+}
+
+fn disks_and_nets(
+    args: &RunArgs,
+) -> anyhow::Result<(Vec<config::DiskConfig>, Vec<config::NetConfig>)> {
+    let disks = args
+        .disk
+        .iter()
+        .map(|d| config::DiskConfig::parse(d))
+        .collect::<Result<_, _>>()?;
+    let nets = args
+        .net
+        .iter()
+        .enumerate()
+        .map(|(i, n)| config::NetConfig::parse(n, &args.name, i))
+        .collect::<Result<_, _>>()?;
+    Ok((disks, nets))
+}
+
 fn run_vm(args: RunArgs, runtime_dir: PathBuf) -> anyhow::Result<u8> {
     config::validate_name(&args.name)?;
+    let (disks, nets) = disks_and_nets(&args)?;
     if let Some(listen) = &args.incoming {
         let listen = Endpoint::parse(listen).map_err(anyhow::Error::msg)?;
-        let key = match &args.auth_key_file {
-            Some(p) => Some(migration::auth::Key::from_file(p)?),
-            None => None,
-        };
-        if key.is_none() && !listen.is_local_only() && !args.insecure {
-            anyhow::bail!(
-                "refusing to accept guest memory on {listen} from anyone who connects: pass --auth-key-file FILE (the same key on both hosts), or --insecure on a trusted network"
-            );
+        let security = vmm::migrate::security::for_destination(
+            &vmm::migrate::security::SecurityOptions {
+                auth_key_file: args.auth_key_file.clone(),
+                tls_dir: args.tls_dir.clone(),
+                tls_hostname: None,
+                insecure: args.insecure,
+            },
+            &listen,
+        )
+        .map_err(|e| anyhow::anyhow!(vmm::error_chain(&e)))?;
+        if args.insecure {
+            if let Some(w) = vmm::migrate::security::insecure_warning(&listen) {
+                eprintln!("vmm: {w}");
+            }
         }
         let end = run::run_incoming(run::IncomingOptions {
             name: args.name.clone(),
             runtime_dir,
             listen,
-            key,
+            security,
+            grants: vmm::migrate::target::Grants { disks, nets },
         })?;
         eprintln!("vmm: {}", end.describe(&args.name));
         return Ok(end.exit_code());
@@ -261,17 +327,8 @@ fn run_vm(args: RunArgs, runtime_dir: PathBuf) -> anyhow::Result<u8> {
         cmdline: args.cmdline,
         memory_bytes,
         vcpus,
-        disks: args
-            .disk
-            .iter()
-            .map(|d| config::DiskConfig::parse(d))
-            .collect::<Result<_, _>>()?,
-        nets: args
-            .net
-            .iter()
-            .enumerate()
-            .map(|(i, n)| config::NetConfig::parse(n, &args.name, i))
-            .collect::<Result<_, _>>()?,
+        disks,
+        nets,
     };
     let end = run::run(RunOptions {
         config,

@@ -136,6 +136,8 @@ pub enum ConfigError {
     MemoryTooSmall(u64),
     #[error("memory size must be a multiple of 4 KiB")]
     MemoryUnaligned,
+    #[error("memory size {0} is too large: at most {max} GiB", max = MAX_MEMORY >> 30)]
+    MemoryTooLarge(u64),
     #[error("invalid VM name '{0}': use 1 to 64 letters, digits, '.', '_' or '-', not starting with '.' or '-'")]
     BadName(String),
     #[error("invalid device '{arg}': {why}")]
@@ -177,11 +179,17 @@ pub fn validate_name(name: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// Largest guest memory accepted.
+pub const MAX_MEMORY: u64 = 1 << 40;
+
 pub fn validate_memory(bytes: u64) -> Result<(), ConfigError> {
     if bytes < 16 << 20 {
         return Err(ConfigError::MemoryTooSmall(bytes));
     }
-    if bytes % 4096 != 0 {
+    if bytes > MAX_MEMORY {
+        return Err(ConfigError::MemoryTooLarge(bytes));
+    }
+    if !bytes.is_multiple_of(4096) {
         return Err(ConfigError::MemoryUnaligned);
     }
     Ok(())
@@ -275,6 +283,7 @@ mod tests {
     fn limits() {
         assert!(validate_memory(8 << 20).is_err());
         assert!(validate_memory((64 << 20) + 1).is_err());
+        assert!(validate_memory(MAX_MEMORY + 4096).is_err());
         validate_memory(64 << 20).unwrap();
         assert!(validate_vcpus(0).is_err());
         assert!(validate_vcpus(33).is_err());

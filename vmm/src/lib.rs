@@ -12,6 +12,7 @@ pub mod memory;
 pub mod migrate;
 pub mod paths;
 pub mod run;
+pub mod unix_socket;
 pub mod vcpu;
 pub mod vcpu_state;
 pub mod vm;

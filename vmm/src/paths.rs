@@ -13,6 +13,8 @@ pub enum PathsError {
     CreateDir(PathBuf, #[source] std::io::Error),
     #[error("cannot open {0}")]
     Open(PathBuf, #[source] std::io::Error),
+    #[error("the runtime directory {dir} {why}: refusing to put control sockets and locks there (use --runtime-dir DIR, or fix its owner and mode)")]
+    UnsafeDir { dir: PathBuf, why: String },
     #[error("a VM named '{name}' is already running in {dir} (pid {pid}); choose another --name or stop it with `vmm stop {name}`")]
     NameTaken {
         name: String,
@@ -46,20 +48,50 @@ pub struct NameLock {
     path: PathBuf,
 }
 
+/// Creates the runtime directory (mode 0700) if needed, and refuses one that another user could
+/// tamper with: not a directory, owned by another user (root excepted), or writable by others.
+pub fn ensure_runtime_dir(dir: &Path) -> Result<(), PathsError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| PathsError::CreateDir(dir.to_path_buf(), e))?;
+    let unsafe_dir = |why: String| PathsError::UnsafeDir {
+        dir: dir.to_path_buf(),
+        why,
+    };
+    let meta =
+        std::fs::symlink_metadata(dir).map_err(|e| PathsError::CreateDir(dir.to_path_buf(), e))?;
+    if !meta.is_dir() {
+        return Err(unsafe_dir("is not a directory (a symbolic link?)".into()));
+    }
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(unsafe_dir(format!("belongs to uid {}", meta.uid())));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(unsafe_dir(format!(
+            "is writable by other users (mode {:o})",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
 impl NameLock {
     pub fn acquire(dir: &Path, name: &str) -> Result<Self, PathsError> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| PathsError::CreateDir(dir.to_path_buf(), e))?;
+        ensure_runtime_dir(dir)?;
         let path = lock_path(dir, name);
+        // O_NOFOLLOW: a symbolic link planted at the lock's name is refused, not written through.
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
             .map_err(|e| PathsError::Open(path.clone(), e))?;
         // SAFETY: flock on a file descriptor we own; no memory is involved.
@@ -121,6 +153,40 @@ mod tests {
         NameLock::acquire(&dir, "web2").unwrap();
         drop(first);
         let _again = NameLock::acquire(&dir, "web1").unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_unsafe_runtime_dir_or_a_planted_link_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("vmm-paths-unsafe-{}", std::process::id()));
+        ensure_runtime_dir(&dir).unwrap();
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(matches!(
+            NameLock::acquire(&dir, "x"),
+            Err(PathsError::UnsafeDir { .. })
+        ));
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        std::os::unix::fs::symlink(&victim, lock_path(&dir, "y")).unwrap();
+        assert!(matches!(
+            NameLock::acquire(&dir, "y"),
+            Err(PathsError::Open(..))
+        ));
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        let link = dir.with_extension("link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        assert!(matches!(
+            ensure_runtime_dir(&link),
+            Err(PathsError::UnsafeDir { .. })
+        ));
+        std::fs::remove_file(&link).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -2,7 +2,6 @@
 //! socket, runs the vCPUs and owns the VM until it ends (guest reboot or power-off, a failure,
 //! a stop request, a signal, or a completed migration away).
 
-use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
@@ -33,7 +32,9 @@ pub struct IncomingOptions {
     pub name: String,
     pub runtime_dir: PathBuf,
     pub listen: Endpoint,
-    pub key: Option<migration::auth::Key>,
+    pub security: migration::channel::DestinationSecurity,
+    /// The disks and NICs this destination's operator lets the incoming VM have.
+    pub grants: crate::migrate::target::Grants,
 }
 
 /// How the VM ended.
@@ -115,6 +116,7 @@ pub fn run_incoming(opts: IncomingOptions) -> anyhow::Result<RunEnd> {
     let (tx, rx) = mpsc::channel();
     let mut builder = crate::migrate::target::IncomingBuilder {
         name: opts.name.clone(),
+        grants: opts.grants,
         events: tx.clone(),
         result: None,
     };
@@ -123,12 +125,14 @@ pub fn run_incoming(opts: IncomingOptions) -> anyhow::Result<RunEnd> {
         .build()?;
     let started = Instant::now();
     let outcome = runtime.block_on(async {
-        let mut stream = crate::migrate::transport::accept_one(&opts.listen, |addr| {
-            eprintln!("vmm: waiting for VM '{}' on {addr}", opts.name);
-        })
-        .await
-        .with_context(|| format!("cannot listen on {}", opts.listen))?;
-        migration::receiver::receive(&mut stream, &mut builder, opts.key.as_ref())
+        let (mut stream, peer) =
+            crate::migrate::transport::accept_secured(&opts.listen, &opts.security, |addr| {
+                eprintln!("vmm: waiting for VM '{}' on {addr}", opts.name);
+            })
+            .await
+            .with_context(|| format!("cannot listen on {}", opts.listen))?;
+        eprintln!("vmm: migration source {peer} connected");
+        migration::receiver::receive(&mut stream, &mut builder)
             .await
             .map_err(anyhow::Error::from)
     });
@@ -167,9 +171,8 @@ fn own(
 ) -> anyhow::Result<RunEnd> {
     let name = machine.config.name.clone();
     let socket = socket_path(runtime_dir, &name);
-    // We hold the name lock, so a socket file left here belongs to a VM that died.
-    let _ = std::fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket)
+    // We hold the name lock, so a socket file left here belongs to a VM that died: replaced.
+    let listener = crate::unix_socket::bind_private(&socket)
         .with_context(|| format!("cannot create control socket {}", socket.display()))?;
     let _socket_cleanup = RemoveOnDrop(socket.clone());
     let server = ControlServer::start(listener, tx.clone())

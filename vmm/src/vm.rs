@@ -78,7 +78,7 @@ pub enum BuildError {
 }
 
 /// IOAPIC pins 5..23 are free for virtio devices.
-const MAX_VIRTIO_DEVICES: usize =
+pub const MAX_VIRTIO_DEVICES: usize =
     (arch::layout::IOAPIC_PINS - arch::layout::FIRST_DEVICE_IRQ) as usize;
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {

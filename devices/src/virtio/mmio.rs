@@ -344,7 +344,7 @@ impl MmioTransport {
                 let Some(q) = self.selected_queue() else {
                     return;
                 };
-                let (low, high) = if offset % 8 == 0 {
+                let (low, high) = if offset.is_multiple_of(8) {
                     (Some(value), None)
                 } else {
                     (None, Some(value))
@@ -436,7 +436,7 @@ impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= CONFIG_SPACE {
             self.device.read_config(offset - CONFIG_SPACE, data);
-        } else if data.len() == 4 && offset % 4 == 0 {
+        } else if data.len() == 4 && offset.is_multiple_of(4) {
             data.copy_from_slice(&self.read_reg(offset).to_le_bytes());
         } else {
             // Registers are 32-bit; other widths are a driver bug (spec 4.2.2.2).
@@ -447,7 +447,7 @@ impl BusDevice for MmioTransport {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= CONFIG_SPACE {
             self.device.write_config(offset - CONFIG_SPACE, data);
-        } else if data.len() == 4 && offset % 4 == 0 {
+        } else if data.len() == 4 && offset.is_multiple_of(4) {
             self.write_reg(offset, u32::from_le_bytes(data.try_into().unwrap()));
         }
     }

@@ -85,6 +85,46 @@ fn loopback_mb_s() -> f64 {
     (total as f64 / 1e6) / t.elapsed().as_secs_f64()
 }
 
+/// How a benchmark migration is secured.
+#[derive(Clone, Copy, Debug)]
+enum Security {
+    Insecure,
+    KeyFile,
+    Tls,
+}
+
+impl Security {
+    fn name(self) -> &'static str {
+        match self {
+            Security::Insecure => "insecure",
+            Security::KeyFile => "key-file",
+            Security::Tls => "tls",
+        }
+    }
+
+    /// The options both ends take, with whatever files they need made in `dir`.
+    fn args(self, dir: &std::path::Path) -> Vec<String> {
+        match self {
+            Security::Insecure => vec!["--insecure".into()],
+            Security::KeyFile => vec![
+                "--auth-key-file".into(),
+                vmm_tests::test_key(dir).display().to_string(),
+            ],
+            Security::Tls => {
+                let certs = dir.join("tls");
+                vmm_tests::make_certs(&certs, &["127.0.0.1"]);
+                vec!["--tls-dir".into(), certs.display().to_string()]
+            }
+        }
+    }
+}
+
+/// Median, min and max of some runs.
+fn spread(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
 /// Migrates a tiny guest between two VMM processes over loopback and returns the summary.
 fn migrate_tiny(
     label: &str,
@@ -92,11 +132,14 @@ fn migrate_tiny(
     memory: &str,
     vcpus: &str,
     ready: &str,
+    security: Security,
 ) -> Option<serde_json::Value> {
     let (a, b) = (
         vmm_tests::RuntimeDir::new("bench-src"),
         vmm_tests::RuntimeDir::new("bench-dst"),
     );
+    let sec = security.args(&a.0);
+    let sec: Vec<&str> = sec.iter().map(String::as_str).collect();
     let g = vmm_tests::guest(guest);
     let mut src = vmm_tests::VmProcess::start(
         &a.0,
@@ -113,12 +156,12 @@ fn migrate_tiny(
     );
     src.wait_for(ready, Duration::from_secs(300));
     let to = format!("tcp:127.0.0.1:{}", vmm_tests::free_port());
-    let _dst = vmm_tests::VmProcess::start(&b.0, &["--name", label, "--incoming", &to]);
-    let (st, out, err) = vmm_tests::migrate_retrying(
-        &a.0,
-        &["migrate", label, "--to", &to, "--json"],
-        Duration::from_secs(600),
-    );
+    let mut dst_args = vec!["--name", label, "--incoming", &to];
+    dst_args.extend_from_slice(&sec);
+    let _dst = vmm_tests::VmProcess::start(&b.0, &dst_args);
+    let mut args = vec!["migrate", label, "--to", &to, "--json"];
+    args.extend_from_slice(&sec);
+    let (st, out, err) = vmm_tests::migrate_retrying(&a.0, &args, Duration::from_secs(600));
     if !st.success() {
         eprintln!("bench: migration {label} failed: {err}");
         return None;
@@ -244,13 +287,47 @@ fn main() {
     if wanted("rig-migrate") {
         rig_migration_vs_qemu(&mut results);
     }
-    let loopback = loopback_mb_s();
-    results.push(Result {
-        scenario: "migration".into(),
-        name: "loopback_tcp_mb_s".into(),
-        value: loopback,
-        unit: "MB/s".into(),
-    });
+    let (loopback, lo_min, lo_max) = spread((0..3).map(|_| loopback_mb_s()).collect());
+    for (name, value) in [
+        ("loopback_tcp_mb_s", loopback),
+        ("loopback_tcp_mb_s_min", lo_min),
+        ("loopback_tcp_mb_s_max", lo_max),
+    ] {
+        results.push(Result {
+            scenario: "migration".into(),
+            name: name.into(),
+            value,
+            unit: "MB/s".into(),
+        });
+    }
+    // The price of the secured channel: one connection, 1 GiB of non-zero memory, three runs
+    // per mode, as ratios of loopback TCP measured in the same run.
+    for security in [Security::Insecure, Security::KeyFile, Security::Tls] {
+        if !wanted("migrate-security") {
+            break;
+        }
+        let runs: Vec<f64> = (0..3)
+            .filter_map(|_| migrate_tiny("sec-1g", "filler", "1G", "1", "filled", security))
+            .map(|s| s["throughput_bytes_per_sec"].as_f64().unwrap_or(0.0) / 1e6)
+            .collect();
+        if runs.is_empty() {
+            continue;
+        }
+        let (median, min, max) = spread(runs);
+        for (name, value, unit) in [
+            ("throughput_mb_s", median, "MB/s"),
+            ("throughput_mb_s_min", min, "MB/s"),
+            ("throughput_mb_s_max", max, "MB/s"),
+            ("throughput_vs_loopback", median / loopback, "ratio"),
+        ] {
+            results.push(Result {
+                scenario: format!("migrate-security:{}", security.name()),
+                name: name.into(),
+                value,
+                unit: unit.into(),
+            });
+        }
+    }
     // Tiny guests on this machine's /dev/kvm (PVM included): idle 1 GiB, 1 GiB of non-zero
     // memory, and a 2-vCPU guest rewriting 16 MiB continuously.
     for (label, guest, memory, vcpus, ready) in [
@@ -261,7 +338,7 @@ fn main() {
         if !wanted("migrate") {
             break;
         }
-        let Some(s) = migrate_tiny(label, guest, memory, vcpus, ready) else {
+        let Some(s) = migrate_tiny(label, guest, memory, vcpus, ready, Security::KeyFile) else {
             continue;
         };
         let f = |k: &str| s[k].as_f64().unwrap_or(0.0);
@@ -299,7 +376,8 @@ fn main() {
         .map(|r| serde_json::json!({"scenario": r.scenario, "name": r.name, "value": r.value, "unit": r.unit}))
         .collect();
     let environment = serde_json::json!({
-        "migrate": "tiny guests on this host's /dev/kvm, two VMM processes over TCP loopback",
+        "migrate": "tiny guests on this host's /dev/kvm, two VMM processes over TCP loopback, key-file channel",
+        "migrate-security": "1 GiB non-zero tiny guest, one connection, insecure / key file / TLS; median of 3 runs with min and max",
         "bench-io": place,
     });
     println!(
@@ -311,10 +389,10 @@ fn main() {
     );
     println!();
     println!("migrate:* = tiny guests on this host's /dev/kvm over loopback; bench-io = {place}");
-    println!("{:<24} {:<26} {:>10}  unit", "scenario", "metric", "value");
+    println!("{:<28} {:<26} {:>10}  unit", "scenario", "metric", "value");
     for r in &results {
         println!(
-            "{:<24} {:<26} {:>10.3}  {}",
+            "{:<28} {:<26} {:>10.3}  {}",
             r.scenario, r.name, r.value, r.unit
         );
     }

@@ -33,6 +33,15 @@ pub struct MigrateRequest {
     pub max_rounds: Option<u32>,
     #[serde(default)]
     pub auth_key_file: Option<String>,
+    /// Directory of ca-cert.pem, client-cert.pem, client-key.pem (mutual TLS).
+    #[serde(default)]
+    pub tls_dir: Option<String>,
+    /// The name the destination's certificate must carry, when not the host in `to`.
+    #[serde(default)]
+    pub tls_hostname: Option<String>,
+    /// Send over TCP without encryption or authentication.
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,4 +1,5 @@
-//! The control socket server: a tokio runtime on its own thread accepts connections, parses
+//! The control socket server: a tokio runtime on its own thread accepts connections (from this
+//! user or root only: the peer's credentials are checked on each), parses
 //! requests and hands them to the VM's owner thread, which answers through a oneshot channel.
 //! The same runtime turns SIGINT/SIGTERM/SIGHUP into events, so the owner stops the VM cleanly.
 
@@ -119,6 +120,25 @@ async fn accept_loop(listener: UnixListener, events: Sender<VmEvent>, pending: A
 }
 
 async fn serve_connection(stream: UnixStream, events: Sender<VmEvent>, pending: Arc<AtomicUsize>) {
+    if let Err(e) = crate::unix_socket::check_peer(&stream) {
+        log::warn!("control socket: connection refused: {e}");
+        // Take the request line (bounded in size and time) before answering, so the client
+        // reads the refusal rather than a reset.
+        let (reader, mut writer) = stream.into_split();
+        let mut line = String::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            BufReader::new(reader)
+                .take(MAX_REQUEST_LEN as u64)
+                .read_line(&mut line),
+        )
+        .await;
+        let mut out = serde_json::to_vec(&Response::error(format!("permission denied: {e}")))
+            .expect("responses serialise");
+        out.push(b'\n');
+        let _ = writer.write_all(&out).await;
+        return;
+    }
     let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::new(reader);
     let mut line = String::new();

@@ -1,5 +1,9 @@
-//! The destination side: checks the source's configuration against this host (CPUID, disks,
-//! memory), builds the empty VM with paused vCPUs, and restores and resumes it on commit.
+//! The destination side: checks the source's configuration (a claim, not an instruction)
+//! against this host's limits and against what its operator granted, builds the empty VM with
+//! paused vCPUs from the grants, and restores and resumes it on commit.
+//!
+//! No string from the peer is opened: the disks and taps come from `vmm run --incoming`'s own
+//! `--disk` and `--net`; the source's config must match them (paths, sizes, flags, MACs).
 
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
@@ -9,6 +13,7 @@ use migration::vm::{RamRegion, TargetBuilder, TargetVm, VmResult};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::state::{MigrationConfig, MigrationState};
+use crate::config::{self, DiskConfig, NetConfig, VmConfig};
 use crate::event_loop::EventLoop;
 use crate::events::VmEvent;
 use crate::machine::Machine;
@@ -20,21 +25,165 @@ pub struct Incoming {
     pub event_loop: EventLoop,
 }
 
+/// The devices this destination's operator lets an incoming VM have.
+#[derive(Clone, Debug, Default)]
+pub struct Grants {
+    pub disks: Vec<DiskConfig>,
+    pub nets: Vec<NetConfig>,
+}
+
 pub struct IncomingBuilder {
     /// The name this destination was started with (the source's must match).
     pub name: String,
+    pub grants: Grants,
     pub events: Sender<VmEvent>,
     pub result: Option<Incoming>,
 }
 
+/// Longest path or command-line string taken from a peer (shown by `vmm info`, never opened).
+const MAX_PEER_STRING: usize = 4096;
+
+fn check_peer_string(what: &str, s: &str) -> VmResult<()> {
+    if s.len() > MAX_PEER_STRING || s.chars().any(char::is_control) {
+        return Err(format!(
+            "malformed config: the {what} is longer than {MAX_PEER_STRING} bytes or holds control characters"
+        ));
+    }
+    Ok(())
+}
+
+/// The checks that need nothing but the config: the limits `vmm run` applies.
+fn check_limits(vm: &VmConfig, cfg: &MigrationConfig) -> VmResult<()> {
+    let malformed = |e: config::ConfigError| format!("malformed config: {e}");
+    config::validate_name(&vm.name).map_err(malformed)?;
+    config::validate_vcpus(u64::from(vm.vcpus)).map_err(malformed)?;
+    config::validate_memory(vm.memory_bytes).map_err(malformed)?;
+    let devices = vm.disks.len() + vm.nets.len();
+    if devices > crate::vm::MAX_VIRTIO_DEVICES {
+        return Err(format!(
+            "malformed config: {devices} devices (at most {})",
+            crate::vm::MAX_VIRTIO_DEVICES
+        ));
+    }
+    if cfg.disk_sizes.len() != vm.disks.len() {
+        return Err("malformed config: disk sizes do not match the disks".into());
+    }
+    if cfg.cpuid.is_empty() || cfg.cpuid.len() > kvm_bindings::KVM_MAX_CPUID_ENTRIES {
+        return Err(format!(
+            "malformed config: {} CPUID entries (1 to {})",
+            cfg.cpuid.len(),
+            kvm_bindings::KVM_MAX_CPUID_ENTRIES
+        ));
+    }
+    check_peer_string("kernel path", &vm.kernel.to_string_lossy())?;
+    if let Some(initrd) = &vm.initrd {
+        check_peer_string("initrd path", &initrd.to_string_lossy())?;
+    }
+    check_peer_string("kernel command line", &vm.cmdline)?;
+    for d in &vm.disks {
+        check_peer_string("disk path", &d.path.to_string_lossy())?;
+    }
+    Ok(())
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+fn mac(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl Grants {
+    /// Matches the source's devices with these grants; the error names the first difference.
+    fn check(&self, vm: &VmConfig, disk_sizes: &[u64]) -> VmResult<()> {
+        if vm.disks.len() != self.disks.len() {
+            return Err(format!(
+                "the VM has {} disk(s), this destination grants {} (give each with --disk PATH on `vmm run --incoming`)",
+                vm.disks.len(),
+                self.disks.len()
+            ));
+        }
+        for (i, ((theirs, grant), &size)) in
+            vm.disks.iter().zip(&self.disks).zip(disk_sizes).enumerate()
+        {
+            if theirs.path != grant.path {
+                return Err(format!(
+                    "disk {i}: the VM's disk is {}, this destination grants {}; shared storage must be at the same path on both hosts",
+                    theirs.path.display(),
+                    grant.path.display()
+                ));
+            }
+            if theirs.readonly != grant.readonly {
+                return Err(format!(
+                    "disk {i} ({}): readonly={} on the source, readonly={} granted here",
+                    grant.path.display(),
+                    on_off(theirs.readonly),
+                    on_off(grant.readonly)
+                ));
+            }
+            if theirs.serial != grant.serial {
+                return Err(format!(
+                    "disk {i} ({}): the guest sees serial {:?}, this destination grants {:?}",
+                    grant.path.display(),
+                    theirs.serial.as_deref().unwrap_or("(default)"),
+                    grant.serial.as_deref().unwrap_or("(default)")
+                ));
+            }
+            let here = devices::virtio::block::disk_size(&grant.path).map_err(|e| {
+                format!(
+                    "disk {} is not usable here ({}); the disk must be on shared storage at the same path",
+                    grant.path.display(),
+                    crate::error_chain(&e)
+                )
+            })?;
+            if here != size {
+                return Err(format!(
+                    "disk {} is {here} bytes here but {size} bytes on the source: not the same shared disk",
+                    grant.path.display()
+                ));
+            }
+        }
+        if vm.nets.len() != self.nets.len() {
+            return Err(format!(
+                "the VM has {} NIC(s), this destination grants {} (give each with --net tap=NAME on `vmm run --incoming`)",
+                vm.nets.len(),
+                self.nets.len()
+            ));
+        }
+        for (i, (theirs, grant)) in vm.nets.iter().zip(&self.nets).enumerate() {
+            if theirs.mac != grant.mac {
+                return Err(format!(
+                    "NIC {i}: the guest's MAC is {}, this destination grants {} (pass --net tap={},mac={})",
+                    mac(&theirs.mac),
+                    mac(&grant.mac),
+                    grant.tap,
+                    mac(&theirs.mac)
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl IncomingBuilder {
+    /// Every check before anything is allocated or opened (beyond stat-ing the granted disks).
     fn check(&self, cfg: &MigrationConfig, kvm: &kvm_ioctls::Kvm) -> VmResult<()> {
+        check_limits(&cfg.vm, cfg)?;
         if cfg.vm.name != self.name {
             return Err(format!(
                 "the VM is named '{}' but this destination waits for '{}'",
                 cfg.vm.name, self.name
             ));
         }
+        self.grants.check(&cfg.vm, &cfg.disk_sizes)?;
         let supported = kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| format!("KVM_GET_SUPPORTED_CPUID: {e}"))?;
@@ -44,16 +193,6 @@ impl IncomingBuilder {
                 "this host's CPU lacks features the guest may use: {}",
                 missing.join(", ")
             ));
-        }
-        if cfg.disk_sizes.len() != cfg.vm.disks.len() {
-            return Err("malformed config: disk sizes do not match the disks".into());
-        }
-        for (d, &size) in cfg.vm.disks.iter().zip(&cfg.disk_sizes) {
-            let here = devices::virtio::block::disk_size(&d.path)
-                .map_err(|e| format!("disk {} is not reachable here ({e}); the disk must be on shared storage at the same path", d.path.display()))?;
-            if here != size {
-                return Err(format!("disk {} is {here} bytes here but {size} bytes on the source: not the same shared disk", d.path.display()));
-            }
         }
         if let Some(avail) = mem_available() {
             if cfg.vm.memory_bytes > avail {
@@ -65,6 +204,20 @@ impl IncomingBuilder {
             }
         }
         Ok(())
+    }
+
+    /// The VM as it will run here: the source's shape, this operator's devices.
+    fn local_config(&self, theirs: &VmConfig) -> VmConfig {
+        VmConfig {
+            name: theirs.name.clone(),
+            kernel: theirs.kernel.clone(),
+            initrd: theirs.initrd.clone(),
+            cmdline: theirs.cmdline.clone(),
+            memory_bytes: theirs.memory_bytes,
+            vcpus: theirs.vcpus,
+            disks: self.grants.disks.clone(),
+            nets: self.grants.nets.clone(),
+        }
     }
 }
 
@@ -83,8 +236,9 @@ impl TargetBuilder for IncomingBuilder {
         let cfg: MigrationConfig = migration::envelope::open(config).map_err(|e| e.to_string())?;
         let kvm = kvm_ioctls::Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
         self.check(&cfg, &kvm)?;
+        let local = self.local_config(&cfg.vm);
         let built = crate::vm::build(
-            &cfg.vm,
+            &local,
             crate::vm::BuildMode::Incoming,
             Box::new(std::io::stdout()),
             self.events.clone(),
@@ -94,7 +248,7 @@ impl TargetBuilder for IncomingBuilder {
         let event_loop = EventLoop::start(subscribers)
             .map_err(|e| format!("cannot start the device event loop: {e}"))?;
         let vcpus = VcpuSet::start(vcpu_contexts, true).map_err(|e| e.to_string())?;
-        let machine = Arc::new(Machine::new(cfg.vm, parts, vcpus));
+        let machine = Arc::new(Machine::new(local, parts, vcpus));
         self.result = Some(Incoming {
             machine: machine.clone(),
             event_loop,

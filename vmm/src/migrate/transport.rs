@@ -1,12 +1,22 @@
-//! Migration endpoints: `tcp:HOST:PORT` or `unix:PATH`, connected or listened on with tokio.
+//! Migration endpoints: `tcp:HOST:PORT` or `unix:PATH`, connected or listened on with tokio,
+//! and secured with [`migration::channel`] before anything else crosses them.
+//!
+//! Concurrency: tokio on the caller's current-thread runtime. A destination keeps accepting
+//! while handshakes run, each in its own task with a deadline, so an idle, garbled or
+//! unauthenticated connection cannot keep the real source out.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use migration::channel::{self, DestinationSecurity, SecureStream, SourceSecurity, Transport};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::task::JoinSet;
+
+/// How long an accepted connection has to complete its handshake.
+pub const PRE_AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; a connection beyond them is closed at once.
+pub const MAX_PENDING_HANDSHAKES: usize = 4;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Endpoint {
@@ -36,6 +46,17 @@ impl Endpoint {
         }
     }
 
+    /// The host part of a TCP endpoint (what a TLS certificate must name), without the
+    /// brackets of an IPv6 address.
+    pub fn host(&self) -> Option<&str> {
+        match self {
+            Endpoint::Tcp(addr) => addr
+                .rsplit_once(':')
+                .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']')),
+            Endpoint::Unix(_) => None,
+        }
+    }
+
     /// Whether only this machine can reach a listener here.
     pub fn is_local_only(&self) -> bool {
         match self {
@@ -45,6 +66,10 @@ impl Endpoint {
                 .map(|mut it| it.all(|a: SocketAddr| is_loopback(a.ip())))
                 .unwrap_or(false),
         }
+    }
+
+    pub fn is_tcp(&self) -> bool {
+        matches!(self, Endpoint::Tcp(_))
     }
 }
 
@@ -61,79 +86,137 @@ impl std::fmt::Display for Endpoint {
     }
 }
 
-/// A connected migration stream of either kind.
-pub enum Stream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-pub async fn connect(ep: &Endpoint) -> std::io::Result<Stream> {
+/// Connects to a destination, checking a Unix socket's owner (this user or root).
+pub async fn connect(ep: &Endpoint) -> std::io::Result<Box<dyn Transport>> {
     match ep {
         Endpoint::Tcp(addr) => {
             let s = TcpStream::connect(addr.as_str()).await?;
             s.set_nodelay(true)?;
-            Ok(Stream::Tcp(s))
-        }
-        Endpoint::Unix(p) => Ok(Stream::Unix(UnixStream::connect(p).await?)),
-    }
-}
-
-/// Listens and accepts exactly one connection.
-pub async fn accept_one(ep: &Endpoint, listening: impl FnOnce(&str)) -> std::io::Result<Stream> {
-    match ep {
-        Endpoint::Tcp(addr) => {
-            let l = TcpListener::bind(addr.as_str()).await?;
-            listening(&l.local_addr()?.to_string());
-            let (s, peer) = l.accept().await?;
-            log::info!("migration connection from {peer}");
-            s.set_nodelay(true)?;
-            Ok(Stream::Tcp(s))
+            Ok(Box::new(s))
         }
         Endpoint::Unix(p) => {
-            let _ = std::fs::remove_file(p);
-            let l = UnixListener::bind(p)?;
-            listening(&p.display().to_string());
-            let (s, _) = l.accept().await?;
-            let _ = std::fs::remove_file(p);
-            Ok(Stream::Unix(s))
+            let s = UnixStream::connect(p).await?;
+            crate::unix_socket::check_peer(&s)?;
+            Ok(Box::new(s))
         }
     }
 }
 
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+/// Connects and secures the connection as the source.
+pub async fn connect_secured(
+    ep: &Endpoint,
+    security: &SourceSecurity,
+) -> Result<SecureStream, migration::MigrationError> {
+    let stream = connect(ep)
+        .await
+        .map_err(|source| migration::MigrationError::Connect {
+            endpoint: ep.to_string(),
+            source,
+        })?;
+    Ok(channel::secure_source(stream, security).await?)
+}
+
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+impl Listener {
+    async fn bind(ep: &Endpoint) -> std::io::Result<(Self, String)> {
+        match ep {
+            Endpoint::Tcp(addr) => {
+                let l = TcpListener::bind(addr.as_str()).await?;
+                let shown = l.local_addr()?.to_string();
+                Ok((Listener::Tcp(l), shown))
+            }
+            Endpoint::Unix(p) => {
+                let std_listener = crate::unix_socket::bind_private(p)?;
+                std_listener.set_nonblocking(true)?;
+                let l = UnixListener::from_std(std_listener)?;
+                Ok((Listener::Unix(l, p.clone()), p.display().to_string()))
+            }
+        }
+    }
+
+    /// The next connection and who it is from; a Unix peer of another user is refused here.
+    async fn accept(&self) -> std::io::Result<(Box<dyn Transport>, String)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, peer) = l.accept().await?;
+                s.set_nodelay(true)?;
+                Ok((Box::new(s), peer.to_string()))
+            }
+            Listener::Unix(l, path) => {
+                let (s, _) = l.accept().await?;
+                let who = format!("a local process on {}", path.display());
+                if let Err(e) = crate::unix_socket::check_peer(&s) {
+                    return Err(std::io::Error::new(e.kind(), format!("{who}: {e}")));
+                }
+                Ok((Box::new(s), who))
+            }
         }
     }
 }
 
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
         }
     }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+}
+
+/// Listens on `ep` until one source completes the handshake of `security`, and returns that
+/// connection. Connections that fail (wrong key or certificate, another mode, garbage,
+/// silence past [`PRE_AUTH_TIMEOUT`]) are logged and closed; the listener goes on.
+pub async fn accept_secured(
+    ep: &Endpoint,
+    security: &DestinationSecurity,
+    listening: impl FnOnce(&str),
+) -> std::io::Result<(SecureStream, String)> {
+    let (listener, shown) = Listener::bind(ep).await?;
+    listening(&shown);
+    let mut handshakes = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                        log::warn!("migration connection refused: {e}");
+                        continue;
+                    }
+                    Err(e) => {
+                        log::warn!("accepting a migration connection failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                if handshakes.len() >= MAX_PENDING_HANDSHAKES {
+                    log::warn!("migration connection from {peer} closed: {MAX_PENDING_HANDSHAKES} handshakes already in progress");
+                    continue;
+                }
+                let security = security.clone();
+                handshakes.spawn(async move {
+                    let r = tokio::time::timeout(PRE_AUTH_TIMEOUT, channel::secure_destination(stream, &security)).await;
+                    (peer, r)
+                });
+            }
+            Some(done) = handshakes.join_next(), if !handshakes.is_empty() => {
+                match done {
+                    Ok((peer, Ok(Ok(stream)))) => {
+                        log::info!("migration source {peer} authenticated");
+                        return Ok((stream, peer));
+                    }
+                    Ok((peer, Ok(Err(e)))) => {
+                        log::warn!("migration connection from {peer} refused: {}", crate::error_chain(&e));
+                    }
+                    Ok((peer, Err(_))) => {
+                        log::warn!("migration connection from {peer} closed: no handshake within {} s", PRE_AUTH_TIMEOUT.as_secs());
+                    }
+                    Err(e) => log::warn!("a migration handshake task failed: {e}"),
+                }
+            }
         }
     }
 }
@@ -167,5 +250,13 @@ mod tests {
             .is_local_only());
         assert!(!Endpoint::parse("tcp:0.0.0.0:4444").unwrap().is_local_only());
         assert!(Endpoint::parse("unix:/x").unwrap().is_local_only());
+        assert_eq!(
+            Endpoint::parse("tcp:host2:4444").unwrap().host(),
+            Some("host2")
+        );
+        assert_eq!(
+            Endpoint::parse("tcp:[::1]:4444").unwrap().host(),
+            Some("::1")
+        );
     }
 }

@@ -8,8 +8,11 @@ use std::time::Duration;
 
 use migration::sender::{OnTimeout, SendOptions};
 
+use migration::channel::SourceSecurity;
+
+use super::security::{self, SecurityOptions};
 use super::source::MachineSource;
-use super::transport::{connect, Endpoint};
+use super::transport::{connect_secured, Endpoint};
 use crate::control::protocol::{MigrateRequest, Response};
 use crate::events::{Responder, VmEvent};
 use crate::machine::Machine;
@@ -43,16 +46,25 @@ pub fn start(
         Some("cancel") => OnTimeout::Cancel,
         Some(other) => return Err(format!("--on-timeout takes cancel or force, not '{other}'")),
     };
-    if let Some(path) = &req.auth_key_file {
-        opts.key = Some(
-            migration::auth::Key::from_file(std::path::Path::new(path))
-                .map_err(|e| e.to_string())?,
-        );
+    let security = security::for_source(
+        &SecurityOptions {
+            auth_key_file: req.auth_key_file.as_ref().map(Into::into),
+            tls_dir: req.tls_dir.as_ref().map(Into::into),
+            tls_hostname: req.tls_hostname.clone(),
+            insecure: req.insecure,
+        },
+        &endpoint,
+    )
+    .map_err(|e| crate::error_chain(&e))?;
+    if req.insecure {
+        if let Some(w) = security::insecure_warning(&endpoint) {
+            log::warn!("{w}");
+        }
     }
     std::thread::Builder::new()
         .name("migration".into())
         .spawn(move || {
-            let result = run(machine, &endpoint, &opts, &reply);
+            let result = run(machine, &endpoint, &security, &opts, &reply);
             let _ = events.send(VmEvent::MigrationFinished { result, reply });
         })
         .map_err(|e| format!("cannot start the migration thread: {e}"))?;
@@ -62,6 +74,7 @@ pub fn start(
 fn run(
     machine: Arc<Machine>,
     endpoint: &Endpoint,
+    security: &SourceSecurity,
     opts: &SendOptions,
     reply: &Responder,
 ) -> Result<migration::progress::Summary, migration::MigrationError> {
@@ -73,9 +86,7 @@ fn run(
         })?;
     let source = MachineSource { machine };
     runtime.block_on(async {
-        let mut stream = connect(endpoint).await.map_err(|e| {
-            migration::MigrationError::Refused(format!("cannot connect to {endpoint}: {e}"))
-        })?;
+        let mut stream = connect_secured(endpoint, security).await?;
         migration::sender::send(&mut stream, &source, opts, |p| {
             let _ = reply.send(Response::progress(p.clone()));
         })

@@ -468,8 +468,8 @@ mod tests {
                 RawDescriptor::from(Descriptor::new(STATUS, 1, next | W, 0)),
             )
             .unwrap();
-        vq.avail().ring().ref_at(0).unwrap().store(0u16.into());
-        vq.avail().idx().store(1u16.into());
+        vq.avail().ring().ref_at(0).unwrap().store(0u16);
+        vq.avail().idx().store(1u16);
         let q: Queue = vq.create_queue().unwrap();
         let irq = Arc::new(VirtioInterrupt::new(Arc::new(CountingIrq::default())));
         dev.activate(mem.clone(), irq, vec![q]).unwrap();

@@ -28,6 +28,8 @@ pub enum DiskError {
     Size(PathBuf, #[source] std::io::Error),
     #[error("disk {0} is empty")]
     Empty(PathBuf),
+    #[error("disk {0} is neither a regular file nor a block device")]
+    NotADisk(PathBuf),
 }
 
 /// An open disk image.
@@ -58,12 +60,7 @@ impl Disk {
     pub fn open_unlocked(opts: &DiskOptions) -> Result<Self, DiskError> {
         let mut oo = OpenOptions::new();
         oo.read(true).write(!opts.readonly);
-        if opts.direct {
-            oo.custom_flags(libc::O_DIRECT);
-        }
-        let file = oo
-            .open(&opts.path)
-            .map_err(|e| DiskError::Open(opts.path.clone(), e))?;
+        let file = open_image(&opts.path, &mut oo, opts.direct)?;
         let size = size_of(&file).map_err(|e| DiskError::Size(opts.path.clone(), e))?;
         if size < SECTOR_SIZE {
             return Err(DiskError::Empty(opts.path.clone()));
@@ -162,9 +159,41 @@ fn default_serial(path: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// Opens a disk image, refusing anything but a regular file or a block device: a FIFO would
+/// block the open (and the VMM with it), a character device is not a disk. The open itself
+/// does not block (O_NONBLOCK, cleared once the type is known), so the check has no window.
+fn open_image(path: &Path, oo: &mut OpenOptions, direct: bool) -> Result<File, DiskError> {
+    let flags = libc::O_NONBLOCK | if direct { libc::O_DIRECT } else { 0 };
+    let file = oo
+        .custom_flags(flags)
+        .open(path)
+        .map_err(|e| DiskError::Open(path.to_path_buf(), e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| DiskError::Open(path.to_path_buf(), e))?;
+    use std::os::unix::fs::FileTypeExt;
+    if !meta.is_file() && !meta.file_type().is_block_device() {
+        return Err(DiskError::NotADisk(path.to_path_buf()));
+    }
+    let fd = file.as_raw_fd();
+    // SAFETY: F_GETFL/F_SETFL on a descriptor we own; no memory is passed.
+    let cleared = unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        fl >= 0 && libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK) == 0
+    };
+    if !cleared {
+        return Err(DiskError::Open(
+            path.to_path_buf(),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(file)
+}
+
 /// The size in bytes of the image file or block device at `path`, as a VM would see it.
-pub fn disk_size(path: &Path) -> std::io::Result<u64> {
-    size_of(&File::open(path)?)
+pub fn disk_size(path: &Path) -> Result<u64, DiskError> {
+    let file = open_image(path, OpenOptions::new().read(true), false)?;
+    size_of(&file).map_err(|e| DiskError::Size(path.to_path_buf(), e))
 }
 
 fn size_of(file: &File) -> std::io::Result<u64> {
@@ -283,6 +312,25 @@ pub(crate) mod tests {
         ));
         drop(ro1);
         std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn a_fifo_or_a_character_device_is_not_a_disk() {
+        let fifo = std::env::temp_dir().join(format!("vmm-disk-fifo-{}", std::process::id()));
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // Neither call may block on the FIFO (nobody ever opens its other end).
+        assert!(matches!(disk_size(&fifo), Err(DiskError::NotADisk(_))));
+        assert!(matches!(
+            Disk::open(&opts(&fifo, false)),
+            Err(DiskError::NotADisk(_))
+        ));
+        assert!(matches!(
+            disk_size(Path::new("/dev/null")),
+            Err(DiskError::NotADisk(_))
+        ));
+        std::fs::remove_file(&fifo).unwrap();
     }
 
     #[test]

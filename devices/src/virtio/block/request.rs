@@ -154,7 +154,7 @@ fn serve<B: BitmapSlice>(
 /// Byte offset of a transfer of `len` bytes at `sector`, if it is whole sectors inside the disk
 /// and not larger than MAX_REQUEST_BYTES.
 fn data_range(disk: &Disk, sector: u64, len: usize) -> Option<u64> {
-    if len > MAX_REQUEST_BYTES || len as u64 % SECTOR_SIZE != 0 {
+    if len > MAX_REQUEST_BYTES || !(len as u64).is_multiple_of(SECTOR_SIZE) {
         return None;
     }
     let offset = sector.checked_mul(SECTOR_SIZE)?;
