@@ -56,7 +56,7 @@ unit-test:
 	cargo test --workspace --exclude vmm-tests
 
 kvm-test:
-	cargo test -p vmm-tests --test boot --test lifecycle --test cli_errors --test migration --test migration_faults --test migration_security --test migration_netns
+	cargo test -p vmm-tests --test boot --test lifecycle --test cli_errors --test migration --test migration_faults --test migration_security --test migration_robustness --test migration_netns
 
 rig-test:
 	cargo test -p vmm-tests --test nested_linux -- --nocapture --test-threads=1

@@ -2,7 +2,9 @@
 //! bookkeeping, and the sender and receiver state machines, written against the [`vm`] traits
 //! the VMM implements, so the protocol is testable without /dev/kvm.
 
+pub mod cancel;
 pub mod channel;
+pub mod deadline;
 pub mod dirty;
 pub mod envelope;
 pub mod key;

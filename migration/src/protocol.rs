@@ -80,8 +80,10 @@ pub enum MigrationError {
     Target(String),
     #[error("migration did not converge: {0}")]
     NotConverged(String),
-    #[error("cancelled")]
+    #[error("cancelled before the switchover; the guest runs on at the source")]
     Cancelled,
+    #[error("timed out: the migration was not done within {0} s (--timeout); the guest runs on at the source")]
+    TimedOut(u64),
     #[error("commit was sent but the destination did not confirm the resume: {0}; the source will not resume the guest (two copies would corrupt the disk); check the destination")]
     AfterCommit(String),
 }

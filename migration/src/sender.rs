@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::cancel::CancelToken;
 use crate::dirty::{is_zero_page, DirtyBitmap};
 use crate::progress::{Progress, RoundStats, Summary};
 use crate::protocol::{exchange_hello, MigrationError};
@@ -46,13 +47,29 @@ impl Default for SendOptions {
     }
 }
 
-/// Sends `vm` over `stream`, a channel already secured (see [`crate::channel`]). On an error before commit the guest is running on the source
-/// again when this returns.
+impl SendOptions {
+    /// When the whole migration must be over (before commit): `timeout` when giving up is the
+    /// answer, twice that when a forced stop-and-copy may still need its time.
+    pub fn hard_limit(&self) -> Duration {
+        match self.on_timeout {
+            OnTimeout::Cancel => self.timeout,
+            OnTimeout::Force => self.timeout.saturating_mul(2),
+        }
+    }
+}
+
+/// How long the source tries to tell the destination why it gave up.
+const TELL_DESTINATION: Duration = Duration::from_secs(2);
+
+/// Sends `vm` over `stream`, a channel already secured (see [`crate::channel`]), until done,
+/// failed, cancelled through `cancel`, or past [`SendOptions::hard_limit`]. On any of those
+/// before commit, the guest is back as it was (running, or paused if it was) when this returns.
 pub async fn send<S, F>(
     stream: &mut S,
     vm: &dyn SourceVm,
     opts: &SendOptions,
     mut progress: F,
+    mut cancel: CancelToken,
 ) -> Result<Summary, MigrationError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -66,34 +83,22 @@ where
         paused_at: None,
         sent: 0,
     };
-    match run.precopy_and_switch(stream, &mut progress, started).await {
-        Ok(()) => {}
-        Err(e) => {
-            // A send that failed because the destination gave up: its reason is probably
-            // waiting in the stream, and says more than "connection lost".
-            let e = match e {
-                MigrationError::Wire(WireError::Remote(reason)) => {
-                    MigrationError::Destination(reason)
-                }
-                MigrationError::Wire(WireError::Io(io)) => {
-                    match tokio::time::timeout(Duration::from_millis(500), wire::read_frame(stream))
-                        .await
-                    {
-                        Ok(Err(WireError::Remote(reason))) => MigrationError::Destination(reason),
-                        _ => MigrationError::Wire(WireError::Io(io)),
-                    }
-                }
-                other => other,
-            };
-            // Tell the destination to discard its half-built VM; ignore a dead connection.
-            let _ = wire::write_frame(stream, FrameKind::Error, e.to_string().as_bytes()).await;
-            vm.stop_dirty_log();
-            vm.throttle(0);
-            if run.paused_at.is_some() {
-                vm.resume().map_err(MigrationError::Source)?;
-            }
-            return Err(e);
+    let limit = opts.hard_limit();
+    let outcome = tokio::select! {
+        r = run.precopy_and_switch(stream, &mut progress, started) => r,
+        _ = cancel.cancelled() => Err(MigrationError::Cancelled),
+        _ = tokio::time::sleep(limit) => Err(MigrationError::TimedOut(limit.as_secs())),
+    };
+    // A cancel that came in while the last step ran still wins: nothing is committed yet.
+    let outcome = outcome.and_then(|()| {
+        if cancel.commit() {
+            Ok(())
+        } else {
+            Err(MigrationError::Cancelled)
         }
+    });
+    if let Err(e) = outcome {
+        return Err(run.give_up(stream, e).await);
     }
     // Point of no return: from here the source never runs the guest again.
     wire::write_frame(stream, FrameKind::Commit, &[])
@@ -129,6 +134,48 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// Puts the guest back as it was and tells the destination why (both bounded in time);
+    /// returns the error to report.
+    async fn give_up<S>(&mut self, stream: &mut S, e: MigrationError) -> MigrationError
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        // A send that failed because the destination gave up: its reason is probably waiting
+        // in the stream, and says more than "connection lost".
+        let e = match e {
+            MigrationError::Wire(WireError::Remote(reason)) => MigrationError::Destination(reason),
+            MigrationError::Wire(WireError::Io(io)) => {
+                match tokio::time::timeout(Duration::from_millis(500), wire::read_frame(stream))
+                    .await
+                {
+                    Ok(Err(WireError::Remote(reason))) => MigrationError::Destination(reason),
+                    _ => MigrationError::Wire(WireError::Io(io)),
+                }
+            }
+            other => other,
+        };
+        // The guest first: it must not wait on a stalled connection.
+        self.vm.stop_dirty_log();
+        self.vm.throttle(0);
+        let resumed = match self.paused_at.take() {
+            Some(_) => self.vm.resume(),
+            None => Ok(()),
+        };
+        // Then tell the destination to discard its half-built VM; a dead or stalled
+        // connection does not hold us up.
+        let _ = tokio::time::timeout(
+            TELL_DESTINATION,
+            wire::write_frame(stream, FrameKind::Error, e.to_string().as_bytes()),
+        )
+        .await;
+        match resumed {
+            Ok(()) => e,
+            Err(r) => {
+                MigrationError::Source(format!("{e}; and the guest could not be resumed: {r}"))
+            }
+        }
+    }
+
     async fn precopy_and_switch<S, F>(
         &mut self,
         stream: &mut S,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::cancel::{cancel_pair, CancelToken};
 use crate::channel::{secure_destination, secure_source, DestinationSecurity, SourceSecurity};
 use crate::dirty::DirtyBitmap;
 use crate::key::Key;
@@ -212,7 +213,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let mut stream = secure_source(stream, &security).await?;
-    send(&mut stream, src, opts, |_| {}).await
+    send(&mut stream, src, opts, |_| {}, CancelToken::never()).await
 }
 
 async fn migrate(src: FakeSource, opts: SendOptions, refuse: Option<String>) -> Outcome {
@@ -446,5 +447,105 @@ async fn a_cut_or_corrupted_stream_fails_cleanly_and_the_source_keeps_running() 
             );
         }
         assert!(!o.src.released.load(Ordering::SeqCst));
+    }
+}
+
+/// A guest paused by its user before the migration stays paused when the migration fails.
+#[tokio::test]
+async fn a_cancel_mid_transfer_or_a_stalled_destination_puts_the_guest_back() {
+    // Cancel: after the first round has started.
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let src = Arc::new(FakeSource::new(64));
+    let (sec_src, sec_dst) = psk();
+    let (cancel_builder, shared) = builder(None);
+    let target = tokio::spawn(destination(b, sec_dst, cancel_builder));
+    let (canceller, token) = cancel_pair();
+    let opts = SendOptions {
+        downtime_budget: Duration::ZERO,
+        max_bandwidth: 256 * 1024,
+        ..Default::default()
+    };
+    let cancel_soon = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        canceller.cancel().unwrap();
+    };
+    let (source, ()) = tokio::join!(
+        async {
+            let mut s = secure_source(a, &sec_src).await.unwrap();
+            send(&mut s, src.as_ref(), &opts, |_| {}, token).await
+        },
+        cancel_soon
+    );
+    assert!(
+        matches!(source, Err(MigrationError::Cancelled)),
+        "{:?}",
+        source.err()
+    );
+    let target = tokio::time::timeout(Duration::from_secs(10), target)
+        .await
+        .expect("the destination is told")
+        .unwrap();
+    let err = target.unwrap_err().to_string();
+    assert!(err.contains("cancelled"), "{err}");
+    assert!(!shared.lock().unwrap().resumed);
+    assert!(src.running.load(Ordering::SeqCst));
+    assert!(!src.released.load(Ordering::SeqCst));
+
+    // A destination that stops reading: the hard limit ends it, offline too (the guest was
+    // paused by the migration and runs again).
+    for offline in [false, true] {
+        let (a, mut a_far) = tokio::io::duplex(64 * 1024);
+        let (mut b_far, b) = tokio::io::duplex(64 * 1024);
+        let src = FakeSource::new(8);
+        let (stalled_builder, _shared) = builder(None);
+        let target = tokio::spawn(destination(
+            b,
+            DestinationSecurity::Insecure,
+            stalled_builder,
+        ));
+        // A relay that forwards the first 100 kB each way, then stops reading.
+        let stall = tokio::spawn(async move {
+            let (mut ar, mut aw) = tokio::io::split(&mut a_far);
+            let (mut br, mut bw) = tokio::io::split(&mut b_far);
+            let up = async {
+                let mut left = 100_000usize;
+                let mut buf = vec![0u8; 4096];
+                while left > 0 {
+                    let n = ar.read(&mut buf[..left.min(4096)]).await.unwrap();
+                    bw.write_all(&buf[..n]).await.unwrap();
+                    left -= n;
+                }
+                std::future::pending::<()>().await;
+            };
+            let down = async {
+                let _ = tokio::io::copy(&mut br, &mut aw).await;
+            };
+            tokio::join!(up, down);
+        });
+        let opts = SendOptions {
+            offline,
+            timeout: Duration::from_millis(500),
+            on_timeout: OnTimeout::Cancel,
+            ..Default::default()
+        };
+        let started = std::time::Instant::now();
+        let r = async {
+            let mut s = secure_source(a, &SourceSecurity::Insecure).await.unwrap();
+            send(&mut s, &src, &opts, |_| {}, CancelToken::never()).await
+        }
+        .await;
+        assert!(
+            matches!(r, Err(MigrationError::TimedOut(_))),
+            "{:?}",
+            r.err()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(src.running.load(Ordering::SeqCst), "offline={offline}");
+        stall.abort();
+        target.abort();
     }
 }

@@ -60,6 +60,8 @@ pub enum WireError {
     Io(#[source] std::io::Error),
     #[error("the migration stream was tampered with")]
     Integrity(#[source] std::io::Error),
+    #[error("the migration connection stalled")]
+    Stalled(#[source] std::io::Error),
     #[error("authentication failed: the peer rejected this end's TLS certificate ({0:?})")]
     CertificateRejected(rustls::AlertDescription),
     #[error("unknown frame kind {0} (corrupted stream or another protocol)")]
@@ -80,6 +82,11 @@ impl From<std::io::Error> for WireError {
     fn from(e: std::io::Error) -> Self {
         if crate::channel::is_integrity_failure(&e) {
             WireError::Integrity(e)
+        } else if e
+            .get_ref()
+            .is_some_and(|i| i.is::<crate::deadline::Stalled>())
+        {
+            WireError::Stalled(e)
         } else if let Some(alert) = crate::channel::certificate_rejection(&e) {
             WireError::CertificateRejected(alert)
         } else {

@@ -14,6 +14,9 @@ pub enum Tamper {
     FlipAt(usize),
     /// Close both connections after this many bytes of the source's stream.
     CutAt(usize),
+    /// After this many bytes of the source's stream, forward nothing more either way and stop
+    /// reading, but keep both connections open: a black-holed network, a hung destination.
+    StallAt(usize),
     /// In a `--auth-key-file` stream: pass the preface and the handshake, then flip a byte in
     /// the middle of record N after it (0 is the Hello frame, 1 the Config, then pages).
     FlipRecord(usize),
@@ -114,6 +117,14 @@ fn relay(
                 let chunk = &mut buf[..n];
                 match tamper {
                     Tamper::FlipAt(at) if seen <= at && seen + n > at => chunk[at - seen] ^= 0x5a,
+                    Tamper::StallAt(at) if seen + n > at => {
+                        let keep = at.saturating_sub(seen);
+                        forward(&mut chunk[..keep], &mut seen);
+                        // Hold both sockets open, unread, until the test ends.
+                        loop {
+                            std::thread::sleep(std::time::Duration::from_secs(3600));
+                        }
+                    }
                     Tamper::CutAt(at) if seen + n > at => {
                         let keep = at.saturating_sub(seen);
                         forward(&mut chunk[..keep], &mut seen);

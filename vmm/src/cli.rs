@@ -14,6 +14,8 @@ use vmm::paths;
 use vmm::run::{self, RunOptions};
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
+/// A cancel is answered once the guest is back: within the migration's own deadlines.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(120);
 /// A migration reports progress every round; this long without a line means it is stuck.
 const MIGRATE_LINE_TIMEOUT: Duration = Duration::from_secs(900);
 
@@ -61,6 +63,9 @@ enum Command {
     /// on shared storage at the same path there. On success the VM runs there and the local
     /// `vmm run` exits; on failure before the switchover it keeps running here.
     Migrate(MigrateArgs),
+    /// Cancel the migration a VM is running (as Ctrl-C on `vmm migrate` does): returns once the
+    /// guest is back as it was here. Refused once the migration has committed.
+    MigrateCancel { name: String },
 }
 
 #[derive(Args, Debug)]
@@ -78,7 +83,10 @@ struct MigrateArgs {
     /// Bandwidth cap in MiB/s (0: none).
     #[arg(long, value_name = "MIB_S", default_value_t = 0)]
     max_bandwidth: u64,
-    /// Give up converging after this many seconds (see --on-timeout).
+    /// Give up converging after this many seconds (see --on-timeout). With cancel, the whole
+    /// migration ends by then whatever it is doing (a stalled connection included) and the
+    /// guest runs on here; with force, the switchover is forced then and the whole migration
+    /// is bounded by twice this.
     #[arg(long, value_name = "S", default_value_t = 600)]
     timeout: u64,
     /// Give up converging after this many rounds (see --on-timeout).
@@ -103,6 +111,10 @@ struct MigrateArgs {
     /// --insecure too): anyone on the path can read and alter the guest's memory.
     #[arg(long)]
     insecure: bool,
+    /// A read or write on the migration connection that makes no progress for this many
+    /// seconds ends the migration (TCP keepalive and TCP_USER_TIMEOUT are set to match).
+    #[arg(long, value_name = "S", default_value_t = 30)]
+    io_timeout: u64,
     /// Print the final summary as JSON.
     #[arg(long)]
     json: bool,
@@ -140,6 +152,10 @@ struct RunArgs {
     /// host a VM, and anyone on the path can read and alter its memory.
     #[arg(long, requires = "incoming")]
     insecure: bool,
+    /// With --incoming: a read or write on the migration connection that makes no progress
+    /// for this many seconds ends the migration (nothing is started here).
+    #[arg(long, value_name = "S", default_value_t = 30, requires = "incoming")]
+    io_timeout: u64,
     /// Initial ramdisk (e.g. a gzip'd cpio archive).
     #[arg(long, value_name = "PATH")]
     initrd: Option<PathBuf>,
@@ -185,6 +201,17 @@ pub fn execute(cli: Cli) -> anyhow::Result<u8> {
         Command::Resume { name } => simple(&dir, &name, Request::Resume, "resumed"),
         Command::Stop { name } => simple(&dir, &name, Request::Stop, "stopped"),
         Command::Migrate(args) => migrate(&dir, args),
+        Command::MigrateCancel { name } => {
+            config::validate_name(&name)?;
+            client::request(
+                &paths::socket_path(&dir, &name),
+                &name,
+                &Request::MigrateCancel,
+                CANCEL_TIMEOUT,
+            )?;
+            println!("{name}: migration cancelled; the guest runs on here");
+            Ok(0)
+        }
     }
 }
 
@@ -202,6 +229,7 @@ fn migrate(dir: &std::path::Path, args: MigrateArgs) -> anyhow::Result<u8> {
         tls_dir: args.tls_dir.as_deref().map(absolute),
         tls_hostname: args.tls_hostname.clone(),
         insecure: args.insecure,
+        io_timeout_secs: Some(args.io_timeout),
     };
     let endpoint = Endpoint::parse(&args.to).map_err(anyhow::Error::msg)?;
     if args.insecure {
@@ -212,6 +240,7 @@ fn migrate(dir: &std::path::Path, args: MigrateArgs) -> anyhow::Result<u8> {
     config::validate_name(&args.name)?;
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let socket = paths::socket_path(dir, &args.name);
+    cancel_on_signal(socket.clone(), args.name.clone())?;
     let result = client::request_streaming(
         &socket,
         &args.name,
@@ -263,6 +292,56 @@ fn migrate(dir: &std::path::Path, args: MigrateArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// Ctrl-C (SIGINT) or SIGTERM while `vmm migrate` waits cancels the migration, as `virsh
+/// migrate` does: the VM answers the migration request with "cancelled" once the guest is back,
+/// and `vmm migrate` exits non-zero with that. Returns once the handlers are in place.
+fn cancel_on_signal(socket: PathBuf, name: String) -> anyhow::Result<()> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("cancel-on-signal".into())
+        .spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                use tokio::signal::unix::{signal, SignalKind};
+                let (Ok(mut int), Ok(mut term)) = (
+                    signal(SignalKind::interrupt()),
+                    signal(SignalKind::terminate()),
+                ) else {
+                    return;
+                };
+                let _ = ready_tx.send(());
+                let which = tokio::select! {
+                    _ = int.recv() => "SIGINT",
+                    _ = term.recv() => "SIGTERM",
+                };
+                eprintln!("\nvmm: {which}: cancelling the migration of '{name}'...");
+                let cancel = tokio::task::spawn_blocking(move || {
+                    client::request(&socket, &name, &Request::MigrateCancel, CANCEL_TIMEOUT)
+                });
+                if let Ok(Err(e)) = cancel.await {
+                    eprintln!("vmm: cannot cancel: {e}");
+                }
+                // Further signals wait for the migration's own answer.
+                loop {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+            });
+        })
+        .context("cannot start the signal thread")?;
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .context("cannot install the signal handlers")?;
+    Ok(())
+}
+
 fn absolute(p: &std::path::Path) -> String {
     std::fs::canonicalize(p)
         .unwrap_or_else(|_| p.to_path_buf())
@@ -312,6 +391,7 @@ fn run_vm(args: RunArgs, runtime_dir: PathBuf) -> anyhow::Result<u8> {
             runtime_dir,
             listen,
             security,
+            io_timeout: Duration::from_secs(args.io_timeout.max(1)),
             grants: vmm::migrate::target::Grants { disks, nets },
         })?;
         eprintln!("vmm: {}", end.describe(&args.name));

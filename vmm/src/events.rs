@@ -24,6 +24,8 @@ pub enum VmEvent {
     Signal(&'static str),
     /// The console user typed the escape sequence (Ctrl-A x).
     ConsoleQuit,
+    /// A waiting destination's receive ended: the VM it received, or why nothing was started.
+    IncomingFinished(Box<Result<crate::migrate::target::Incoming, anyhow::Error>>),
 }
 
 /// An [`devices::Interrupt`] that posts a fixed event to the VM's owner.

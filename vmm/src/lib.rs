@@ -10,6 +10,7 @@ pub mod host;
 pub mod machine;
 pub mod memory;
 pub mod migrate;
+pub mod owner;
 pub mod paths;
 pub mod run;
 pub mod unix_socket;

@@ -53,10 +53,15 @@ impl Machine {
         Ok(())
     }
 
+    /// Lets the devices run again (their queues re-run), vCPUs left as they are.
+    pub fn thaw_devices(&self) {
+        self.each_transport(|t| t.thaw());
+    }
+
     /// Resumes in reverse: devices first (queues re-run), the guest told it was paused
     /// (KVMCLOCK_CTRL, so its watchdogs do not fire), then the vCPUs.
     pub fn resume_all(&self) -> Result<(), String> {
-        self.each_transport(|t| t.thaw());
+        self.thaw_devices();
         // Fails with EINVAL when the guest has not enabled kvmclock: nothing to tell it then.
         let _ = self.vcpus.on_each(|_, fd| fd.kvmclock_ctrl());
         self.vcpus.resume();

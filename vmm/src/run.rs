@@ -1,16 +1,15 @@
-//! `vmm run`: builds the VM (or receives it from a migration source), publishes its control
-//! socket, runs the vCPUs and owns the VM until it ends (guest reboot or power-off, a failure,
-//! a stop request, a signal, or a completed migration away).
+//! `vmm run`: builds the VM (or waits for it to arrive by migration), publishes its control
+//! socket, and hands it to its owner thread ([`crate::owner`]) until it ends (guest reboot or
+//! power-off, a failure, a stop request, a signal, or a completed migration away).
 
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
 use crate::config::VmConfig;
-use crate::console::{spawn_stdin_forwarder, RawTerminal};
 use crate::control::protocol::{Request, Response, VmInfo, VmState};
 use crate::control::server::ControlServer;
 use crate::event_loop::EventLoop;
@@ -19,7 +18,7 @@ use crate::host::{self, HostKvm};
 use crate::machine::Machine;
 use crate::migrate::transport::Endpoint;
 use crate::paths::{socket_path, NameLock};
-use crate::vcpu::{VcpuOutcome, VcpuSet};
+use crate::vcpu::VcpuSet;
 
 pub struct RunOptions {
     pub config: VmConfig,
@@ -33,6 +32,8 @@ pub struct IncomingOptions {
     pub runtime_dir: PathBuf,
     pub listen: Endpoint,
     pub security: migration::channel::DestinationSecurity,
+    /// How long a read or write on the migration connection may make no progress.
+    pub io_timeout: Duration,
     /// The disks and NICs this destination's operator lets the incoming VM have.
     pub grants: crate::migrate::target::Grants,
 }
@@ -89,6 +90,37 @@ fn refuse_emulated_linux(opts: &RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The VM's control socket, answering from now on; its file is removed when this is dropped.
+pub(crate) struct ControlSocket {
+    _server: ControlServer,
+    path: PathBuf,
+}
+
+impl ControlSocket {
+    fn publish(
+        runtime_dir: &std::path::Path,
+        name: &str,
+        tx: Sender<VmEvent>,
+    ) -> anyhow::Result<Self> {
+        let path = socket_path(runtime_dir, name);
+        // We hold the name lock, so a socket file left here belongs to a VM that died: replaced.
+        let listener = crate::unix_socket::bind_private(&path)
+            .with_context(|| format!("cannot create control socket {}", path.display()))?;
+        let server =
+            ControlServer::start(listener, tx).context("cannot start the control socket server")?;
+        Ok(ControlSocket {
+            _server: server,
+            path,
+        })
+    }
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Boots a VM from its kernel and runs it.
 pub fn run(opts: RunOptions) -> anyhow::Result<RunEnd> {
     refuse_emulated_linux(&opts)?;
@@ -107,34 +139,144 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunEnd> {
     let vcpus = VcpuSet::start(vcpu_contexts, false)?;
     let machine = Arc::new(Machine::new(config, parts, vcpus));
     log::info!("VM '{}' running", machine.config.name);
-    own(machine, event_loop, &opts.runtime_dir, tx, rx)
+    let control = ControlSocket::publish(&opts.runtime_dir, &machine.config.name, tx.clone())?;
+    Ok(crate::owner::own(machine, event_loop, control, tx, rx))
 }
 
-/// Waits for one incoming migration, then runs the received VM.
+/// Waits for one incoming migration, then runs the received VM. While it waits, its control
+/// socket answers `info` (state "waiting for migration", with the address) and `stop`.
 pub fn run_incoming(opts: IncomingOptions) -> anyhow::Result<RunEnd> {
     let _lock = NameLock::acquire(&opts.runtime_dir, &opts.name)?;
     let (tx, rx) = mpsc::channel();
+    let control = ControlSocket::publish(&opts.runtime_dir, &opts.name, tx.clone())?;
+    let (canceller, token) = migration::cancel::cancel_pair();
+    let address = opts.listen.to_string();
+    let started = Instant::now();
+    let name = opts.name.clone();
+    let receiver = std::thread::Builder::new()
+        .name("incoming".into())
+        .spawn({
+            let tx = tx.clone();
+            move || {
+                let result = receive(opts, token, tx.clone());
+                let _ = tx.send(VmEvent::IncomingFinished(Box::new(result)));
+            }
+        })
+        .context("cannot start the incoming-migration thread")?;
+    let end = wait_for_incoming(&name, &address, started, &canceller, &rx);
+    let _ = receiver.join();
+    match end? {
+        Waited::Received(incoming) => {
+            eprintln!(
+                "vmm: VM '{name}' received in {:.2} s and running here",
+                started.elapsed().as_secs_f64()
+            );
+            Ok(crate::owner::own(
+                incoming.machine,
+                incoming.event_loop,
+                control,
+                tx,
+                rx,
+            ))
+        }
+        Waited::Ended(end) => Ok(end),
+    }
+}
+
+enum Waited {
+    Received(crate::migrate::target::Incoming),
+    Ended(RunEnd),
+}
+
+/// The owner's loop while nothing runs yet: answers requests until the receive ends.
+fn wait_for_incoming(
+    name: &str,
+    address: &str,
+    started: Instant,
+    canceller: &migration::cancel::Canceller,
+    rx: &Receiver<VmEvent>,
+) -> anyhow::Result<Waited> {
+    let mut ending: Option<RunEnd> = None;
+    loop {
+        let Ok(event) = rx.recv() else {
+            bail!("event channel closed");
+        };
+        match event {
+            VmEvent::IncomingFinished(result) => {
+                return match (*result, ending) {
+                    (_, Some(end)) => Ok(Waited::Ended(end)),
+                    (Ok(incoming), None) => Ok(Waited::Received(incoming)),
+                    (Err(e), None) => Err(e),
+                };
+            }
+            VmEvent::Control(Request::Info, reply) => {
+                let _ = reply.send(Response::info(VmInfo {
+                    name: name.to_string(),
+                    pid: std::process::id(),
+                    state: VmState::Waiting,
+                    memory_mib: 0,
+                    vcpus: 0,
+                    kernel: String::new(),
+                    cmdline: String::new(),
+                    uptime_secs: started.elapsed().as_secs_f64(),
+                    address: Some(address.to_string()),
+                }));
+            }
+            VmEvent::Control(Request::Stop, reply) => {
+                let _ = canceller.cancel();
+                let _ = reply.send(Response::ok());
+                ending.get_or_insert(RunEnd::StopRequested);
+            }
+            VmEvent::Control(_, reply) => {
+                let _ = reply.send(Response::error(format!(
+                    "VM '{name}' has not arrived yet: this VMM waits for it on {address}"
+                )));
+            }
+            VmEvent::Signal(s) => {
+                let _ = canceller.cancel();
+                ending.get_or_insert(RunEnd::Signal(s));
+            }
+            // Events of a VM being received (it is not running yet) are not for us.
+            _ => {}
+        }
+    }
+}
+
+/// Accepts the first authenticated source and receives the VM from it; a stop or a signal
+/// (through `token`) discards whatever was received so far.
+fn receive(
+    opts: IncomingOptions,
+    mut token: migration::cancel::CancelToken,
+    events: Sender<VmEvent>,
+) -> anyhow::Result<crate::migrate::target::Incoming> {
     let mut builder = crate::migrate::target::IncomingBuilder {
         name: opts.name.clone(),
         grants: opts.grants,
-        events: tx.clone(),
+        events,
         result: None,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let started = Instant::now();
     let outcome = runtime.block_on(async {
-        let (mut stream, peer) =
-            crate::migrate::transport::accept_secured(&opts.listen, &opts.security, |addr| {
-                eprintln!("vmm: waiting for VM '{}' on {addr}", opts.name);
-            })
+        let work = async {
+            let (mut stream, peer) = crate::migrate::transport::accept_secured(
+                &opts.listen,
+                &opts.security,
+                opts.io_timeout,
+                |addr| eprintln!("vmm: waiting for VM '{}' on {addr}", opts.name),
+            )
             .await
             .with_context(|| format!("cannot listen on {}", opts.listen))?;
-        eprintln!("vmm: migration source {peer} connected");
-        migration::receiver::receive(&mut stream, &mut builder)
-            .await
-            .map_err(anyhow::Error::from)
+            eprintln!("vmm: migration source {peer} connected");
+            migration::receiver::receive(&mut stream, &mut builder)
+                .await
+                .map_err(anyhow::Error::from)
+        };
+        tokio::select! {
+            r = work => r,
+            _ = token.cancelled() => Err(anyhow::anyhow!("stopped while waiting")),
+        }
     });
     if let Err(e) = outcome {
         // The half-built VM (if any) is dropped here: nothing of it survives.
@@ -146,181 +288,8 @@ pub fn run_incoming(opts: IncomingOptions) -> anyhow::Result<RunEnd> {
             opts.name
         )));
     }
-    let incoming = builder.result.take().expect("a received VM");
-    eprintln!(
-        "vmm: VM '{}' received in {:.2} s and running here",
-        opts.name,
-        started.elapsed().as_secs_f64()
-    );
-    own(
-        incoming.machine,
-        incoming.event_loop,
-        &opts.runtime_dir,
-        tx,
-        rx,
-    )
-}
-
-/// Publishes the control socket and owns the running VM until it ends.
-fn own(
-    machine: Arc<Machine>,
-    event_loop: EventLoop,
-    runtime_dir: &std::path::Path,
-    tx: Sender<VmEvent>,
-    rx: Receiver<VmEvent>,
-) -> anyhow::Result<RunEnd> {
-    let name = machine.config.name.clone();
-    let socket = socket_path(runtime_dir, &name);
-    // We hold the name lock, so a socket file left here belongs to a VM that died: replaced.
-    let listener = crate::unix_socket::bind_private(&socket)
-        .with_context(|| format!("cannot create control socket {}", socket.display()))?;
-    let _socket_cleanup = RemoveOnDrop(socket.clone());
-    let server = ControlServer::start(listener, tx.clone())
-        .context("cannot start the control socket server")?;
-    let raw_terminal = RawTerminal::enable();
-    spawn_stdin_forwarder(machine.serial.clone(), tx.clone());
-    let started = Instant::now();
-    let mut state = VmState::Running;
-    let mut migrating_to = String::new();
-
-    let end = loop {
-        let Ok(event) = rx.recv() else {
-            break RunEnd::Failed("event channel closed".into());
-        };
-        match event {
-            VmEvent::Control(request, reply) => {
-                if let Request::Migrate(m) = &request {
-                    migrating_to = m.to.clone();
-                }
-                if let Some(end) =
-                    handle_request(request, reply, &machine, &mut state, started, &tx)
-                {
-                    break end;
-                }
-            }
-            VmEvent::MigrationFinished { result, reply } => match result {
-                Ok(summary) => {
-                    let _ = reply.send(Response::summary(summary));
-                    break RunEnd::MigratedAway(migrating_to);
-                }
-                Err(e) => {
-                    let after_commit = matches!(e, migration::MigrationError::AfterCommit(_));
-                    let _ = reply.send(Response::error(crate::error_chain(&e)));
-                    if after_commit {
-                        break RunEnd::Failed(e.to_string());
-                    }
-                    log::warn!("migration failed, the guest runs on here: {e}");
-                    state = VmState::Running;
-                }
-            },
-            VmEvent::GuestReset => break RunEnd::Rebooted,
-            VmEvent::VcpuExited { outcome, .. } => {
-                break match outcome {
-                    VcpuOutcome::Reset => RunEnd::Rebooted,
-                    VcpuOutcome::PowerOff => RunEnd::PoweredOff,
-                    VcpuOutcome::Failed(msg) => RunEnd::Failed(msg),
-                }
-            }
-            VmEvent::Signal(name) if state != VmState::Migrating => break RunEnd::Signal(name),
-            VmEvent::Signal(name) => {
-                log::warn!("{name} ignored: a migration is running (it ends or fails on its own)")
-            }
-            VmEvent::ConsoleQuit => break RunEnd::ConsoleQuit,
-        }
-    };
-
-    drop(server);
-    drop(raw_terminal);
-    if let Err(e) = machine.vcpus.stop() {
-        log::error!("{e}");
-    }
-    drop(event_loop);
-    // A vCPU stuck in the kernel may still touch guest memory: keep it mapped until exit.
-    std::mem::forget(machine);
-    Ok(end)
-}
-
-fn handle_request(
-    request: Request,
-    reply: crate::events::Responder,
-    machine: &Arc<Machine>,
-    state: &mut VmState,
-    started: Instant,
-    events: &Sender<VmEvent>,
-) -> Option<RunEnd> {
-    let answer = |r: Response| {
-        let _ = reply.send(r);
-    };
-    match request {
-        Request::Info => answer(Response::info(info(&machine.config, *state, started))),
-        Request::Pause => match *state {
-            VmState::Paused => answer(Response::ok()),
-            VmState::Running => match machine.vcpus.pause() {
-                Ok(()) => {
-                    *state = VmState::Paused;
-                    answer(Response::ok());
-                }
-                Err(e) => answer(Response::error(format!("pause failed: {e}"))),
-            },
-            other => answer(Response::error(format!(
-                "cannot pause a VM that is {other}"
-            ))),
-        },
-        Request::Resume => match *state {
-            VmState::Running => answer(Response::ok()),
-            VmState::Paused => {
-                let _ = machine.vcpus.on_each(|_, fd| fd.kvmclock_ctrl());
-                machine.vcpus.resume();
-                *state = VmState::Running;
-                answer(Response::ok());
-            }
-            other => answer(Response::error(format!(
-                "cannot resume a VM that is {other}"
-            ))),
-        },
-        Request::Stop if *state == VmState::Migrating => {
-            answer(Response::error(
-                "a migration is running; it must finish or fail first",
-            ));
-        }
-        Request::Stop => {
-            answer(Response::ok());
-            return Some(RunEnd::StopRequested);
-        }
-        Request::Migrate(req) => {
-            if *state != VmState::Running && *state != VmState::Paused {
-                answer(Response::error(format!(
-                    "cannot migrate a VM that is {state}"
-                )));
-                return None;
-            }
-            match crate::migrate::worker::start(machine.clone(), req, reply.clone(), events.clone())
-            {
-                Ok(()) => *state = VmState::Migrating,
-                Err(e) => answer(Response::error(e)),
-            }
-        }
-    }
-    None
-}
-
-fn info(config: &VmConfig, state: VmState, started: Instant) -> VmInfo {
-    VmInfo {
-        name: config.name.clone(),
-        pid: std::process::id(),
-        state,
-        memory_mib: config.memory_bytes >> 20,
-        vcpus: config.vcpus,
-        kernel: config.kernel.display().to_string(),
-        cmdline: config.cmdline.clone(),
-        uptime_secs: started.elapsed().as_secs_f64(),
-    }
-}
-
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
+    builder
+        .result
+        .take()
+        .context("the migration ended without a VM")
 }

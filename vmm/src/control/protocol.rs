@@ -11,6 +11,8 @@ pub enum Request {
     Stop,
     /// Live-migrate the VM; the answer is a stream of progress lines, then a final one.
     Migrate(MigrateRequest),
+    /// Cancel the running migration; answered once the guest is back on this host.
+    MigrateCancel,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,11 +44,16 @@ pub struct MigrateRequest {
     /// Send over TCP without encryption or authentication.
     #[serde(default)]
     pub insecure: bool,
+    /// Seconds a read or write on the migration connection may make no progress.
+    #[serde(default)]
+    pub io_timeout_secs: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VmState {
+    /// An empty VMM waiting for a VM to arrive by migration.
+    Waiting,
     Created,
     Running,
     Paused,
@@ -57,6 +64,7 @@ pub enum VmState {
 impl std::fmt::Display for VmState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = match self {
+            VmState::Waiting => "waiting for migration",
             VmState::Created => "created",
             VmState::Running => "running",
             VmState::Paused => "paused",
@@ -77,6 +85,9 @@ pub struct VmInfo {
     pub kernel: String,
     pub cmdline: String,
     pub uptime_secs: f64,
+    /// Where a waiting destination listens, or where a migrating VM is going.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -13,6 +13,8 @@ use crate::machine::Machine;
 
 pub struct MachineSource {
     pub machine: Arc<Machine>,
+    /// The user had paused the VM before the migration: giving up leaves its vCPUs paused.
+    pub user_paused: bool,
 }
 
 impl MachineSource {
@@ -93,22 +95,28 @@ impl SourceVm for MachineSource {
 
     fn pause(&self) -> VmResult<()> {
         let m = self.m();
-        m.pause_all()?;
-        let mut result = Ok(());
-        m.each_transport(|t| {
-            if let Err(e) = t.device_mut().flush_backend() {
-                result = Err(e);
-            }
-        });
+        let mut result = m.pause_all();
+        if result.is_ok() {
+            m.each_transport(|t| {
+                if let Err(e) = t.device_mut().flush_backend() {
+                    result = Err(e);
+                }
+            });
+        }
         if let Err(e) = result {
-            // Nothing is lost yet: let the guest run on.
-            let _ = m.resume_all();
+            // A pause that did not complete (a vCPU that did not stop in time, a flush that
+            // failed) counts as no pause: nothing is lost yet, the guest runs on.
+            let _ = self.resume();
             return Err(e);
         }
         Ok(())
     }
 
     fn resume(&self) -> VmResult<()> {
+        if self.user_paused {
+            self.m().thaw_devices();
+            return Ok(());
+        }
         self.m().resume_all()
     }
 

@@ -10,8 +10,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use migration::channel::{self, DestinationSecurity, SecureStream, SourceSecurity, Transport};
+use migration::deadline::Deadline;
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::task::JoinSet;
+
+/// Default for how long a read or write on a migration connection may make no progress.
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long an accepted connection has to complete its handshake.
 pub const PRE_AUTH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -86,18 +90,55 @@ impl std::fmt::Display for Endpoint {
     }
 }
 
-/// Connects to a destination, checking a Unix socket's owner (this user or root).
-pub async fn connect(ep: &Endpoint) -> std::io::Result<Box<dyn Transport>> {
+/// Sets a migration TCP socket up to notice a dead peer: no Nagle delay, keepalive probes
+/// after 10 s of silence, and TCP_USER_TIMEOUT so data unacknowledged for `io_timeout` ends
+/// the connection even while the kernel would still retransmit.
+fn tune_tcp(s: &TcpStream, io_timeout: Duration) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    s.set_nodelay(true)?;
+    let fd = s.as_raw_fd();
+    let user_timeout = io_timeout.as_millis().min(u32::MAX as u128) as libc::c_int;
+    for (level, name, value) in [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 10),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 5),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3),
+        (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, user_timeout),
+    ] {
+        // SAFETY: setsockopt on a socket we own, reading one c_int that lives for the call.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Connects to a destination, checking a Unix socket's owner (this user or root); every read
+/// and write then has `io_timeout` to make progress.
+pub async fn connect(ep: &Endpoint, io_timeout: Duration) -> std::io::Result<Box<dyn Transport>> {
     match ep {
         Endpoint::Tcp(addr) => {
-            let s = TcpStream::connect(addr.as_str()).await?;
-            s.set_nodelay(true)?;
-            Ok(Box::new(s))
+            let s = tokio::time::timeout(io_timeout, TcpStream::connect(addr.as_str()))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer to the connection")
+                })??;
+            tune_tcp(&s, io_timeout)?;
+            Ok(Box::new(Deadline::new(s, io_timeout)))
         }
         Endpoint::Unix(p) => {
             let s = UnixStream::connect(p).await?;
             crate::unix_socket::check_peer(&s)?;
-            Ok(Box::new(s))
+            Ok(Box::new(Deadline::new(s, io_timeout)))
         }
     }
 }
@@ -106,13 +147,15 @@ pub async fn connect(ep: &Endpoint) -> std::io::Result<Box<dyn Transport>> {
 pub async fn connect_secured(
     ep: &Endpoint,
     security: &SourceSecurity,
+    io_timeout: Duration,
 ) -> Result<SecureStream, migration::MigrationError> {
-    let stream = connect(ep)
-        .await
-        .map_err(|source| migration::MigrationError::Connect {
-            endpoint: ep.to_string(),
-            source,
-        })?;
+    let stream =
+        connect(ep, io_timeout)
+            .await
+            .map_err(|source| migration::MigrationError::Connect {
+                endpoint: ep.to_string(),
+                source,
+            })?;
     Ok(channel::secure_source(stream, security).await?)
 }
 
@@ -139,12 +182,12 @@ impl Listener {
     }
 
     /// The next connection and who it is from; a Unix peer of another user is refused here.
-    async fn accept(&self) -> std::io::Result<(Box<dyn Transport>, String)> {
+    async fn accept(&self, io_timeout: Duration) -> std::io::Result<(Box<dyn Transport>, String)> {
         match self {
             Listener::Tcp(l) => {
                 let (s, peer) = l.accept().await?;
-                s.set_nodelay(true)?;
-                Ok((Box::new(s), peer.to_string()))
+                tune_tcp(&s, io_timeout)?;
+                Ok((Box::new(Deadline::new(s, io_timeout)), peer.to_string()))
             }
             Listener::Unix(l, path) => {
                 let (s, _) = l.accept().await?;
@@ -152,7 +195,7 @@ impl Listener {
                 if let Err(e) = crate::unix_socket::check_peer(&s) {
                     return Err(std::io::Error::new(e.kind(), format!("{who}: {e}")));
                 }
-                Ok((Box::new(s), who))
+                Ok((Box::new(Deadline::new(s, io_timeout)), who))
             }
         }
     }
@@ -172,6 +215,7 @@ impl Drop for Listener {
 pub async fn accept_secured(
     ep: &Endpoint,
     security: &DestinationSecurity,
+    io_timeout: Duration,
     listening: impl FnOnce(&str),
 ) -> std::io::Result<(SecureStream, String)> {
     let (listener, shown) = Listener::bind(ep).await?;
@@ -179,7 +223,7 @@ pub async fn accept_secured(
     let mut handshakes = JoinSet::new();
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
+            accepted = listener.accept(io_timeout) => {
                 let (stream, peer) = match accepted {
                     Ok(x) => x,
                     Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {

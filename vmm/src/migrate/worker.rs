@@ -1,29 +1,32 @@
 //! The migration worker: a thread that owns the VM while a migration runs, connects to the
 //! destination, runs the sender, streams progress to the requesting client, and reports back to
-//! the VM's owner thread.
+//! the VM's owner thread. Concurrency: the worker runs its own current-thread tokio runtime;
+//! the owner thread cancels it through a [`Canceller`].
 
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Duration;
 
-use migration::sender::{OnTimeout, SendOptions};
-
+use migration::cancel::{cancel_pair, Canceller};
 use migration::channel::SourceSecurity;
+use migration::sender::{OnTimeout, SendOptions};
 
 use super::security::{self, SecurityOptions};
 use super::source::MachineSource;
-use super::transport::{connect_secured, Endpoint};
+use super::transport::{connect_secured, Endpoint, DEFAULT_IO_TIMEOUT};
 use crate::control::protocol::{MigrateRequest, Response};
 use crate::events::{Responder, VmEvent};
 use crate::machine::Machine;
 
-/// Checks the request and starts the worker; errors are about the request itself.
+/// Checks the request and starts the worker; errors are about the request itself. The VM was
+/// paused by its user when `user_paused`: a failed migration leaves it paused.
 pub fn start(
     machine: Arc<Machine>,
     req: MigrateRequest,
+    user_paused: bool,
     reply: Responder,
     events: Sender<VmEvent>,
-) -> Result<(), String> {
+) -> Result<Canceller, String> {
     let endpoint = Endpoint::parse(&req.to)?;
     let mut opts = SendOptions {
         offline: req.offline,
@@ -36,6 +39,9 @@ pub fn start(
         opts.max_bandwidth = mib << 20;
     }
     if let Some(s) = req.timeout_secs {
+        if s == 0 {
+            return Err("--timeout must be at least 1 second".into());
+        }
         opts.timeout = Duration::from_secs(s);
     }
     if let Some(r) = req.max_rounds {
@@ -45,6 +51,11 @@ pub fn start(
         None | Some("force") => OnTimeout::Force,
         Some("cancel") => OnTimeout::Cancel,
         Some(other) => return Err(format!("--on-timeout takes cancel or force, not '{other}'")),
+    };
+    let io_timeout = match req.io_timeout_secs {
+        None => DEFAULT_IO_TIMEOUT,
+        Some(0) => return Err("--io-timeout must be at least 1 second".into()),
+        Some(s) => Duration::from_secs(s),
     };
     let security = security::for_source(
         &SecurityOptions {
@@ -61,21 +72,30 @@ pub fn start(
             log::warn!("{w}");
         }
     }
+    let (canceller, token) = cancel_pair();
+    let source = MachineSource {
+        machine,
+        user_paused,
+    };
     std::thread::Builder::new()
         .name("migration".into())
         .spawn(move || {
-            let result = run(machine, &endpoint, &security, &opts, &reply);
+            let result = run(
+                source, &endpoint, &security, io_timeout, &opts, token, &reply,
+            );
             let _ = events.send(VmEvent::MigrationFinished { result, reply });
         })
         .map_err(|e| format!("cannot start the migration thread: {e}"))?;
-    Ok(())
+    Ok(canceller)
 }
 
 fn run(
-    machine: Arc<Machine>,
+    source: MachineSource,
     endpoint: &Endpoint,
     security: &SourceSecurity,
+    io_timeout: Duration,
     opts: &SendOptions,
+    token: migration::cancel::CancelToken,
     reply: &Responder,
 ) -> Result<migration::progress::Summary, migration::MigrationError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -84,12 +104,29 @@ fn run(
         .map_err(|e| {
             migration::MigrationError::Source(format!("cannot start the I/O runtime: {e}"))
         })?;
-    let source = MachineSource { machine };
     runtime.block_on(async {
-        let mut stream = connect_secured(endpoint, security).await?;
-        migration::sender::send(&mut stream, &source, opts, |p| {
-            let _ = reply.send(Response::progress(p.clone()));
-        })
+        // Connecting and the handshake count against the same limit as the rest.
+        let connect = tokio::time::timeout(
+            opts.hard_limit(),
+            connect_secured(endpoint, security, io_timeout),
+        );
+        let mut stream = match connect.await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(migration::MigrationError::TimedOut(
+                    opts.hard_limit().as_secs(),
+                ))
+            }
+        };
+        migration::sender::send(
+            &mut stream,
+            &source,
+            opts,
+            |p| {
+                let _ = reply.send(Response::progress(p.clone()));
+            },
+            token,
+        )
         .await
     })
 }
