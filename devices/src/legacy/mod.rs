@@ -4,4 +4,7 @@ mod i8042;
 mod serial;
 
 pub use i8042::I8042;
-pub use serial::{Serial, SerialSnapshot, COM1_BASE, COM1_IRQ, SERIAL_PORT_SIZE};
+pub use serial::{
+    Serial, SerialRestoreError, SerialSnapshot, COM1_BASE, COM1_IRQ, SERIAL_FIFO_SIZE,
+    SERIAL_PORT_SIZE,
+};

@@ -50,17 +50,39 @@ impl Serial {
         })
     }
 
-    /// Replaces the registers and pending input with a snapshot's, keeping the interrupt and output.
-    pub fn restore(&mut self, s: &SerialSnapshot) {
+    /// Replaces the registers and pending input with a snapshot's, keeping the interrupt and
+    /// output. A snapshot the UART cannot hold (more pending input than its FIFO) is refused
+    /// and the UART left as it was.
+    pub fn restore(&mut self, s: &SerialSnapshot) -> Result<(), SerialRestoreError> {
+        s.validate()?;
         let trigger = self.uart.interrupt_evt().clone();
         let placeholder = vm_superio::Serial::new(
             trigger.clone(),
             Box::new(std::io::sink()) as Box<dyn Write + Send>,
         );
         let old = std::mem::replace(&mut self.uart, placeholder);
-        self.uart =
-            vm_superio::Serial::from_state(&s.to_state(), trigger, NoEvents, old.into_writer())
-                .expect("vm-superio accepts any register state");
+        let state = old.state();
+        let out = old.into_writer();
+        match vm_superio::Serial::from_state(&s.to_state(), trigger.clone(), NoEvents, out) {
+            Ok(uart) => {
+                self.uart = uart;
+                Ok(())
+            }
+            Err(e) => {
+                // Checked above, so not expected; put the old UART back all the same.
+                let out = std::mem::replace(
+                    &mut self.uart,
+                    vm_superio::Serial::new(
+                        trigger.clone(),
+                        Box::new(std::io::sink()) as Box<dyn Write + Send>,
+                    ),
+                )
+                .into_writer();
+                self.uart = vm_superio::Serial::from_state(&state, trigger, NoEvents, out)
+                    .unwrap_or_else(|_| unreachable!("a state the UART produced is valid"));
+                Err(SerialRestoreError::Rejected(format!("{e:?}")))
+            }
+        }
     }
 
     pub fn snapshot(&self) -> SerialSnapshot {
@@ -95,6 +117,19 @@ impl BusDevice for Serial {
     }
 }
 
+/// The UART's receive FIFO holds this many bytes (vm-superio's FIFO_SIZE).
+pub const SERIAL_FIFO_SIZE: usize = 64;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SerialRestoreError {
+    #[error(
+        "serial state holds {0} bytes of pending input; the UART's FIFO holds {SERIAL_FIFO_SIZE}"
+    )]
+    FifoOverflow(usize),
+    #[error("serial state refused by the UART model: {0}")]
+    Rejected(String),
+}
+
 /// The UART's registers and pending input, in a form that serialises.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SerialSnapshot {
@@ -111,6 +146,14 @@ pub struct SerialSnapshot {
 }
 
 impl SerialSnapshot {
+    /// Checks what the UART model would refuse.
+    pub fn validate(&self) -> Result<(), SerialRestoreError> {
+        if self.in_buffer.len() > SERIAL_FIFO_SIZE {
+            return Err(SerialRestoreError::FifoOverflow(self.in_buffer.len()));
+        }
+        Ok(())
+    }
+
     fn from_state(s: &SerialState) -> Self {
         SerialSnapshot {
             baud_divisor_low: s.baud_divisor_low,
@@ -199,10 +242,32 @@ mod tests {
         s.enqueue_input(b"abc");
         let snap = s.snapshot();
         let mut restored = Serial::new(irq, Box::new(std::io::sink()));
-        restored.restore(&snap);
+        restored.restore(&snap).unwrap();
         assert_eq!(restored.snapshot(), snap);
         assert_eq!(snap.in_buffer, b"abc");
         assert_eq!(snap.scratch, 0x5a);
+    }
+
+    #[test]
+    fn a_snapshot_with_more_input_than_the_fifo_is_refused_not_a_crash() {
+        let irq = Arc::new(Counter::default());
+        let mut s = Serial::new(irq, Box::new(std::io::sink()));
+        s.enqueue_input(b"kept");
+        let before = s.snapshot();
+        let hostile = SerialSnapshot {
+            in_buffer: vec![b'x'; SERIAL_FIFO_SIZE + 1],
+            ..before.clone()
+        };
+        assert_eq!(
+            s.restore(&hostile),
+            Err(SerialRestoreError::FifoOverflow(SERIAL_FIFO_SIZE + 1))
+        );
+        assert_eq!(s.snapshot(), before, "the UART is left as it was");
+        let full = SerialSnapshot {
+            in_buffer: vec![b'y'; SERIAL_FIFO_SIZE],
+            ..before
+        };
+        s.restore(&full).unwrap();
     }
 
     #[test]

@@ -172,10 +172,19 @@ impl MmioTransport {
                     format!("max size {} where the device has {max}", q.max_size),
                 ));
             }
-            queues.push(
-                Queue::try_from(QueueState::from(*q))
-                    .map_err(|e| RestoreError::Queue(i, format!("{e:?}")))?,
-            );
+            let queue = Queue::try_from(QueueState::from(*q))
+                .map_err(|e| RestoreError::Queue(i, format!("{e:?}")))?;
+            // A queue the device will use must have its rings inside guest memory.
+            if s.status & STATUS_DRIVER_OK != 0 && q.ready && !queue.is_valid(&self.mem) {
+                return Err(RestoreError::Queue(
+                    i,
+                    format!(
+                        "rings outside guest memory (descriptors {:#x}, available {:#x}, used {:#x})",
+                        q.desc_table, q.avail_ring, q.used_ring
+                    ),
+                ));
+            }
+            queues.push(queue);
         }
         self.frozen = true;
         self.status = s.status;
@@ -680,6 +689,18 @@ pub(crate) mod tests {
             transport().0.restore(&bad),
             Err(RestoreError::Queue(1, _))
         ));
+        let mut outside = snap.clone();
+        outside.queues[0].ready = true;
+        outside.queues[0].desc_table = 0x4000_0000; // beyond the 1 MiB of guest memory
+        assert!(matches!(
+            transport().0.restore(&outside),
+            Err(RestoreError::Queue(0, m)) if m.contains("outside guest memory")
+        ));
+        let mut far_sel = snap.clone();
+        far_sel.queue_sel = u32::MAX; // an index no queue has: registers read as zero
+        let (mut t, _) = transport();
+        t.restore(&far_sel).unwrap();
+        assert_eq!(rd(&mut t, REG_QUEUE_NUM_MAX), 0);
         let mut short = snap;
         short.queues.pop();
         assert!(matches!(

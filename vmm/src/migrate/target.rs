@@ -292,6 +292,8 @@ impl TargetVm for MachineTarget {
                 m.transports.len()
             ));
         }
+        // What can be checked without touching KVM or a device, before anything is restored.
+        s.serial.validate().map_err(|e| e.to_string())?;
         // VM-wide state (clock, irqchip, PIT) before any vCPU.
         crate::vm_state::restore(&m.vm_fd, &s.vm)?;
         let vcpus = Arc::new(s.vcpus);
@@ -307,7 +309,8 @@ impl TargetVm for MachineTarget {
         m.serial
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .restore(&s.serial);
+            .restore(&s.serial)
+            .map_err(|e| e.to_string())?;
         for (t, snap) in m.transports.iter().zip(&s.transports) {
             t.lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -339,5 +342,190 @@ impl TargetVm for MachineTarget {
         self.machine.resume_all()?;
         self.machine.each_transport(|t| t.device_mut().announce());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vm: VmConfig) -> MigrationConfig {
+        MigrationConfig {
+            disk_sizes: vec![1 << 20; vm.disks.len()],
+            vm,
+            cpuid: vec![kvm_bindings::kvm_cpuid_entry2::default(); 4],
+        }
+    }
+
+    fn vm() -> VmConfig {
+        VmConfig {
+            name: "web".into(),
+            kernel: "/k".into(),
+            initrd: None,
+            cmdline: "console=ttyS0".into(),
+            memory_bytes: 256 << 20,
+            vcpus: 2,
+            disks: vec![],
+            nets: vec![],
+        }
+    }
+
+    fn disk(path: &str) -> DiskConfig {
+        DiskConfig {
+            path: path.into(),
+            readonly: false,
+            direct: false,
+            serial: None,
+        }
+    }
+
+    #[test]
+    fn hostile_configs_are_refused_before_anything_is_allocated() {
+        let ok = config(vm());
+        check_limits(&ok.vm, &ok).unwrap();
+        let cases: Vec<(&str, MigrationConfig)> = vec![
+            ("vCPUs", config(VmConfig { vcpus: 0, ..vm() })),
+            ("vCPUs", config(VmConfig { vcpus: 200, ..vm() })),
+            (
+                "memory",
+                config(VmConfig {
+                    memory_bytes: 0,
+                    ..vm()
+                }),
+            ),
+            (
+                "memory",
+                config(VmConfig {
+                    memory_bytes: u64::MAX & !4095,
+                    ..vm()
+                }),
+            ),
+            (
+                "memory",
+                config(VmConfig {
+                    memory_bytes: (256 << 20) + 1,
+                    ..vm()
+                }),
+            ),
+            (
+                "name",
+                config(VmConfig {
+                    name: "../etc".into(),
+                    ..vm()
+                }),
+            ),
+            (
+                "devices",
+                config(VmConfig {
+                    disks: vec![disk("/d"); 40],
+                    ..vm()
+                }),
+            ),
+            (
+                "command line",
+                config(VmConfig {
+                    cmdline: "x".repeat(5000),
+                    ..vm()
+                }),
+            ),
+            (
+                "kernel path",
+                config(VmConfig {
+                    kernel: "/k\x1b[2J".into(),
+                    ..vm()
+                }),
+            ),
+            (
+                "disk sizes",
+                MigrationConfig {
+                    disk_sizes: vec![],
+                    ..config(VmConfig {
+                        disks: vec![disk("/d")],
+                        ..vm()
+                    })
+                },
+            ),
+            (
+                "CPUID",
+                MigrationConfig {
+                    cpuid: vec![],
+                    ..config(vm())
+                },
+            ),
+            (
+                "CPUID",
+                MigrationConfig {
+                    cpuid: vec![Default::default(); kvm_bindings::KVM_MAX_CPUID_ENTRIES + 1],
+                    ..config(vm())
+                },
+            ),
+        ];
+        for (what, cfg) in cases {
+            let err = check_limits(&cfg.vm, &cfg).unwrap_err();
+            assert!(err.contains("malformed config"), "{what}: {err}");
+        }
+    }
+
+    #[test]
+    fn grants_must_match_the_source_devices() {
+        let dir = std::env::temp_dir().join(format!("vmm-grants-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let img = dir.join("d.img");
+        std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+        let path = img.to_str().unwrap();
+        let source = VmConfig {
+            disks: vec![disk(path)],
+            ..vm()
+        };
+        let granted = |d: DiskConfig| Grants {
+            disks: vec![d],
+            nets: vec![],
+        };
+        granted(disk(path)).check(&source, &[1 << 20]).unwrap();
+        let err = Grants::default().check(&source, &[1 << 20]).unwrap_err();
+        assert!(err.contains("grants 0"), "{err}");
+        let err = granted(disk("/elsewhere.img"))
+            .check(&source, &[1 << 20])
+            .unwrap_err();
+        assert!(err.contains("same path"), "{err}");
+        let ro = DiskConfig {
+            readonly: true,
+            ..disk(path)
+        };
+        assert!(granted(ro)
+            .check(&source, &[1 << 20])
+            .unwrap_err()
+            .contains("readonly"));
+        let err = granted(disk(path)).check(&source, &[2 << 20]).unwrap_err();
+        assert!(err.contains("not the same shared disk"), "{err}");
+        let fifo = DiskConfig {
+            path: "/dev/null".into(),
+            ..disk(path)
+        };
+        let source_null = VmConfig {
+            disks: vec![disk("/dev/null")],
+            ..vm()
+        };
+        let err = granted(fifo).check(&source_null, &[0]).unwrap_err();
+        assert!(
+            err.contains("neither a regular file nor a block device"),
+            "{err}"
+        );
+        let nic = |mac| NetConfig {
+            tap: "tap0".into(),
+            mac,
+        };
+        let with_nic = VmConfig {
+            nets: vec![nic([2, 0, 0, 0, 0, 1])],
+            ..vm()
+        };
+        let err = Grants {
+            disks: vec![],
+            nets: vec![nic([2, 0, 0, 0, 0, 2])],
+        }
+        .check(&with_nic, &[])
+        .unwrap_err();
+        assert!(err.contains("02:00:00:00:00:01"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

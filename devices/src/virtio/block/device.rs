@@ -473,7 +473,24 @@ mod tests {
         let q: Queue = vq.create_queue().unwrap();
         let irq = Arc::new(VirtioInterrupt::new(Arc::new(CountingIrq::default())));
         dev.activate(mem.clone(), irq, vec![q]).unwrap();
-        dev.process_queue(0);
+        // Bounded: a device that followed the loop would never return.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            let healthy = dev.process_queue(0);
+            let _ = tx.send(healthy);
+            dev
+        });
+        let healthy = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("process_queue returns on a looping chain");
+        drop(worker.join().unwrap());
+        let used_idx: u16 = vq.used().idx().load();
+        let status: u8 = mem.read_obj(GuestAddress(STATUS)).unwrap();
+        // The chain is cut at the queue size, the request completed with an I/O error status,
+        // and the device stays usable.
+        assert!(healthy, "the device does not need a reset");
+        assert_eq!(used_idx, 1, "the request is completed");
+        assert_eq!(status, VIRTIO_BLK_S_IOERR);
         std::fs::remove_file(path).unwrap();
     }
 }
