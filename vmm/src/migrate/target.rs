@@ -396,7 +396,7 @@ mod tests {
             (
                 "memory",
                 config(VmConfig {
-                    memory_bytes: u64::MAX & !4095,
+                    memory_bytes: !4095,
                     ..vm()
                 }),
             ),
