@@ -13,7 +13,7 @@ DEB_PACKAGES := binutils qemu-system-x86 busybox-static cpio e2fsprogs gzip kmod
                 linux-source-6.1 bc flex bison make gcc libc6-dev libelf-dev libssl-dev xz-utils \
                 openssl util-linux
 
-.PHONY: all deps build vmm-static artifacts rig run test lint unit-test kvm-test rig-test bench clean
+.PHONY: all deps build vmm-static artifacts rig run test lint fuzz fuzz-check unit-test kvm-test rig-test bench clean
 
 all: build
 
@@ -64,9 +64,17 @@ rig-test:
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 
+# Fuzzing (tests/fuzz): FUZZ_SECONDS per target; `make test` runs a short pass on the corpus.
+FUZZ_SECONDS ?= 60
+fuzz:
+	tests/fuzz/run.sh $(FUZZ_SECONDS)
+
+fuzz-check:
+	tests/fuzz/run.sh 3
+
 test: deps artifacts rig
 	cargo build --workspace --all-targets
-	$(MAKE) --no-print-directory lint unit-test kvm-test rig-test
+	$(MAKE) --no-print-directory lint unit-test fuzz-check kvm-test rig-test
 
 clean:
 	cargo clean

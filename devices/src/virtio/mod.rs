@@ -148,6 +148,16 @@ pub struct QueueSnapshot {
     pub used_ring: u64,
 }
 
+impl QueueSnapshot {
+    /// Checks what a queue would refuse to take: a size that is zero, over the maximum or not a
+    /// power of two, misaligned rings.
+    pub fn validate(&self) -> Result<(), String> {
+        virtio_queue::Queue::try_from(QueueState::from(*self))
+            .map(|_| ())
+            .map_err(|e| format!("{e:?}"))
+    }
+}
+
 impl From<QueueState> for QueueSnapshot {
     fn from(q: QueueState) -> Self {
         QueueSnapshot {

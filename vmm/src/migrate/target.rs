@@ -86,6 +86,33 @@ fn check_limits(vm: &VmConfig, cfg: &MigrationConfig) -> VmResult<()> {
     Ok(())
 }
 
+/// Decodes a source's config and applies every check that needs nothing but the config.
+pub fn decode_config(bytes: &[u8]) -> VmResult<MigrationConfig> {
+    let cfg: MigrationConfig = migration::envelope::open(bytes).map_err(|e| e.to_string())?;
+    check_limits(&cfg.vm, &cfg)?;
+    Ok(cfg)
+}
+
+/// Decodes the paused guest's state and applies every check that needs neither KVM nor a
+/// device: counts, the UART's FIFO, each queue's size and ring alignment.
+pub fn decode_state(bytes: &[u8]) -> VmResult<MigrationState> {
+    let s: MigrationState = migration::envelope::open(bytes).map_err(|e| e.to_string())?;
+    if s.vcpus.is_empty() || s.vcpus.len() > usize::from(arch::mptable::MAX_VCPUS) {
+        return Err(format!("malformed state: {} vCPUs", s.vcpus.len()));
+    }
+    if s.transports.len() > crate::vm::MAX_VIRTIO_DEVICES {
+        return Err(format!("malformed state: {} devices", s.transports.len()));
+    }
+    s.serial.validate().map_err(|e| e.to_string())?;
+    for (d, t) in s.transports.iter().enumerate() {
+        for (i, q) in t.queues.iter().enumerate() {
+            q.validate()
+                .map_err(|e| format!("malformed state: device {d} queue {i}: {e}"))?;
+        }
+    }
+    Ok(s)
+}
+
 fn on_off(b: bool) -> &'static str {
     if b {
         "on"
@@ -176,7 +203,6 @@ impl Grants {
 impl IncomingBuilder {
     /// Every check before anything is allocated or opened (beyond stat-ing the granted disks).
     fn check(&self, cfg: &MigrationConfig, kvm: &kvm_ioctls::Kvm) -> VmResult<()> {
-        check_limits(&cfg.vm, cfg)?;
         if cfg.vm.name != self.name {
             return Err(format!(
                 "the VM is named '{}' but this destination waits for '{}'",
@@ -233,7 +259,7 @@ fn mem_available() -> Option<u64> {
 
 impl TargetBuilder for IncomingBuilder {
     fn build(&mut self, config: &[u8]) -> VmResult<Box<dyn TargetVm>> {
-        let cfg: MigrationConfig = migration::envelope::open(config).map_err(|e| e.to_string())?;
+        let cfg = decode_config(config)?;
         let kvm = kvm_ioctls::Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
         self.check(&cfg, &kvm)?;
         let local = self.local_config(&cfg.vm);
@@ -282,7 +308,7 @@ impl TargetVm for MachineTarget {
 
     fn restore_state(&mut self, state: &[u8]) -> VmResult<()> {
         let m = &self.machine;
-        let s: MigrationState = migration::envelope::open(state).map_err(|e| e.to_string())?;
+        let s = decode_state(state)?;
         if s.vcpus.len() != m.vcpus.count() || s.transports.len() != m.transports.len() {
             return Err(format!(
                 "state has {} vCPUs and {} devices, the VM here {} and {}",
@@ -292,8 +318,6 @@ impl TargetVm for MachineTarget {
                 m.transports.len()
             ));
         }
-        // What can be checked without touching KVM or a device, before anything is restored.
-        s.serial.validate().map_err(|e| e.to_string())?;
         // VM-wide state (clock, irqchip, PIT) before any vCPU.
         crate::vm_state::restore(&m.vm_fd, &s.vm)?;
         let vcpus = Arc::new(s.vcpus);
@@ -383,6 +407,7 @@ mod tests {
     fn hostile_configs_are_refused_before_anything_is_allocated() {
         let ok = config(vm());
         check_limits(&ok.vm, &ok).unwrap();
+        decode_config(&migration::envelope::seal(&ok).unwrap()).unwrap();
         let cases: Vec<(&str, MigrationConfig)> = vec![
             ("vCPUs", config(VmConfig { vcpus: 0, ..vm() })),
             ("vCPUs", config(VmConfig { vcpus: 200, ..vm() })),

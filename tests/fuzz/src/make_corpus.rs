@@ -1,0 +1,187 @@
+//! Writes the seed corpus (tests/fuzz/corpus/TARGET/seed-*): one well-formed input per shape
+//! each target takes, so a short fuzzing pass starts from inputs that reach deep. Run by hand
+//! after a format changes: `cargo run --bin make_corpus` in tests/fuzz.
+
+use std::path::Path;
+
+use devices::virtio::mmio::MmioTransport;
+use migration::wire::{FrameKind, PagesBuilder};
+use vmm::config::{DiskConfig, NetConfig, VmConfig};
+use vmm::migrate::state::{MigrationConfig, MigrationState};
+
+fn put(target: &str, name: &str, bytes: &[u8]) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name), bytes).unwrap();
+}
+
+fn frame(kind: FrameKind, payload: &[u8]) -> Vec<u8> {
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let mut out = Vec::new();
+    rt.block_on(migration::wire::write_frame(&mut out, kind, payload))
+        .unwrap();
+    out
+}
+
+fn cbor<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(v, &mut out).unwrap();
+    out
+}
+
+fn le16(mem: &mut [u8], at: usize, v: u16) {
+    mem[at..at + 2].copy_from_slice(&v.to_le_bytes());
+}
+
+/// A split-ring descriptor at index `i` of the table at `table`.
+fn desc(mem: &mut [u8], table: usize, i: usize, addr: u64, len: u32, flags: u16, next: u16) {
+    let at = table + i * 16;
+    mem[at..at + 8].copy_from_slice(&addr.to_le_bytes());
+    mem[at + 8..at + 12].copy_from_slice(&len.to_le_bytes());
+    le16(mem, at + 12, flags);
+    le16(mem, at + 14, next);
+}
+
+/// One chain (head 0) made available in the ring at `avail`.
+fn avail_one(mem: &mut [u8], avail: usize) {
+    le16(mem, avail + 2, 1);
+    le16(mem, avail + 4, 0);
+}
+
+const NEXT: u16 = 1;
+const WRITE: u16 = 2;
+
+fn main() {
+    let mut pages = PagesBuilder::new();
+    pages.push(5, &[0xa5; 8192]);
+    pages.push(300, &[0x5a; 4096]);
+    let pages = pages.finish();
+    put("pages_codec", "seed-2-runs", &pages);
+
+    let hello = migration::envelope::seal(&migration::protocol::Hello::new()).unwrap();
+    put("state_envelope", "seed-hello", &hello);
+    let stream = [
+        frame(FrameKind::Hello, &hello),
+        frame(FrameKind::Pages, &pages),
+        frame(FrameKind::RoundEnd, &0u32.to_le_bytes()),
+        frame(FrameKind::Error, b"the other end gave up"),
+    ]
+    .concat();
+    put("wire_frames", "seed-stream", &stream);
+
+    let vm = VmConfig {
+        name: "web1".into(),
+        kernel: "/boot/bzImage".into(),
+        initrd: None,
+        cmdline: "console=ttyS0".into(),
+        memory_bytes: 256 << 20,
+        vcpus: 2,
+        disks: vec![DiskConfig {
+            path: "/shared/web1.img".into(),
+            readonly: false,
+            direct: false,
+            serial: None,
+        }],
+        nets: vec![NetConfig {
+            tap: "tap0".into(),
+            mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+        }],
+    };
+    let config = MigrationConfig {
+        vm,
+        cpuid: vec![kvm_bindings::kvm_cpuid_entry2::default(); 8],
+        disk_sizes: vec![1 << 30],
+    };
+    put(
+        "migration_config",
+        "seed-config",
+        &migration::envelope::seal(&config).unwrap(),
+    );
+
+    let block = MmioTransport::new(
+        Box::new(vmm_fuzz::block()),
+        vmm_fuzz::memory(&[]),
+        vmm_fuzz::interrupt(),
+    )
+    .snapshot();
+    let net = MmioTransport::new(
+        Box::new(vmm_fuzz::net(vec![])),
+        vmm_fuzz::memory(&[]),
+        vmm_fuzz::interrupt(),
+    )
+    .snapshot();
+    let serial = devices::legacy::SerialSnapshot {
+        in_buffer: b"ls\n".to_vec(),
+        ..Default::default()
+    };
+    let state = MigrationState {
+        vm: vmm::vm_state::VmState {
+            pit: Default::default(),
+            clock: Default::default(),
+            pic_master: Default::default(),
+            pic_slave: Default::default(),
+            ioapic: Default::default(),
+        },
+        vcpus: vec![vmm::vcpu_state::VcpuState {
+            cpuid: vec![Default::default(); 4],
+            mp_state: Default::default(),
+            regs: Default::default(),
+            sregs: Default::default(),
+            xsave: Default::default(),
+            xcrs: Default::default(),
+            debugregs: Default::default(),
+            lapic: Default::default(),
+            msrs: vec![Default::default(); 4],
+            vcpu_events: Default::default(),
+        }],
+        serial: serial.clone(),
+        transports: vec![block.clone(), net.clone()],
+    };
+    put(
+        "migration_state",
+        "seed-state",
+        &migration::envelope::seal(&state).unwrap(),
+    );
+    put("device_state", "seed-serial", &[[0u8].as_slice(), &cbor(&serial)].concat());
+    put("device_state", "seed-block", &[[1u8].as_slice(), &cbor(&block)].concat());
+    put("device_state", "seed-net", &[[2u8].as_slice(), &cbor(&net)].concat());
+
+    let mut preface = b"VMMMIGR".to_vec();
+    preface.extend_from_slice(&[migration::channel::PROTOCOL_VERSION, 1]);
+    put("channel_handshake", "seed-psk-preface", &[preface.as_slice(), &[0, 48], &[7u8; 48]].concat());
+
+    for (i, req) in [
+        r#"{"command":"info"}"#,
+        r#"{"command":"migrate","to":"tcp:host2:4444","offline":false,"downtime_ms":300,"auth_key_file":"/k"}"#,
+        r#"{"command":"migrate-cancel"}"#,
+    ]
+    .iter()
+    .enumerate()
+    {
+        put("control_request", &format!("seed-{i}"), req.as_bytes());
+    }
+
+    // A virtio-blk read of one sector: header at 0x8000, data at 0x9000, status at 0xa000.
+    let mut mem = vec![0u8; 0xa100];
+    desc(&mut mem, 0, 0, 0x8000, 16, NEXT, 1);
+    desc(&mut mem, 0, 1, 0x9000, 512, NEXT | WRITE, 2);
+    desc(&mut mem, 0, 2, 0xa000, 1, WRITE, 0);
+    avail_one(&mut mem, 0x1000);
+    put("virtio_block_chain", "seed-read", &mem);
+    mem[0x8000] = 1; // VIRTIO_BLK_T_OUT
+    desc(&mut mem, 0, 1, 0x9000, 512, NEXT, 2);
+    put("virtio_block_chain", "seed-write", &mem);
+
+    // virtio-net: a 72-byte frame to transmit at 0x8000 (TX queue at 0), and a 2 KiB receive
+    // buffer at 0x9000 (RX queue at 0x3000); the frame to receive is the input from 0x8000.
+    let mut mem = vec![0u8; 0x8100];
+    desc(&mut mem, 0, 0, 0x8000, 72, 0, 0);
+    avail_one(&mut mem, 0x1000);
+    desc(&mut mem, 0x3000, 0, 0x9000, 2048, WRITE, 0);
+    avail_one(&mut mem, 0x4000);
+    for (i, b) in mem[0x8000 + 12..0x8000 + 72].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    put("virtio_net_chain", "seed-tx-rx", &mem);
+    eprintln!("make_corpus: seeds written under {}/corpus", env!("CARGO_MANIFEST_DIR"));
+}
