@@ -13,7 +13,7 @@ DEB_PACKAGES := binutils qemu-system-x86 busybox-static cpio e2fsprogs gzip kmod
                 linux-source-6.1 bc flex bison make gcc libc6-dev libelf-dev libssl-dev xz-utils \
                 openssl util-linux
 
-.PHONY: all deps build vmm-static artifacts rig run test lint fuzz fuzz-check unit-test kvm-test rig-test bench clean
+.PHONY: all deps build vmm-static artifacts rig run test lint fuzz fuzz-check soak unit-test kvm-test rig-test bench clean
 
 all: build
 
@@ -57,6 +57,12 @@ unit-test:
 
 kvm-test:
 	cargo test -p vmm-tests --test boot --test lifecycle --test cli_errors --test migration --test migration_faults --test migration_security --test migration_robustness --test migration_netns
+	cargo test -p vmm-tests --test migration_soak -- --nocapture
+
+# 500 migrations back and forth; prints failures and the downtime distribution.
+soak:
+	cargo build --release --bin vmm
+	SOAK_MIGRATIONS=500 VMM_BIN=$(ROOT)/target/release/vmm cargo test --release -p vmm-tests --test migration_soak -- --nocapture
 
 rig-test:
 	cargo test -p vmm-tests --test nested_linux -- --nocapture --test-threads=1
@@ -73,8 +79,10 @@ fuzz-check:
 	tests/fuzz/run.sh 3
 
 test: deps artifacts rig
+	@rm -f $(BUILD)/test-skips.txt
 	cargo build --workspace --all-targets
 	$(MAKE) --no-print-directory lint unit-test fuzz-check kvm-test rig-test
+	@tests/skip-summary.sh $(BUILD)/test-skips.txt
 
 clean:
 	cargo clean

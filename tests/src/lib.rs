@@ -48,22 +48,49 @@ pub fn vmm_bin() -> PathBuf {
     .clone()
 }
 
-/// True when tests needing /dev/kvm can run. Without it: a failure under CI=true, otherwise
-/// false after printing why the test is skipped.
+/// Where skipped tests are recorded; `make test` prints and counts them at the end.
+pub fn skip_log() -> PathBuf {
+    workspace_root().join("build").join("test-skips.txt")
+}
+
+/// A test that cannot run here: under CI=true a failure; otherwise a "SKIPPED" line on stderr
+/// and in [`skip_log`], so the summary of `make test` shows and counts it. Returns false.
+pub fn skip(test: &str, why: &str) -> bool {
+    if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
+        panic!("{test}: {why}; CI=true, so this is a failure");
+    }
+    let line = format!("SKIPPED {test}: {why}");
+    eprintln!("{line}");
+    let log = skip_log();
+    if let Some(dir) = log.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+    {
+        let _ = std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes());
+    }
+    false
+}
+
+/// True when tests needing /dev/kvm can run; otherwise see [`skip`].
 pub fn require_kvm(test: &str) -> bool {
     let ok = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
         .is_ok();
-    if ok {
-        return true;
-    }
-    if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
-        panic!("{test}: /dev/kvm is not usable and CI=true: KVM tests must run in CI");
-    }
-    eprintln!("SKIP {test}: /dev/kvm is not usable on this machine (would fail under CI=true)");
-    false
+    ok || skip(test, "/dev/kvm is not usable on this machine")
+}
+
+/// True when the test runs as root (network namespaces, mounts, another user's processes);
+/// otherwise see [`skip`].
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    root || skip(test, "needs root")
 }
 
 /// A private runtime directory (standing for one host), removed on drop.

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use vmm_tests::proxy::{Proxy, Tamper};
 use vmm_tests::{
-    assert_source_intact, free_port, migrate_retrying, require_kvm, start_dirtier, test_key,
-    RuntimeDir, VmProcess,
+    assert_source_intact, free_port, migrate_retrying, require_kvm, require_root, start_dirtier,
+    test_key, RuntimeDir, VmProcess,
 };
 
 const T: Duration = Duration::from_secs(120);
@@ -109,7 +109,9 @@ fn a_destination_killed_mid_transfer_leaves_the_guest_on_the_source() {
 
 #[test]
 fn a_destination_without_the_disk_refuses_with_the_reason() {
-    if !require_kvm("a_destination_without_the_disk_refuses_with_the_reason") {
+    if !require_kvm("a_destination_without_the_disk_refuses_with_the_reason")
+        || !require_root("a_destination_without_the_disk_refuses_with_the_reason")
+    {
         return;
     }
     let (a, b) = (RuntimeDir::new("host1"), RuntimeDir::new("host2"));

@@ -10,7 +10,7 @@ use std::time::Duration;
 use vmm_tests::proxy::{contains, Proxy, Tamper};
 use vmm_tests::{
     assert_source_intact, free_port, key_file, make_certs, migrate_retrying, require_kvm,
-    start_dirtier, test_key, vmm_bin, vmm_cli, RuntimeDir, VmProcess,
+    require_root, start_dirtier, test_key, vmm_bin, vmm_cli, RuntimeDir, VmProcess,
 };
 
 const T: Duration = Duration::from_secs(120);
@@ -317,7 +317,9 @@ fn a_tcp_destination_needs_a_key_certificates_or_insecure_and_bounded_key_files(
 
 #[test]
 fn a_destination_gives_the_guest_only_the_disks_its_operator_granted() {
-    if !require_kvm("a_destination_gives_the_guest_only_the_disks_its_operator_granted") {
+    if !require_kvm("a_destination_gives_the_guest_only_the_disks_its_operator_granted")
+        || !require_root("a_destination_gives_the_guest_only_the_disks_its_operator_granted")
+    {
         return;
     }
     let (a, b) = (RuntimeDir::new("host1"), RuntimeDir::new("host2"));
@@ -408,7 +410,9 @@ fn as_nobody(cmd: &[&str]) -> std::process::Output {
 
 #[test]
 fn unix_sockets_answer_only_their_owner_or_root() {
-    if !require_kvm("unix_sockets_answer_only_their_owner_or_root") {
+    if !require_kvm("unix_sockets_answer_only_their_owner_or_root")
+        || !require_root("unix_sockets_answer_only_their_owner_or_root")
+    {
         return;
     }
     let (a, b) = (RuntimeDir::new("host1"), RuntimeDir::new("host2"));
