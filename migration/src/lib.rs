@@ -17,5 +17,17 @@ pub mod wire;
 
 pub use protocol::MigrationError;
 
+/// An error and its sources, joined by ": " (what a log line or a peer should read).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests;

@@ -60,6 +60,8 @@ pub enum MigrationError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot start the migration's I/O runtime")]
+    Runtime(#[source] std::io::Error),
     #[error(transparent)]
     Channel(#[from] ChannelError),
     #[error(transparent)]
@@ -69,15 +71,20 @@ pub enum MigrationError {
     #[error("protocol violation by the peer: {0}")]
     Protocol(String),
     /// This destination (its builder) turned the VM down.
-    #[error("the VM was refused: {0}")]
-    Refused(String),
+    #[error("the VM was refused")]
+    Refused(#[source] crate::vm::VmError),
     /// What the destination said when it gave up (its Error frame), as the source reports it.
     #[error("the destination reported: {0}")]
     Destination(String),
-    #[error("the source VM: {0}")]
-    Source(String),
-    #[error("the destination VM: {0}")]
-    Target(String),
+    #[error("on the source")]
+    Source(#[source] crate::vm::VmError),
+    #[error("{}; and the guest could not be resumed on the source: {}", crate::error_chain(.error), crate::error_chain(.resume))]
+    NotResumed {
+        error: Box<MigrationError>,
+        resume: crate::vm::VmError,
+    },
+    #[error("on the destination")]
+    Target(#[source] crate::vm::VmError),
     #[error("migration did not converge: {0}")]
     NotConverged(String),
     #[error("cancelled before the switchover; the guest runs on at the source")]

@@ -20,7 +20,9 @@ where
         Ok(vm) => Ok(vm),
         Err(e) => {
             if !matches!(e, MigrationError::Wire(wire::WireError::Remote(_))) {
-                let _ = wire::write_frame(stream, FrameKind::Error, e.to_string().as_bytes()).await;
+                let _ =
+                    wire::write_frame(stream, FrameKind::Error, crate::error_chain(&e).as_bytes())
+                        .await;
                 wire::linger_close(stream).await;
             }
             Err(e)

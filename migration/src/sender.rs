@@ -103,7 +103,7 @@ where
     // Point of no return: from here the source never runs the guest again.
     wire::write_frame(stream, FrameKind::Commit, &[])
         .await
-        .map_err(|e| MigrationError::AfterCommit(e.to_string()))?;
+        .map_err(|e| MigrationError::AfterCommit(crate::error_chain(&e)))?;
     vm.release();
     let resumed = tokio::time::timeout(
         Duration::from_secs(60),
@@ -112,7 +112,7 @@ where
     .await;
     match resumed {
         Ok(Ok(_)) => {}
-        Ok(Err(e)) => return Err(MigrationError::AfterCommit(e.to_string())),
+        Ok(Err(e)) => return Err(MigrationError::AfterCommit(crate::error_chain(&e))),
         Err(_) => return Err(MigrationError::AfterCommit("no answer within 60 s".into())),
     }
     let mut summary = run.summary;
@@ -165,14 +165,15 @@ impl Run<'_> {
         // connection does not hold us up.
         let _ = tokio::time::timeout(
             TELL_DESTINATION,
-            wire::write_frame(stream, FrameKind::Error, e.to_string().as_bytes()),
+            wire::write_frame(stream, FrameKind::Error, crate::error_chain(&e).as_bytes()),
         )
         .await;
         match resumed {
             Ok(()) => e,
-            Err(r) => {
-                MigrationError::Source(format!("{e}; and the guest could not be resumed: {r}"))
-            }
+            Err(resume) => MigrationError::NotResumed {
+                error: Box::new(e),
+                resume,
+            },
         }
     }
 

@@ -154,7 +154,7 @@ struct Builder {
 impl TargetBuilder for Builder {
     fn build(&mut self, config: &[u8]) -> VmResult<Box<dyn TargetVm>> {
         if let Some(why) = &self.refuse {
-            return Err(why.clone());
+            return Err(crate::vm::VmError::Refused(why.clone()));
         }
         assert_eq!(config, b"fake-config");
         self.shared.lock().unwrap().mem = vec![0u8; PAGES * 4096];

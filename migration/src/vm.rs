@@ -1,5 +1,6 @@
 //! What the protocol needs from a VM, on each side. The VMM implements these over KVM; tests
-//! implement them over plain memory.
+//! implement them over plain memory. Failures cross this boundary as [`VmError`]: which step
+//! failed, with the implementation's own error as its source.
 
 use crate::dirty::DirtyBitmap;
 
@@ -10,7 +11,35 @@ pub struct RamRegion {
     pub pages: usize,
 }
 
-pub type VmResult<T> = Result<T, String>;
+/// The error an implementation gives back, kept as the source of a [`VmError`].
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot describe the VM")]
+    Config(#[source] Cause),
+    #[error("guest memory access failed")]
+    Memory(#[source] Cause),
+    #[error("dirty-page tracking failed")]
+    DirtyLog(#[source] Cause),
+    #[error("cannot pause the guest")]
+    Pause(#[source] Cause),
+    #[error("cannot resume the guest")]
+    Resume(#[source] Cause),
+    #[error("cannot capture the guest's state")]
+    Save(#[source] Cause),
+    #[error("cannot restore the guest's state")]
+    Restore(#[source] Cause),
+    #[error("cannot take the disks over")]
+    Acquire(#[source] Cause),
+    #[error("cannot build the VM here")]
+    Build(#[source] Cause),
+    /// The destination's checks turned the VM down; the text says why, for the source.
+    #[error("{0}")]
+    Refused(String),
+}
+
+pub type VmResult<T> = Result<T, VmError>;
 
 /// The running VM being migrated away.
 pub trait SourceVm: Send + Sync {
@@ -24,9 +53,11 @@ pub trait SourceVm: Send + Sync {
     fn stop_dirty_log(&self);
     /// Pages written since the last call (or since start), one bitmap per region.
     fn take_dirty(&self) -> VmResult<Vec<DirtyBitmap>>;
-    /// Stops the guest: vCPUs out of guest mode, devices frozen, disks flushed.
+    /// Stops the guest: vCPUs out of guest mode, devices frozen, disks flushed. On failure
+    /// the guest runs as before.
     fn pause(&self) -> VmResult<()>;
-    /// Lets the guest run again (a migration that failed before commit).
+    /// Lets the guest run again (a migration that failed before commit), or leaves it paused
+    /// if its user had paused it before the migration.
     fn resume(&self) -> VmResult<()>;
     /// Device, vCPU and VM state of the paused guest (an envelope).
     fn save_state(&self) -> VmResult<Vec<u8>>;

@@ -19,14 +19,4 @@ pub mod vcpu_state;
 pub mod vm;
 pub mod vm_state;
 
-/// An error and its sources, joined by ": ".
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use migration::error_chain;

@@ -47,8 +47,8 @@ impl Machine {
     }
 
     /// Stops the vCPUs, then the devices (DESIGN.md: vCPUs, clock, devices).
-    pub fn pause_all(&self) -> Result<(), String> {
-        self.vcpus.pause().map_err(|e| e.to_string())?;
+    pub fn pause_all(&self) -> Result<(), crate::vcpu::VcpuError> {
+        self.vcpus.pause()?;
         self.each_transport(|t| t.freeze());
         Ok(())
     }
@@ -60,12 +60,11 @@ impl Machine {
 
     /// Resumes in reverse: devices first (queues re-run), the guest told it was paused
     /// (KVMCLOCK_CTRL, so its watchdogs do not fire), then the vCPUs.
-    pub fn resume_all(&self) -> Result<(), String> {
+    pub fn resume_all(&self) {
         self.thaw_devices();
         // Fails with EINVAL when the guest has not enabled kvmclock: nothing to tell it then.
         let _ = self.vcpus.on_each(|_, fd| fd.kvmclock_ctrl());
         self.vcpus.resume();
-        Ok(())
     }
 }
 

@@ -123,15 +123,24 @@ pub trait VirtioDevice: Send {
     /// Let go of host resources another host will take over (the disk lock at migration commit).
     fn release_backend(&mut self) {}
     /// Take the host resources back (after a migration commit on the destination).
-    fn acquire_backend(&mut self) -> Result<(), String> {
+    fn acquire_backend(&mut self) -> Result<(), BackendError> {
         Ok(())
     }
     /// Tell the network where this device now is (after a migration): RARP from its MAC.
     fn announce(&mut self) {}
     /// Make completed writes durable (disk flush before the final migration state).
-    fn flush_backend(&mut self) -> Result<(), String> {
+    fn flush_backend(&mut self) -> Result<(), BackendError> {
         Ok(())
     }
+}
+
+/// A device's host backend failed a migration step.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("cannot flush {0}")]
+    Flush(std::path::PathBuf, #[source] std::io::Error),
+    #[error(transparent)]
+    Disk(#[from] block::DiskError),
 }
 
 /// A queue's state in a form that serialises (virtio-queue's QueueState has no serde).
@@ -151,10 +160,8 @@ pub struct QueueSnapshot {
 impl QueueSnapshot {
     /// Checks what a queue would refuse to take: a size that is zero, over the maximum or not a
     /// power of two, misaligned rings.
-    pub fn validate(&self) -> Result<(), String> {
-        virtio_queue::Queue::try_from(QueueState::from(*self))
-            .map(|_| ())
-            .map_err(|e| format!("{e:?}"))
+    pub fn validate(&self) -> Result<(), virtio_queue::Error> {
+        virtio_queue::Queue::try_from(QueueState::from(*self)).map(|_| ())
     }
 }
 

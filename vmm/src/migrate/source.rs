@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES;
 use migration::dirty::DirtyBitmap;
-use migration::vm::{RamRegion, SourceVm, VmResult};
+use migration::vm::{Cause, RamRegion, SourceVm, VmError, VmResult};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::state::{MigrationConfig, MigrationState};
@@ -30,7 +30,7 @@ impl SourceVm for MachineSource {
         for d in &m.config.disks {
             disk_sizes.push(
                 devices::virtio::block::disk_size(&d.path)
-                    .map_err(|e| format!("disk {}: {e}", d.path.display()))?,
+                    .map_err(|e| VmError::Config(e.into()))?,
             );
         }
         let cfg = MigrationConfig {
@@ -38,7 +38,7 @@ impl SourceVm for MachineSource {
             cpuid: m.cpuids[0].as_slice().to_vec(),
             disk_sizes,
         };
-        migration::envelope::seal(&cfg).map_err(|e| e.to_string())
+        migration::envelope::seal(&cfg).map_err(|e| VmError::Config(e.into()))
     }
 
     fn regions(&self) -> Vec<RamRegion> {
@@ -56,13 +56,13 @@ impl SourceVm for MachineSource {
         self.m()
             .memory
             .read_slice(buf, GuestAddress(gpa))
-            .map_err(|e| format!("read of guest memory at {gpa:#x}: {e}"))
+            .map_err(|e| VmError::Memory(e.into()))
     }
 
     fn start_dirty_log(&self) -> VmResult<()> {
         let m = self.m();
         crate::memory::register(&m.vm_fd, &m.memory, KVM_MEM_LOG_DIRTY_PAGES)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| VmError::DirtyLog(e.into()))?;
         // Forget everything recorded so far: round 0 sends all memory anyway.
         self.take_dirty()?;
         Ok(())
@@ -83,7 +83,7 @@ impl SourceVm for MachineSource {
             let kvm_words = m
                 .vm_fd
                 .get_dirty_log(slot as u32, region.len() as usize)
-                .map_err(|e| format!("KVM_GET_DIRTY_LOG: {e}"))?;
+                .map_err(|e| VmError::DirtyLog(e.into()))?;
             let mut bitmap = DirtyBitmap::from_words(pages, kvm_words);
             // Pages the VMM itself wrote (device DMA, used rings) are not in KVM's log.
             let vmm_words = std::ops::Deref::deref(region).bitmap().get_and_reset();
@@ -95,11 +95,11 @@ impl SourceVm for MachineSource {
 
     fn pause(&self) -> VmResult<()> {
         let m = self.m();
-        let mut result = m.pause_all();
+        let mut result: Result<(), Cause> = m.pause_all().map_err(Into::into);
         if result.is_ok() {
             m.each_transport(|t| {
                 if let Err(e) = t.device_mut().flush_backend() {
-                    result = Err(e);
+                    result = Err(e.into());
                 }
             });
         }
@@ -107,7 +107,7 @@ impl SourceVm for MachineSource {
             // A pause that did not complete (a vCPU that did not stop in time, a flush that
             // failed) counts as no pause: nothing is lost yet, the guest runs on.
             let _ = self.resume();
-            return Err(e);
+            return Err(VmError::Pause(e));
         }
         Ok(())
     }
@@ -115,14 +115,15 @@ impl SourceVm for MachineSource {
     fn resume(&self) -> VmResult<()> {
         if self.user_paused {
             self.m().thaw_devices();
-            return Ok(());
+        } else {
+            self.m().resume_all();
         }
-        self.m().resume_all()
+        Ok(())
     }
 
     fn save_state(&self) -> VmResult<Vec<u8>> {
         let m = self.m();
-        let vm = crate::vm_state::save(&m.vm_fd)?;
+        let vm = crate::vm_state::save(&m.vm_fd).map_err(|e| VmError::Save(e.into()))?;
         let msr_list = Arc::new(m.msr_list.clone());
         let cpuids: Arc<Vec<Vec<kvm_bindings::kvm_cpuid_entry2>>> =
             Arc::new(m.cpuids.iter().map(|c| c.as_slice().to_vec()).collect());
@@ -133,9 +134,10 @@ impl SourceVm for MachineSource {
                     .map_err(|e| format!("{e:?}"))?;
                 crate::vcpu_state::save(fd, &msr_list, &cpuid)
             })
-            .map_err(|e| e.to_string())?
+            .map_err(|e| VmError::Save(e.into()))?
             .into_iter()
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| VmError::Save(e.into()))?;
         let serial = m
             .serial
             .lock()
@@ -149,7 +151,7 @@ impl SourceVm for MachineSource {
             serial,
             transports,
         };
-        migration::envelope::seal(&state).map_err(|e| e.to_string())
+        migration::envelope::seal(&state).map_err(|e| VmError::Save(e.into()))
     }
 
     fn release(&self) {

@@ -9,7 +9,7 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use migration::vm::{RamRegion, TargetBuilder, TargetVm, VmResult};
+use migration::vm::{RamRegion, TargetBuilder, TargetVm, VmError, VmResult};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::state::{MigrationConfig, MigrationState};
@@ -43,7 +43,7 @@ pub struct IncomingBuilder {
 /// Longest path or command-line string taken from a peer (shown by `vmm info`, never opened).
 const MAX_PEER_STRING: usize = 4096;
 
-fn check_peer_string(what: &str, s: &str) -> VmResult<()> {
+fn check_peer_string(what: &str, s: &str) -> Result<(), String> {
     if s.len() > MAX_PEER_STRING || s.chars().any(char::is_control) {
         return Err(format!(
             "malformed config: the {what} is longer than {MAX_PEER_STRING} bytes or holds control characters"
@@ -53,7 +53,7 @@ fn check_peer_string(what: &str, s: &str) -> VmResult<()> {
 }
 
 /// The checks that need nothing but the config: the limits `vmm run` applies.
-fn check_limits(vm: &VmConfig, cfg: &MigrationConfig) -> VmResult<()> {
+fn check_limits(vm: &VmConfig, cfg: &MigrationConfig) -> Result<(), String> {
     let malformed = |e: config::ConfigError| format!("malformed config: {e}");
     config::validate_name(&vm.name).map_err(malformed)?;
     config::validate_vcpus(u64::from(vm.vcpus)).map_err(malformed)?;
@@ -88,26 +88,29 @@ fn check_limits(vm: &VmConfig, cfg: &MigrationConfig) -> VmResult<()> {
 
 /// Decodes a source's config and applies every check that needs nothing but the config.
 pub fn decode_config(bytes: &[u8]) -> VmResult<MigrationConfig> {
-    let cfg: MigrationConfig = migration::envelope::open(bytes).map_err(|e| e.to_string())?;
-    check_limits(&cfg.vm, &cfg)?;
+    let cfg: MigrationConfig = migration::envelope::open(bytes)
+        .map_err(|e| VmError::Refused(format!("malformed config: {e}")))?;
+    check_limits(&cfg.vm, &cfg).map_err(VmError::Refused)?;
     Ok(cfg)
 }
 
 /// Decodes the paused guest's state and applies every check that needs neither KVM nor a
 /// device: counts, the UART's FIFO, each queue's size and ring alignment.
 pub fn decode_state(bytes: &[u8]) -> VmResult<MigrationState> {
-    let s: MigrationState = migration::envelope::open(bytes).map_err(|e| e.to_string())?;
+    let malformed = |m: String| VmError::Restore(format!("malformed state: {m}").into());
+    let s: MigrationState =
+        migration::envelope::open(bytes).map_err(|e| malformed(e.to_string()))?;
     if s.vcpus.is_empty() || s.vcpus.len() > usize::from(arch::mptable::MAX_VCPUS) {
-        return Err(format!("malformed state: {} vCPUs", s.vcpus.len()));
+        return Err(malformed(format!("{} vCPUs", s.vcpus.len())));
     }
     if s.transports.len() > crate::vm::MAX_VIRTIO_DEVICES {
-        return Err(format!("malformed state: {} devices", s.transports.len()));
+        return Err(malformed(format!("{} devices", s.transports.len())));
     }
-    s.serial.validate().map_err(|e| e.to_string())?;
+    s.serial.validate().map_err(|e| malformed(e.to_string()))?;
     for (d, t) in s.transports.iter().enumerate() {
         for (i, q) in t.queues.iter().enumerate() {
             q.validate()
-                .map_err(|e| format!("malformed state: device {d} queue {i}: {e}"))?;
+                .map_err(|e| malformed(format!("device {d} queue {i}: {e}")))?;
         }
     }
     Ok(s)
@@ -130,7 +133,7 @@ fn mac(m: &[u8; 6]) -> String {
 
 impl Grants {
     /// Matches the source's devices with these grants; the error names the first difference.
-    fn check(&self, vm: &VmConfig, disk_sizes: &[u64]) -> VmResult<()> {
+    fn check(&self, vm: &VmConfig, disk_sizes: &[u64]) -> Result<(), String> {
         if vm.disks.len() != self.disks.len() {
             return Err(format!(
                 "the VM has {} disk(s), this destination grants {} (give each with --disk PATH on `vmm run --incoming`)",
@@ -202,7 +205,7 @@ impl Grants {
 
 impl IncomingBuilder {
     /// Every check before anything is allocated or opened (beyond stat-ing the granted disks).
-    fn check(&self, cfg: &MigrationConfig, kvm: &kvm_ioctls::Kvm) -> VmResult<()> {
+    fn check(&self, cfg: &MigrationConfig, kvm: &kvm_ioctls::Kvm) -> Result<(), String> {
         if cfg.vm.name != self.name {
             return Err(format!(
                 "the VM is named '{}' but this destination waits for '{}'",
@@ -260,8 +263,8 @@ fn mem_available() -> Option<u64> {
 impl TargetBuilder for IncomingBuilder {
     fn build(&mut self, config: &[u8]) -> VmResult<Box<dyn TargetVm>> {
         let cfg = decode_config(config)?;
-        let kvm = kvm_ioctls::Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
-        self.check(&cfg, &kvm)?;
+        let kvm = kvm_ioctls::Kvm::new().map_err(|e| VmError::Build(e.into()))?;
+        self.check(&cfg, &kvm).map_err(VmError::Refused)?;
         let local = self.local_config(&cfg.vm);
         let built = crate::vm::build(
             &local,
@@ -269,11 +272,10 @@ impl TargetBuilder for IncomingBuilder {
             Box::new(std::io::stdout()),
             self.events.clone(),
         )
-        .map_err(|e| format!("cannot build the VM here: {}", crate::error_chain(&e)))?;
+        .map_err(|e| VmError::Build(e.into()))?;
         let (parts, vcpu_contexts, subscribers) = built.split();
-        let event_loop = EventLoop::start(subscribers)
-            .map_err(|e| format!("cannot start the device event loop: {e}"))?;
-        let vcpus = VcpuSet::start(vcpu_contexts, true).map_err(|e| e.to_string())?;
+        let event_loop = EventLoop::start(subscribers).map_err(|e| VmError::Build(e.into()))?;
+        let vcpus = VcpuSet::start(vcpu_contexts, true).map_err(|e| VmError::Build(e.into()))?;
         let machine = Arc::new(Machine::new(local, parts, vcpus));
         self.result = Some(Incoming {
             machine: machine.clone(),
@@ -303,45 +305,12 @@ impl TargetVm for MachineTarget {
         self.machine
             .memory
             .write_slice(data, GuestAddress(gpa))
-            .map_err(|e| format!("write of guest memory at {gpa:#x}: {e}"))
+            .map_err(|e| VmError::Memory(e.into()))
     }
 
     fn restore_state(&mut self, state: &[u8]) -> VmResult<()> {
-        let m = &self.machine;
         let s = decode_state(state)?;
-        if s.vcpus.len() != m.vcpus.count() || s.transports.len() != m.transports.len() {
-            return Err(format!(
-                "state has {} vCPUs and {} devices, the VM here {} and {}",
-                s.vcpus.len(),
-                s.transports.len(),
-                m.vcpus.count(),
-                m.transports.len()
-            ));
-        }
-        // VM-wide state (clock, irqchip, PIT) before any vCPU.
-        crate::vm_state::restore(&m.vm_fd, &s.vm)?;
-        let vcpus = Arc::new(s.vcpus);
-        m.vcpus
-            .on_each({
-                let vcpus = vcpus.clone();
-                move |i, fd| crate::vcpu_state::restore(fd, &vcpus[i as usize])
-            })
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .enumerate()
-            .try_for_each(|(i, r)| r.map_err(|e| format!("vCPU {i}: {e}")))?;
-        m.serial
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .restore(&s.serial)
-            .map_err(|e| e.to_string())?;
-        for (t, snap) in m.transports.iter().zip(&s.transports) {
-            t.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .restore(snap)
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(())
+        self.restore(s).map_err(VmError::Restore)
     }
 
     fn acquire(&mut self) -> VmResult<()> {
@@ -352,9 +321,7 @@ impl TargetVm for MachineTarget {
             loop {
                 match t.device_mut().acquire_backend() {
                     Ok(()) => break,
-                    Err(e) if Instant::now() > deadline => {
-                        return Err(format!("cannot take the disk over: {e}"))
-                    }
+                    Err(e) if Instant::now() > deadline => return Err(VmError::Acquire(e.into())),
                     Err(_) => std::thread::sleep(Duration::from_millis(20)),
                 }
             }
@@ -363,8 +330,47 @@ impl TargetVm for MachineTarget {
     }
 
     fn resume(&mut self) -> VmResult<()> {
-        self.machine.resume_all()?;
+        self.machine.resume_all();
         self.machine.each_transport(|t| t.device_mut().announce());
+        Ok(())
+    }
+}
+
+impl MachineTarget {
+    /// Restores checked state in the order KVM needs (DESIGN.md section 5).
+    fn restore(&self, s: MigrationState) -> Result<(), migration::vm::Cause> {
+        let m = &self.machine;
+        if s.vcpus.len() != m.vcpus.count() || s.transports.len() != m.transports.len() {
+            return Err(format!(
+                "state has {} vCPUs and {} devices, the VM here {} and {}",
+                s.vcpus.len(),
+                s.transports.len(),
+                m.vcpus.count(),
+                m.transports.len()
+            )
+            .into());
+        }
+        // VM-wide state (clock, irqchip, PIT) before any vCPU.
+        crate::vm_state::restore(&m.vm_fd, &s.vm)?;
+        let vcpus = Arc::new(s.vcpus);
+        for (i, r) in m
+            .vcpus
+            .on_each({
+                let vcpus = vcpus.clone();
+                move |i, fd| crate::vcpu_state::restore(fd, &vcpus[i as usize])
+            })?
+            .into_iter()
+            .enumerate()
+        {
+            r.map_err(|e| format!("vCPU {i}: {e}"))?;
+        }
+        m.serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .restore(&s.serial)?;
+        for (t, snap) in m.transports.iter().zip(&s.transports) {
+            t.lock().unwrap_or_else(|e| e.into_inner()).restore(snap)?;
+        }
         Ok(())
     }
 }

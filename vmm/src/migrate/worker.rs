@@ -101,9 +101,7 @@ fn run(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| {
-            migration::MigrationError::Source(format!("cannot start the I/O runtime: {e}"))
-        })?;
+        .map_err(migration::MigrationError::Runtime)?;
     runtime.block_on(async {
         // Connecting and the handshake count against the same limit as the rest.
         let connect = tokio::time::timeout(

@@ -7,6 +7,7 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use super::disk::Disk;
 use super::request::{self, MAX_REQUEST_BYTES};
 use super::SECTOR_SIZE;
+use crate::virtio::BackendError;
 use crate::virtio::{
     read_config_bytes, ActivateError, GuestMemoryMmap, VirtioDevice, VirtioInterrupt, TYPE_BLOCK,
     VIRTIO_F_VERSION_1,
@@ -160,16 +161,16 @@ impl VirtioDevice for Block {
         self.disk.unlock();
     }
 
-    fn acquire_backend(&mut self) -> Result<(), String> {
-        self.disk.lock().map_err(|e| e.to_string())?;
+    fn acquire_backend(&mut self) -> Result<(), BackendError> {
+        self.disk.lock()?;
         self.disk.drop_cache();
         Ok(())
     }
 
-    fn flush_backend(&mut self) -> Result<(), String> {
+    fn flush_backend(&mut self) -> Result<(), BackendError> {
         self.disk
             .flush()
-            .map_err(|e| format!("flush of {} failed: {e}", self.disk.path().display()))
+            .map_err(|e| BackendError::Flush(self.disk.path().to_path_buf(), e))
     }
 }
 
