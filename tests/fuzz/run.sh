@@ -2,7 +2,8 @@
 # Runs every fuzz target for SECONDS each (libFuzzer through cargo-fuzz), starting from the
 # checked-in corpus (tests/fuzz/corpus/TARGET) plus what earlier runs found (build/fuzz/corpus,
 # where new inputs go, so the checked-in corpus stays as it is). Prints runs and crashes per
-# target; exits non-zero if any target crashed (its input is kept under build/fuzz/artifacts).
+# target; exits non-zero if any target crashed (its input is kept under build/fuzz/artifacts)
+# or could not run ("error": see build/fuzz/TARGET.log).
 #   run.sh SECONDS
 set -euo pipefail
 seconds=${1:?usage: run.sh SECONDS}
@@ -25,8 +26,11 @@ for t in $targets; do
       -max_total_time="$seconds" -artifact_prefix="$out/artifacts/$t/" -print_final_stats=1 \
       > "$log" 2>&1; then
     crashes=0
-  else
+  elif grep -q "Test unit written" "$log"; then
     crashes=1
+    failed=1
+  else
+    crashes=error
     failed=1
   fi
   runs=$(sed -n 's/^Done \([0-9]*\) runs.*/\1/p' "$log" | tail -n1)
