@@ -258,3 +258,31 @@ fn stopping_the_source_during_a_migration_cancels_it_first() {
         assert_eq!(dst_status.code(), Some(1), "{how}: {dst_err}");
     }
 }
+
+#[test]
+fn a_guest_paused_by_its_user_stays_paused_when_its_migration_is_cancelled() {
+    if !require_kvm("a_guest_paused_by_its_user_stays_paused_when_its_migration_is_cancelled") {
+        return;
+    }
+    let (a, b) = (RuntimeDir::new("host1"), RuntimeDir::new("host2"));
+    let mut src = start_dirtier(&a.0, "p1", 1, &[]);
+    let (st, _, err) = vmm_cli(&a.0, &["pause", "p1"], T);
+    assert!(st.success(), "{err}");
+    src.drain();
+    let (child, dst) = slow_migration(&a, &b, "p1");
+    let (st, _, err) = vmm_cli(&a.0, &["migrate-cancel", "p1"], T);
+    assert!(st.success(), "{err}");
+    let (code, err, _) = finish(child, T);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(info_state(&a, "p1")["state"], "paused");
+    // Still paused: the guest prints nothing.
+    let printed = src.lines_during(Duration::from_secs(3));
+    assert!(
+        printed.iter().all(|l| !l.contains("pass")),
+        "the guest ran while paused: {printed:?}"
+    );
+    drop(dst);
+    let (st, _, err) = vmm_cli(&a.0, &["resume", "p1"], T);
+    assert!(st.success(), "{err}");
+    assert_source_intact(&a.0, &mut src, "p1");
+}
