@@ -183,5 +183,36 @@ fn main() {
         *b = i as u8;
     }
     put("virtio_net_chain", "seed-tx-rx", &mem);
+    // A driver bringing the block transport up (device 2) and notifying its queue, over the
+    // 8 KiB of guest memory the target takes first: a one-sector read at desc 0x0, avail
+    // 0x400, used 0x800, header 0x1000, data 0x1200, status 0x1400.
+    use devices::virtio::mmio::*;
+    let mut mem = vec![0u8; 8192];
+    desc(&mut mem, 0, 0, 0x1000, 16, NEXT, 1);
+    desc(&mut mem, 0, 1, 0x1200, 512, NEXT | WRITE, 2);
+    desc(&mut mem, 0, 2, 0x1400, 1, WRITE, 0);
+    avail_one(&mut mem, 0x400);
+    let mut ops = Vec::new();
+    let mut w = |offset: u64, value: u32| {
+        ops.push(2u8);
+        ops.push(0b101); // a 4-byte write
+        ops.extend_from_slice(&(offset as u16).to_le_bytes());
+        ops.extend_from_slice(&value.to_le_bytes());
+    };
+    w(REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+    w(REG_DRIVER_FEATURES_SEL, 1);
+    w(REG_DRIVER_FEATURES, 1); // VIRTIO_F_VERSION_1
+    w(REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+    w(REG_QUEUE_SEL, 0);
+    w(REG_QUEUE_NUM, 16);
+    w(REG_QUEUE_DESC_LOW, 0);
+    w(REG_QUEUE_DRIVER_LOW, 0x400);
+    w(REG_QUEUE_DEVICE_LOW, 0x800);
+    w(REG_QUEUE_READY, 1);
+    w(REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+    w(REG_QUEUE_NOTIFY, 0);
+    // And a character to the UART (device 0, port 0, one byte).
+    ops.extend_from_slice(&[0, 0b001, 0, 0, b'x', 0, 0, 0]);
+    put("device_registers", "seed-block-bringup", &[mem, ops].concat());
     eprintln!("make_corpus: seeds written under {}/corpus", env!("CARGO_MANIFEST_DIR"));
 }
