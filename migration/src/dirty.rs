@@ -44,6 +44,11 @@ impl DirtyBitmap {
         self.pages
     }
 
+    /// The bits, 64 pages a word, as KVM's dirty log has them.
+    pub fn words(&self) -> &[u64] {
+        &self.words
+    }
+
     pub fn set(&mut self, page: usize) {
         if page < self.pages {
             self.words[page / 64] |= 1 << (page % 64);

@@ -20,11 +20,39 @@ pub struct Progress {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RoundStats {
     pub round: u32,
+    /// Pages sent with their bytes.
     pub pages_sent: u64,
+    /// Zero pages: skipped in round 0, sent as markers after.
     pub zero_pages: u64,
+    /// Bytes on the wire (all connections).
     pub bytes: u64,
     pub seconds: f64,
     pub dirty_pages_after: u64,
+}
+
+/// Where the pause of the switchover went, in milliseconds, from the source's pause to the
+/// destination's confirmation that the guest runs there.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DowntimeBreakdown {
+    /// Stopping the vCPUs, freezing the devices, flushing the disks.
+    pub pause_ms: f64,
+    /// The last read of the dirty log.
+    pub final_sync_ms: f64,
+    /// Sending the pages dirty at the pause.
+    pub final_pages_ms: f64,
+    /// Capturing vCPU, device and VM state.
+    pub state_capture_ms: f64,
+    /// The pass after the state capture (pages devices wrote meanwhile), and Done on every
+    /// connection.
+    pub after_state_ms: f64,
+    /// Sending the state until the destination answered Ready.
+    pub state_transfer_ms: f64,
+    /// Of which the destination spent restoring it (as it reports).
+    pub destination_restore_ms: f64,
+    /// Commit until the destination answered Resumed.
+    pub commit_ms: f64,
+    /// Of which the destination spent taking the disks and resuming (as it reports).
+    pub destination_resume_ms: f64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -32,10 +60,22 @@ pub struct Summary {
     pub total_seconds: f64,
     /// Source-side pause to destination resume, milliseconds.
     pub downtime_ms: f64,
+    pub downtime_breakdown: DowntimeBreakdown,
+    /// Bytes on the wire, every connection, everything included.
     pub bytes_sent: u64,
+    /// Page payload bytes before compression (equal to the page bytes sent without it).
+    pub page_bytes_uncompressed: u64,
+    /// Page payload bytes as sent.
+    pub page_bytes_sent: u64,
     pub rounds: u32,
     pub pages_sent: u64,
     pub zero_pages_skipped: u64,
+    pub connections: u32,
+    /// zstd level of the page frames, if compressed.
+    pub compress: Option<i32>,
+    /// Time spent sending memory (every round), the throughput's denominator.
+    pub memory_seconds: f64,
+    /// Bytes of the memory rounds over their time.
     pub throughput_bytes_per_sec: f64,
     /// How the switchover was reached: "converged", "round-limit", "timeout-forced", "offline".
     pub switchover: String,

@@ -1,5 +1,5 @@
-//! The migration protocol (DESIGN.md section 5), source and destination sides, over any byte
-//! stream (TCP, a Unix socket, an in-memory pipe in tests).
+//! The migration protocol (DESIGN.md section 5), source and destination sides, over
+//! connections secured by [`crate::channel`] and framed by [`crate::wire`].
 //!
 //! ```text
 //! source                                   destination
@@ -7,33 +7,56 @@
 //!   <------------------------------------ preface
 //!   handshake of the mode (Noise NNpsk0 | TLS 1.3 | none): channel::secure_*
 //!   ==== everything below is encrypted and authenticated (unless both ends are --insecure)
+//!   Hello (session id, connections N) -------->
 //!   <------------------------------------ Hello
-//!   Hello ------------------------------------>
 //!   Config ----------------------------------->  checks against its grants, builds the empty VM
 //!   <------------------------------------ Accept | Error(why)
-//!   Pages... RoundEnd (round 0: all non-zero pages; then dirty rounds)
-//!   [pause] Pages... State ------------------>  restores
-//!   <------------------------------------ Ready
+//!   [N-1 more connections, each: preface, handshake, Join(session id, index)]
+//!   on every connection: Pages... RoundEnd   (round 0: all non-zero pages; then dirty rounds;
+//!                                             a page always travels on the same connection)
+//!   [pause] last Pages; extra connections: Done
+//!   State (on the first connection) -------->  restores, once every connection is Done
+//!   <------------------------------------ Ready (its restore time)
 //!   Commit ----------------------------------->  takes the disks, resumes the guest
-//!   <------------------------------------ Resumed
+//!   <------------------------------------ Resumed (its resume time)
 //! ```
 //! Before Commit any failure resumes the guest on the source; after Commit the source never
 //! runs it again.
 
 use serde::{Deserialize, Serialize};
 
-use crate::channel::{ChannelError, PROTOCOL_VERSION};
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::channel::{Channel, ChannelError, PROTOCOL_VERSION};
 use crate::envelope;
-use crate::wire::{self, FrameKind, WireError};
+use crate::wire::WireError;
 
 const HELLO_MAGIC: &str = "vmm-migration";
+/// Connections one migration may use at most.
+pub const MAX_CONNECTIONS: u32 = 128;
+/// Length of the random id that binds a migration's extra connections to it.
+pub const SESSION_LEN: usize = 16;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Hello {
     pub magic: String,
     pub version: u32,
     #[serde(default)]
     pub features: Vec<String>,
+    /// The source's: how many connections carry the migration (1 to [`MAX_CONNECTIONS`]).
+    #[serde(default = "one")]
+    pub connections: u32,
+    /// The source's: the id each extra connection presents in its Join frame.
+    #[serde(default)]
+    pub session: Vec<u8>,
+    /// The source's: zstd level of compressed page frames, if any.
+    #[serde(default)]
+    pub compress: Option<i32>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl Hello {
@@ -41,14 +64,41 @@ impl Hello {
         Hello {
             magic: HELLO_MAGIC.into(),
             version: u32::from(PROTOCOL_VERSION),
-            features: vec![],
+            connections: 1,
+            ..Default::default()
         }
     }
 }
 
-impl Default for Hello {
-    fn default() -> Self {
-        Self::new()
+/// Boxed futures for the connection traits below (they are called through `dyn`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Opens one more connection to the destination, secured like the first one.
+pub trait Connector: Send + Sync {
+    fn connect(&self) -> BoxFuture<'_, Result<Channel, MigrationError>>;
+}
+
+/// Accepts one more authenticated connection from the source.
+pub trait Acceptor: Send {
+    fn accept(&mut self) -> BoxFuture<'_, Result<Channel, MigrationError>>;
+}
+
+/// For a migration that uses one connection only.
+pub struct NoMoreConnections;
+
+impl Connector for NoMoreConnections {
+    fn connect(&self) -> BoxFuture<'_, Result<Channel, MigrationError>> {
+        Box::pin(async { Err(MigrationError::Protocol("no extra connections here".into())) })
+    }
+}
+
+impl Acceptor for NoMoreConnections {
+    fn accept(&mut self) -> BoxFuture<'_, Result<Channel, MigrationError>> {
+        Box::pin(async {
+            Err(MigrationError::Protocol(
+                "the source asked for more connections than this destination takes".into(),
+            ))
+        })
     }
 }
 
@@ -95,28 +145,46 @@ pub enum MigrationError {
     AfterCommit(String),
 }
 
-/// Both sides: exchange hellos (inside the secured channel) and check the peer's.
-pub(crate) async fn exchange_hello<S>(
-    stream: &mut S,
-    i_speak_first: bool,
-) -> Result<Hello, MigrationError>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let send = envelope::seal(&Hello::new())?;
-    if i_speak_first {
-        wire::write_frame(stream, FrameKind::Hello, &send).await?;
-    }
-    let theirs: Hello = envelope::open(&wire::expect_frame(stream, FrameKind::Hello).await?)
-        .map_err(|_| MigrationError::Protocol("garbled hello".into()))?;
+/// Checks a peer's hello.
+pub(crate) fn check_hello(payload: &[u8]) -> Result<Hello, MigrationError> {
+    let theirs: Hello =
+        envelope::open(payload).map_err(|_| MigrationError::Protocol("garbled hello".into()))?;
     if theirs.magic != HELLO_MAGIC || theirs.version != u32::from(PROTOCOL_VERSION) {
         return Err(MigrationError::Protocol(format!(
             "hello of another protocol (version {})",
             theirs.version
         )));
     }
-    if !i_speak_first {
-        wire::write_frame(stream, FrameKind::Hello, &send).await?;
+    if theirs.connections == 0 || theirs.connections > MAX_CONNECTIONS {
+        return Err(MigrationError::Protocol(format!(
+            "{} connections (1 to {MAX_CONNECTIONS})",
+            theirs.connections
+        )));
+    }
+    if theirs.connections > 1 && theirs.session.len() != SESSION_LEN {
+        return Err(MigrationError::Protocol("no session id".into()));
+    }
+    if let Some(level) = theirs.compress {
+        if !(1..=19).contains(&level) {
+            return Err(MigrationError::Protocol(format!(
+                "zstd level {level} (1 to 19)"
+            )));
+        }
     }
     Ok(theirs)
+}
+
+/// A Join frame's payload: the session id, then the connection's index (u32 le).
+pub(crate) fn join_payload(session: &[u8], index: u32) -> Vec<u8> {
+    [session, &index.to_le_bytes()].concat()
+}
+
+/// Parses a Join payload for `session`; returns the index.
+pub(crate) fn parse_join(payload: &[u8], session: &[u8]) -> Option<u32> {
+    if payload.len() != session.len() + 4 || &payload[..session.len()] != session {
+        return None;
+    }
+    Some(u32::from_le_bytes(
+        payload[session.len()..].try_into().ok()?,
+    ))
 }

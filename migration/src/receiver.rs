@@ -1,85 +1,225 @@
-//! The destination side: accept one source, build the empty VM from its config, fill memory,
-//! restore state, and resume only after the source commits.
+//! The destination side: accept one source (and the extra connections it asks for), build the
+//! empty VM from its config, fill memory from every connection at once, restore state, and
+//! resume only after the source commits.
+//!
+//! Concurrency: the first connection is read by the caller's task; each extra connection by a
+//! task of its own (on the runtime's threads), writing its pages straight into guest memory.
+//! A page always arrives on the same connection (see [`crate::lanes`]), so applying each
+//! connection's frames in order applies every page's copies in order.
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use crate::protocol::{exchange_hello, MigrationError};
-use crate::vm::{region_index, TargetBuilder, TargetVm};
-use crate::wire::{self, FrameKind, PAGE_SIZE};
+use tokio::task::JoinSet;
 
-/// Receives a VM over `stream`, a channel already secured (see [`crate::channel`]); on success it is running here. On failure the half-built VM is dropped
-/// (discarded) and the source is told why, if the connection still works.
-pub async fn receive<S>(
-    stream: &mut S,
+use crate::channel::{Channel, Reader};
+use crate::protocol::{self, Acceptor, Hello, MigrationError};
+use crate::vm::{region_index, RamRegion, TargetBuilder, TargetVm, VmError};
+use crate::wire::{self, FrameKind, Run, WireError, PAGE_SIZE};
+
+/// How long the extra connections may take to arrive and join, all together.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Receives a VM over `primary`, a channel already secured (see [`crate::channel`]), taking
+/// the extra connections the source asks for from `more`. On success the VM runs here. On
+/// failure the half-built VM is dropped (discarded) and the source is told why, if the
+/// connection still works.
+pub async fn receive(
+    primary: Channel,
+    more: &mut dyn Acceptor,
     builder: &mut (dyn TargetBuilder + Send),
-) -> Result<Box<dyn TargetVm>, MigrationError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    match receive_inner(stream, builder).await {
+) -> Result<Arc<dyn TargetVm>, MigrationError> {
+    let Channel {
+        mut reader,
+        mut writer,
+    } = primary;
+    match receive_inner(&mut reader, &mut writer, more, builder).await {
         Ok(vm) => Ok(vm),
         Err(e) => {
-            if !matches!(e, MigrationError::Wire(wire::WireError::Remote(_))) {
-                let _ =
-                    wire::write_frame(stream, FrameKind::Error, crate::error_chain(&e).as_bytes())
-                        .await;
-                wire::linger_close(stream).await;
+            if !matches!(e, MigrationError::Wire(WireError::Remote(_))) {
+                let _ = writer
+                    .send(FrameKind::Error, crate::error_chain(&e).as_bytes())
+                    .await;
+                writer.shutdown().await;
+                reader.drain().await;
             }
             Err(e)
         }
     }
 }
 
-async fn receive_inner<S>(
-    stream: &mut S,
-    builder: &mut (dyn TargetBuilder + Send),
-) -> Result<Box<dyn TargetVm>, MigrationError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    // The destination speaks first: a source whose TLS certificate it rejected then reads the
-    // alert instead of writing into a closed connection.
-    exchange_hello(stream, true).await?;
-    let config = wire::expect_frame(stream, FrameKind::Config).await?;
-    let mut vm = builder.build(&config).map_err(MigrationError::Refused)?;
-    wire::write_frame(stream, FrameKind::Accept, &[]).await?;
-    let regions = vm.regions();
+/// Writes the runs of a `Pages` frame into guest memory, checking every range.
+fn apply_pages(
+    vm: &dyn TargetVm,
+    regions: &[RamRegion],
+    payload: &[u8],
+) -> Result<(), MigrationError> {
+    for run in wire::parse_pages(payload)? {
+        let (first_page, pages) = match run {
+            Run::Data(first, data) => (first, data.len() / PAGE_SIZE),
+            Run::Zero(first, pages) => (first, pages),
+        };
+        let gpa = first_page
+            .checked_mul(PAGE_SIZE as u64)
+            .ok_or_else(|| MigrationError::Protocol("page number overflow".into()))?;
+        if region_index(regions, gpa, pages).is_none() {
+            return Err(MigrationError::Protocol(format!(
+                "{pages} pages at {gpa:#x} lie outside guest memory"
+            )));
+        }
+        match run {
+            Run::Data(_, data) => vm.write_memory(gpa, data),
+            Run::Zero(_, _) => vm.zero_memory(gpa, pages * PAGE_SIZE),
+        }
+        .map_err(MigrationError::Target)?;
+    }
+    Ok(())
+}
+
+/// Applies a memory frame (plain or compressed); false for a frame of another kind.
+fn apply_frame(
+    vm: &dyn TargetVm,
+    regions: &[RamRegion],
+    kind: FrameKind,
+    payload: &[u8],
+    scratch: &mut Vec<u8>,
+) -> Result<bool, MigrationError> {
+    match kind {
+        FrameKind::Pages => apply_pages(vm, regions, payload)?,
+        FrameKind::PagesZ => {
+            wire::decompress_pages(payload, scratch)?;
+            apply_pages(vm, regions, scratch)?;
+        }
+        FrameKind::RoundEnd => {}
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// An extra connection's loop: memory frames until Done.
+async fn receive_lane(
+    mut reader: Reader,
+    vm: Arc<dyn TargetVm>,
+    regions: Arc<Vec<RamRegion>>,
+) -> Result<(), MigrationError> {
+    let mut scratch = Vec::new();
     loop {
-        let frame = wire::read_frame(stream).await?;
-        match frame.kind {
-            FrameKind::Pages => {
-                for (first_page, data) in wire::parse_pages(&frame.payload)? {
-                    let pages = data.len() / PAGE_SIZE;
-                    let gpa = first_page
-                        .checked_mul(PAGE_SIZE as u64)
-                        .ok_or_else(|| MigrationError::Protocol("page number overflow".into()))?;
-                    if region_index(&regions, gpa, pages).is_none() {
-                        return Err(MigrationError::Protocol(format!(
-                            "{pages} pages at {gpa:#x} lie outside guest memory"
-                        )));
-                    }
-                    vm.write_memory(gpa, data).map_err(MigrationError::Target)?;
-                }
-            }
-            FrameKind::RoundEnd => {}
-            FrameKind::State => {
-                vm.restore_state(&frame.payload)
-                    .map_err(MigrationError::Target)?;
-                break;
-            }
-            other => {
-                return Err(MigrationError::Protocol(format!(
-                    "unexpected {other:?} frame during memory transfer"
-                )))
-            }
+        let f = reader.recv().await?;
+        if f.kind == FrameKind::Done {
+            return Ok(());
+        }
+        if !apply_frame(vm.as_ref(), &regions, f.kind, f.payload, &mut scratch)? {
+            return Err(MigrationError::Protocol(format!(
+                "unexpected {:?} frame on an extra connection",
+                f.kind
+            )));
         }
     }
-    wire::write_frame(stream, FrameKind::Ready, &[]).await?;
+}
+
+/// Accepts the extra connections: each must present this migration's session id and an index
+/// not taken yet; one that does not is dropped (it may be another migration's, or nobody's).
+async fn join_lanes(
+    more: &mut dyn Acceptor,
+    hello: &Hello,
+) -> Result<Vec<Channel>, MigrationError> {
+    let wanted = hello.connections as usize - 1;
+    let mut lanes: Vec<Option<Channel>> = (0..wanted).map(|_| None).collect();
+    let mut joined = 0;
+    while joined < wanted {
+        let mut ch = more.accept().await?;
+        let index = match ch.reader.expect(FrameKind::Join).await {
+            Ok(p) => protocol::parse_join(p, &hello.session),
+            Err(e) => {
+                log::warn!("an extra migration connection did not join: {e}");
+                continue;
+            }
+        };
+        match index.map(|i| i as usize) {
+            Some(i) if (1..=wanted).contains(&i) && lanes[i - 1].is_none() => {
+                lanes[i - 1] = Some(ch);
+                joined += 1;
+            }
+            _ => log::warn!(
+                "an extra migration connection presented another session or index; closed"
+            ),
+        }
+    }
+    Ok(lanes.into_iter().flatten().collect())
+}
+
+async fn receive_inner(
+    reader: &mut Reader,
+    writer: &mut crate::channel::Writer,
+    more: &mut dyn Acceptor,
+    builder: &mut (dyn TargetBuilder + Send),
+) -> Result<Arc<dyn TargetVm>, MigrationError> {
+    let hello = protocol::check_hello(reader.expect(FrameKind::Hello).await?)?;
+    writer
+        .send(FrameKind::Hello, &crate::envelope::seal(&Hello::new())?)
+        .await?;
+    let config = reader.expect(FrameKind::Config).await?;
+    let vm: Arc<dyn TargetVm> = Arc::from(builder.build(config).map_err(|e| match e {
+        VmError::Refused(_) => MigrationError::Refused(e),
+        other => MigrationError::Target(other),
+    })?);
+    writer.send(FrameKind::Accept, &[]).await?;
+    let regions = Arc::new(vm.regions());
+    let extra = tokio::time::timeout(JOIN_TIMEOUT, join_lanes(more, &hello))
+        .await
+        .map_err(|_| {
+            MigrationError::Protocol(format!(
+                "the source's {} extra connections did not all arrive within {} s",
+                hello.connections - 1,
+                JOIN_TIMEOUT.as_secs()
+            ))
+        })??;
+    let mut lanes = JoinSet::new();
+    let mut keep_writers = Vec::new();
+    for ch in extra {
+        keep_writers.push(ch.writer);
+        lanes.spawn(receive_lane(ch.reader, vm.clone(), regions.clone()));
+    }
+    let mut scratch = Vec::new();
+    let state = loop {
+        tokio::select! {
+            frame = reader.recv() => {
+                let f = frame?;
+                if f.kind == FrameKind::State {
+                    break f.payload.to_vec();
+                }
+                if !apply_frame(vm.as_ref(), &regions, f.kind, f.payload, &mut scratch)? {
+                    return Err(MigrationError::Protocol(format!(
+                        "unexpected {:?} frame during memory transfer",
+                        f.kind
+                    )));
+                }
+            }
+            Some(done) = lanes.join_next(), if !lanes.is_empty() => {
+                done.map_err(|e| MigrationError::Protocol(format!("a connection's task failed: {e}")))??;
+            }
+        }
+    };
+    // Every page is in once every connection has said Done.
+    while let Some(done) = lanes.join_next().await {
+        done.map_err(|e| MigrationError::Protocol(format!("a connection's task failed: {e}")))??;
+    }
+    let t = Instant::now();
+    vm.restore_state(&state).map_err(MigrationError::Target)?;
+    let restore_ms = t.elapsed().as_millis().min(u32::MAX as u128) as u32;
+    writer
+        .send(FrameKind::Ready, &restore_ms.to_le_bytes())
+        .await?;
     // Nothing runs here until the source commits: it may still resume the guest itself.
-    wire::expect_frame(stream, FrameKind::Commit).await?;
+    reader.expect(FrameKind::Commit).await?;
+    let t = Instant::now();
     vm.acquire().map_err(MigrationError::Target)?;
     vm.resume().map_err(MigrationError::Target)?;
+    let resume_ms = t.elapsed().as_millis().min(u32::MAX as u128) as u32;
     // The guest runs here now; a lost acknowledgement does not change that.
-    let _ = wire::write_frame(stream, FrameKind::Resumed, &[]).await;
+    let _ = writer
+        .send(FrameKind::Resumed, &resume_ms.to_le_bytes())
+        .await;
+    drop(keep_writers);
     Ok(vm)
 }

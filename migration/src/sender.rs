@@ -1,16 +1,21 @@
-//! The source side: rounds of memory while the guest runs, a switchover chosen by measured
-//! bandwidth against the downtime budget, then state, commit.
+//! The source side: rounds of memory while the guest runs (on one or more connections, see
+//! [`crate::lanes`]), a switchover chosen by recent bandwidth against the downtime budget,
+//! then state and commit.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Mutex;
 
 use crate::cancel::CancelToken;
-use crate::dirty::{is_zero_page, DirtyBitmap};
-use crate::progress::{Progress, RoundStats, Summary};
-use crate::protocol::{exchange_hello, MigrationError};
+use crate::channel::{Channel, Reader};
+use crate::dirty::DirtyBitmap;
+use crate::lanes::{self, LaneStats, RoundPlan, SharedWriter};
+use crate::progress::{DowntimeBreakdown, Progress, RoundStats, Summary};
+use crate::protocol::{self, Connector, Hello, MigrationError};
 use crate::vm::{RamRegion, SourceVm};
-use crate::wire::{self, FrameKind, PagesBuilder, WireError, MAX_PAGES_PER_FRAME, PAGE_SIZE};
+use crate::wire::{FrameKind, WireError, PAGE_SIZE};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnTimeout {
@@ -25,12 +30,16 @@ pub struct SendOptions {
     /// Stop-and-copy from the start.
     pub offline: bool,
     pub downtime_budget: Duration,
-    /// Bytes per second, 0 for no limit.
+    /// Bytes per second over all connections, 0 for no limit.
     pub max_bandwidth: u64,
     pub max_rounds: u32,
     pub timeout: Duration,
     pub on_timeout: OnTimeout,
     pub auto_converge: bool,
+    /// Connections that carry the pages (1 to [`protocol::MAX_CONNECTIONS`]).
+    pub connections: u32,
+    /// zstd level for page frames, None for no compression.
+    pub compress: Option<i32>,
 }
 
 impl Default for SendOptions {
@@ -43,6 +52,8 @@ impl Default for SendOptions {
             timeout: Duration::from_secs(600),
             on_timeout: OnTimeout::Force,
             auto_converge: true,
+            connections: 1,
+            compress: None,
         }
     }
 }
@@ -60,34 +71,58 @@ impl SendOptions {
 
 /// How long the source tries to tell the destination why it gave up.
 const TELL_DESTINATION: Duration = Duration::from_secs(2);
+/// How long a cancelled or timed-out migration may take to stop at a frame boundary (so the
+/// destination reads the reason rather than half a record) before it is cut short.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
-/// Sends `vm` over `stream`, a channel already secured (see [`crate::channel`]), until done,
+/// Sends `vm` over `primary` (a channel already secured, see [`crate::channel`]) and as many
+/// more connections as [`SendOptions::connections`] asks, opened with `more`, until done,
 /// failed, cancelled through `cancel`, or past [`SendOptions::hard_limit`]. On any of those
-/// before commit, the guest is back as it was (running, or paused if it was) when this returns.
-pub async fn send<S, F>(
-    stream: &mut S,
-    vm: &dyn SourceVm,
+/// before commit, the guest is back as it was (running, or paused if it was) when this
+/// returns.
+pub async fn send<F>(
+    primary: Channel,
+    more: &dyn Connector,
+    vm: Arc<dyn SourceVm>,
     opts: &SendOptions,
     mut progress: F,
     mut cancel: CancelToken,
 ) -> Result<Summary, MigrationError>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
     F: FnMut(&Progress),
 {
     let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
     let mut run = Run {
         vm,
         opts,
+        reader: primary.reader,
+        lanes: vec![Arc::new(Mutex::new(primary.writer))],
+        extra_readers: Vec::new(),
+        regions: Arc::new(Vec::new()),
         summary: Summary::default(),
         paused_at: None,
-        sent: 0,
+        stop: stop.clone(),
     };
     let limit = opts.hard_limit();
-    let outcome = tokio::select! {
-        r = run.precopy_and_switch(stream, &mut progress, started) => r,
-        _ = cancel.cancelled() => Err(MigrationError::Cancelled),
-        _ = tokio::time::sleep(limit) => Err(MigrationError::TimedOut(limit.as_secs())),
+    let outcome = {
+        let work = run.precopy_and_switch(more, &mut progress, started);
+        tokio::pin!(work);
+        // A cancel or the hard limit asks the lanes to stop at their next frame boundary, so
+        // the destination can still read why; past a grace period the work is cut short.
+        let interrupted = tokio::select! {
+            r = &mut work => Ok(r),
+            _ = cancel.cancelled() => Err(MigrationError::Cancelled),
+            _ = tokio::time::sleep(limit) => Err(MigrationError::TimedOut(limit.as_secs())),
+        };
+        match interrupted {
+            Ok(r) => r,
+            Err(why) => {
+                stop.store(true, Ordering::SeqCst);
+                let _ = tokio::time::timeout(STOP_GRACE, &mut work).await;
+                Err(why)
+            }
+        }
     };
     // A cancel that came in while the last step ran still wins: nothing is committed yet.
     let outcome = outcome.and_then(|()| {
@@ -98,56 +133,80 @@ where
         }
     });
     if let Err(e) = outcome {
-        return Err(run.give_up(stream, e).await);
+        return Err(run.give_up(e).await);
     }
     // Point of no return: from here the source never runs the guest again.
-    wire::write_frame(stream, FrameKind::Commit, &[])
+    let commit_at = Instant::now();
+    run.lanes[0]
+        .lock()
+        .await
+        .send(FrameKind::Commit, &[])
         .await
         .map_err(|e| MigrationError::AfterCommit(crate::error_chain(&e)))?;
-    vm.release();
+    run.vm.release();
     let resumed = tokio::time::timeout(
         Duration::from_secs(60),
-        wire::expect_frame(stream, FrameKind::Resumed),
+        run.reader.expect(FrameKind::Resumed),
     )
     .await;
-    match resumed {
-        Ok(Ok(_)) => {}
+    let resume_ms = match resumed {
+        Ok(Ok(p)) => millis(p),
         Ok(Err(e)) => return Err(MigrationError::AfterCommit(crate::error_chain(&e))),
         Err(_) => return Err(MigrationError::AfterCommit("no answer within 60 s".into())),
-    }
+    };
     let mut summary = run.summary;
-    summary.downtime_ms = run
-        .paused_at
-        .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0);
+    summary.downtime_breakdown.commit_ms = ms(commit_at.elapsed());
+    summary.downtime_breakdown.destination_resume_ms = resume_ms;
+    summary.downtime_ms = run.paused_at.map_or(0.0, |t| ms(t.elapsed()));
     summary.total_seconds = started.elapsed().as_secs_f64();
-    summary.bytes_sent = run.sent;
-    summary.throughput_bytes_per_sec = run.sent as f64 / summary.total_seconds.max(1e-6);
+    let mut bytes = run.reader.bytes;
+    for lane in &run.lanes {
+        bytes += lane.lock().await.bytes;
+    }
+    summary.bytes_sent = bytes;
+    summary.throughput_bytes_per_sec =
+        summary.page_bytes_sent as f64 / summary.memory_seconds.max(1e-6);
     Ok(summary)
 }
 
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// A duration in milliseconds the destination reports (u32 le), or 0.
+fn millis(payload: &[u8]) -> f64 {
+    payload
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0.0, |b| f64::from(u32::from_le_bytes(b)))
+}
+
 struct Run<'a> {
-    vm: &'a dyn SourceVm,
+    vm: Arc<dyn SourceVm>,
     opts: &'a SendOptions,
+    /// The first connection's reading side: the destination's answers come here.
+    reader: Reader,
+    /// One writer per connection; the first also carries the control frames.
+    lanes: Vec<SharedWriter>,
+    /// The extra connections' reading sides, kept open for as long as their writers.
+    extra_readers: Vec<Reader>,
+    regions: Arc<Vec<RamRegion>>,
     summary: Summary,
     paused_at: Option<Instant>,
-    sent: u64,
+    /// Set by a cancel or the hard limit: lanes stop at their next frame boundary.
+    stop: Arc<AtomicBool>,
 }
 
 impl Run<'_> {
     /// Puts the guest back as it was and tells the destination why (both bounded in time);
     /// returns the error to report.
-    async fn give_up<S>(&mut self, stream: &mut S, e: MigrationError) -> MigrationError
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
+    async fn give_up(&mut self, e: MigrationError) -> MigrationError {
         // A send that failed because the destination gave up: its reason is probably waiting
         // in the stream, and says more than "connection lost".
         let e = match e {
             MigrationError::Wire(WireError::Remote(reason)) => MigrationError::Destination(reason),
             MigrationError::Wire(WireError::Io(io)) => {
-                match tokio::time::timeout(Duration::from_millis(500), wire::read_frame(stream))
-                    .await
-                {
+                match tokio::time::timeout(Duration::from_millis(500), self.reader.recv()).await {
                     Ok(Err(WireError::Remote(reason))) => MigrationError::Destination(reason),
                     _ => MigrationError::Wire(WireError::Io(io)),
                 }
@@ -163,10 +222,11 @@ impl Run<'_> {
         };
         // Then tell the destination to discard its half-built VM; a dead or stalled
         // connection does not hold us up.
-        let _ = tokio::time::timeout(
-            TELL_DESTINATION,
-            wire::write_frame(stream, FrameKind::Error, crate::error_chain(&e).as_bytes()),
-        )
+        let text = crate::error_chain(&e);
+        let _ = tokio::time::timeout(TELL_DESTINATION, async {
+            let mut w = self.lanes[0].lock().await;
+            w.send(FrameKind::Error, text.as_bytes()).await
+        })
         .await;
         match resumed {
             Ok(()) => e,
@@ -177,22 +237,83 @@ impl Run<'_> {
         }
     }
 
-    async fn precopy_and_switch<S, F>(
+    fn stopped(&self) -> Result<(), MigrationError> {
+        if self.stop.load(Ordering::SeqCst) {
+            // The caller reports why (cancel or time limit); this only ends the work.
+            return Err(MigrationError::Cancelled);
+        }
+        Ok(())
+    }
+
+    /// Hello, config, and the extra connections.
+    async fn open(&mut self, more: &dyn Connector) -> Result<(), MigrationError> {
+        let connections = self.opts.connections.clamp(1, protocol::MAX_CONNECTIONS);
+        let mut session = vec![0u8; protocol::SESSION_LEN];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut session)
+            .map_err(|_| MigrationError::Protocol("no randomness for the session id".into()))?;
+        let hello = Hello {
+            connections,
+            session: session.clone(),
+            compress: self.opts.compress,
+            ..Hello::new()
+        };
+        {
+            let mut w = self.lanes[0].lock().await;
+            w.send(FrameKind::Hello, &crate::envelope::seal(&hello)?)
+                .await?;
+            protocol::check_hello(self.reader.expect(FrameKind::Hello).await?)?;
+            let config = self.vm.config().map_err(MigrationError::Source)?;
+            w.send(FrameKind::Config, &config).await?;
+        }
+        self.reader.expect(FrameKind::Accept).await?;
+        for index in 1..connections {
+            let mut ch = more.connect().await?;
+            ch.writer
+                .send(FrameKind::Join, &protocol::join_payload(&session, index))
+                .await?;
+            self.lanes.push(Arc::new(Mutex::new(ch.writer)));
+            self.extra_readers.push(ch.reader);
+        }
+        self.summary.connections = connections;
+        self.summary.compress = self.opts.compress;
+        Ok(())
+    }
+
+    async fn send_round(
         &mut self,
-        stream: &mut S,
+        dirty: &[DirtyBitmap],
+        round: u32,
+    ) -> Result<(LaneStats, f64), MigrationError> {
+        self.stopped()?;
+        let plan = RoundPlan {
+            round,
+            zero_markers: round > 0,
+            rate: self.opts.max_bandwidth as f64 / self.lanes.len() as f64,
+            compress: self.opts.compress,
+            stop: self.stop.clone(),
+        };
+        let t0 = Instant::now();
+        let stats = lanes::send_round(&self.lanes, &self.vm, &self.regions, dirty, plan).await?;
+        let secs = t0.elapsed().as_secs_f64().max(1e-6);
+        self.summary.pages_sent += stats.data_pages;
+        self.summary.zero_pages_skipped += stats.zero_pages;
+        self.summary.page_bytes_uncompressed += stats.payload_bytes;
+        self.summary.page_bytes_sent += stats.bytes;
+        self.summary.memory_seconds += secs;
+        Ok((stats, secs))
+    }
+
+    async fn precopy_and_switch<F>(
+        &mut self,
+        more: &dyn Connector,
         progress: &mut F,
         started: Instant,
     ) -> Result<(), MigrationError>
     where
-        S: AsyncRead + AsyncWrite + Unpin,
         F: FnMut(&Progress),
     {
-        exchange_hello(stream, false).await?;
-        let config = self.vm.config().map_err(MigrationError::Source)?;
-        wire::write_frame(stream, FrameKind::Config, &config).await?;
-        wire::expect_frame(stream, FrameKind::Accept).await?;
-
-        let regions = self.vm.regions();
+        self.open(more).await?;
+        self.regions = Arc::new(self.vm.regions());
         // Dirty tracking also in an offline migration: pausing stops the vCPUs, but devices
         // write guest memory until their state is captured (a frame received, a used ring
         // updated), and those pages must follow.
@@ -202,20 +323,35 @@ impl Run<'_> {
             self.summary.switchover = "offline".into();
         }
         // Round 0: everything that is not zero.
-        let mut dirty: Vec<DirtyBitmap> =
-            regions.iter().map(|r| DirtyBitmap::full(r.pages)).collect();
+        let mut dirty: Vec<DirtyBitmap> = self
+            .regions
+            .iter()
+            .map(|r| DirtyBitmap::full(r.pages))
+            .collect();
         let mut round = 0u32;
+        // The most recent round's rate: what the next round, and the switchover, can expect.
         let mut bandwidth = 0f64;
         let mut throttle = 0u8;
+        let mut final_sync_ms = 0.0;
         loop {
-            let t0 = Instant::now();
-            let stats = self.send_round(stream, &regions, &dirty, round).await?;
-            let secs = t0.elapsed().as_secs_f64().max(1e-6);
-            if stats.bytes > 0 {
-                bandwidth = bandwidth.max(stats.bytes as f64 / secs);
+            let (stats, secs) = self.send_round(&dirty, round).await?;
+            // A round of a few pages says little about the link; keep the last real figure.
+            if stats.bytes >= 1 << 20 || bandwidth == 0.0 {
+                bandwidth = stats.bytes as f64 / secs;
             }
-            if self.paused_at.is_some() {
-                self.summary.rounds_detail.push(stats);
+            let mut rs = RoundStats {
+                round,
+                pages_sent: stats.data_pages,
+                zero_pages: stats.zero_pages,
+                bytes: stats.bytes,
+                seconds: secs,
+                dirty_pages_after: 0,
+            };
+            if let Some(paused) = self.paused_at {
+                self.summary.downtime_breakdown.final_sync_ms = final_sync_ms;
+                self.summary.downtime_breakdown.final_pages_ms =
+                    ms(paused.elapsed()) - self.summary.downtime_breakdown.pause_ms - final_sync_ms;
+                self.summary.rounds_detail.push(rs);
                 break;
             }
             dirty = self.vm.take_dirty().map_err(MigrationError::Source)?;
@@ -227,21 +363,19 @@ impl Run<'_> {
             } else {
                 0.0
             };
-            let mut stats = stats;
-            stats.seconds = secs;
-            stats.dirty_pages_after = dirty_pages;
+            rs.dirty_pages_after = dirty_pages;
             log::info!(
-                "migration round {round}: sent {} pages ({} zero skipped) in {:.3} s, {:.1} MiB/s, {} pages dirty, expected downtime {:.0} ms",
-                stats.pages_sent, stats.zero_pages, secs, bandwidth / 1048576.0, dirty_pages, expected_ms
+                "migration round {round}: sent {} pages ({} zero) in {:.3} s, {:.1} MiB/s, {} pages dirty, expected downtime {:.0} ms",
+                stats.data_pages, stats.zero_pages, secs, bandwidth / 1048576.0, dirty_pages, expected_ms
             );
-            self.summary.rounds_detail.push(stats);
+            self.summary.rounds_detail.push(rs);
             progress(&Progress {
                 round,
                 remaining_bytes: remaining,
                 rate_bytes_per_sec: bandwidth,
                 dirty_rate_bytes_per_sec: dirty_rate,
                 expected_downtime_ms: expected_ms,
-                bytes_sent: self.sent,
+                bytes_sent: self.summary.page_bytes_sent,
                 throttle_percent: throttle,
             });
             round += 1;
@@ -268,12 +402,15 @@ impl Run<'_> {
                     "round-limit"
                 }
                 .into();
+                self.stopped()?;
                 self.pause()?;
                 // The last writes before the pause, and any the VMM made while pausing.
+                let t = Instant::now();
                 let last = self.vm.take_dirty().map_err(MigrationError::Source)?;
                 for (d, l) in dirty.iter_mut().zip(&last) {
                     d.union_with(l);
                 }
+                final_sync_ms = ms(t.elapsed());
             } else if self.opts.auto_converge
                 && round >= 2
                 && dirty_rate > bandwidth * 0.5
@@ -285,116 +422,50 @@ impl Run<'_> {
             }
         }
         self.vm.throttle(0);
+        let t = Instant::now();
         let state = self.vm.save_state().map_err(MigrationError::Source)?;
+        self.summary.downtime_breakdown.state_capture_ms = ms(t.elapsed());
         // Devices wrote guest memory while the last round was sent (or, offline, while all
         // of memory was), and capturing their state may write more: one more dirty pass.
+        let t = Instant::now();
         let after_state = self.vm.take_dirty().map_err(MigrationError::Source)?;
         if after_state.iter().any(|d| d.count() > 0) {
-            let stats = self
-                .send_round(stream, &regions, &after_state, round + 1)
-                .await?;
-            self.summary.rounds_detail.push(stats);
+            let (stats, secs) = self.send_round(&after_state, round + 1).await?;
+            self.summary.rounds_detail.push(RoundStats {
+                round: round + 1,
+                pages_sent: stats.data_pages,
+                zero_pages: stats.zero_pages,
+                bytes: stats.bytes,
+                seconds: secs,
+                dirty_pages_after: 0,
+            });
         }
         self.vm.stop_dirty_log();
-        wire::write_frame(stream, FrameKind::State, &state).await?;
-        self.sent += state.len() as u64;
-        wire::expect_frame(stream, FrameKind::Ready).await?;
+        for lane in &self.lanes[1..] {
+            lane.lock().await.send(FrameKind::Done, &[]).await?;
+        }
+        self.summary.downtime_breakdown.after_state_ms = ms(t.elapsed());
+        let t = Instant::now();
+        self.lanes[0]
+            .lock()
+            .await
+            .send(FrameKind::State, &state)
+            .await?;
+        let restore_ms = millis(self.reader.expect(FrameKind::Ready).await?);
+        self.summary.downtime_breakdown.state_transfer_ms = ms(t.elapsed());
+        self.summary.downtime_breakdown.destination_restore_ms = restore_ms;
         self.summary.rounds = round + 1;
         Ok(())
     }
 
     fn pause(&mut self) -> Result<(), MigrationError> {
+        let t = Instant::now();
         self.vm.pause().map_err(MigrationError::Source)?;
-        self.paused_at = Some(Instant::now());
-        Ok(())
-    }
-
-    async fn send_round<S>(
-        &mut self,
-        stream: &mut S,
-        regions: &[RamRegion],
-        dirty: &[DirtyBitmap],
-        round: u32,
-    ) -> Result<RoundStats, MigrationError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        let mut stats = RoundStats {
-            round,
+        self.paused_at = Some(t);
+        self.summary.downtime_breakdown = DowntimeBreakdown {
+            pause_ms: ms(t.elapsed()),
             ..Default::default()
         };
-        let skip_zero = round == 0;
-        let mut frame = PagesBuilder::new();
-        let mut buf = vec![0u8; MAX_PAGES_PER_FRAME * PAGE_SIZE];
-        let round_start = Instant::now();
-        for (region, bitmap) in regions.iter().zip(dirty) {
-            for (first, count) in bitmap.runs(MAX_PAGES_PER_FRAME) {
-                let gpa = region.gpa + (first * PAGE_SIZE) as u64;
-                let data = &mut buf[..count * PAGE_SIZE];
-                self.vm
-                    .read_memory(gpa, data)
-                    .map_err(MigrationError::Source)?;
-                // Split the run into sub-runs of pages worth sending; each page is checked once.
-                let zero: Vec<bool> = data
-                    .chunks_exact(PAGE_SIZE)
-                    .map(|p| skip_zero && is_zero_page(p))
-                    .collect();
-                let mut i = 0;
-                while i < count {
-                    if zero[i] {
-                        stats.zero_pages += 1;
-                        i += 1;
-                        continue;
-                    }
-                    let start = i;
-                    while i < count && (i - start) < frame.room() && !zero[i] {
-                        i += 1;
-                    }
-                    frame.push(
-                        (gpa / PAGE_SIZE as u64) + start as u64,
-                        &data[start * PAGE_SIZE..i * PAGE_SIZE],
-                    );
-                    stats.pages_sent += (i - start) as u64;
-                    if frame.room() == 0 {
-                        self.flush(stream, &mut frame, &mut stats, round_start)
-                            .await?;
-                    }
-                }
-            }
-        }
-        self.flush(stream, &mut frame, &mut stats, round_start)
-            .await?;
-        wire::write_frame(stream, FrameKind::RoundEnd, &round.to_le_bytes()).await?;
-        self.summary.pages_sent += stats.pages_sent;
-        self.summary.zero_pages_skipped += stats.zero_pages;
-        Ok(stats)
-    }
-
-    async fn flush<S>(
-        &mut self,
-        stream: &mut S,
-        frame: &mut PagesBuilder,
-        stats: &mut RoundStats,
-        round_start: Instant,
-    ) -> Result<(), MigrationError>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        if frame.is_empty() {
-            return Ok(());
-        }
-        let payload = std::mem::take(frame).finish();
-        wire::write_frame(stream, FrameKind::Pages, &payload).await?;
-        stats.bytes += payload.len() as u64;
-        self.sent += (payload.len() + wire::HEADER_LEN) as u64;
-        if self.opts.max_bandwidth > 0 {
-            // Stay under the cap: sleep until the bytes of this round fit in the time spent.
-            let due = Duration::from_secs_f64(stats.bytes as f64 / self.opts.max_bandwidth as f64);
-            let spent = round_start.elapsed();
-            if due > spent {
-                tokio::time::sleep(due - spent).await;
-            }
-        }
         Ok(())
     }
 }

@@ -9,12 +9,16 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cancel::{cancel_pair, CancelToken};
-use crate::channel::{secure_destination, secure_source, DestinationSecurity, SourceSecurity};
+use crate::channel::{
+    secure_destination, secure_source, Channel, DestinationSecurity, SourceSecurity, Transport,
+};
 use crate::dirty::DirtyBitmap;
 use crate::key::Key;
+use crate::protocol::{Acceptor, BoxFuture, Connector};
 use crate::receiver::receive;
 use crate::sender::{send, OnTimeout, SendOptions};
 use crate::vm::{RamRegion, SourceVm, TargetBuilder, TargetVm, VmResult};
+use crate::wire::FrameKind;
 use crate::MigrationError;
 
 const PAGES: usize = 256;
@@ -61,6 +65,11 @@ impl FakeSource {
             mem[page * 4096 + 8..page * 4096 + 12].copy_from_slice(&g.to_le_bytes());
             dirty.set(page);
         }
+        // A page that had data becomes all zero again (freed memory): after round 0 the
+        // destination must be told, it holds the old bytes.
+        let freed = (g as usize * 3) % (PAGES / 2);
+        mem[freed * 4096..(freed + 1) * 4096].fill(0);
+        dirty.set(freed);
     }
 }
 
@@ -129,18 +138,22 @@ impl TargetVm for FakeTarget {
             pages: PAGES,
         }]
     }
-    fn write_memory(&mut self, gpa: u64, data: &[u8]) -> VmResult<()> {
+    fn write_memory(&self, gpa: u64, data: &[u8]) -> VmResult<()> {
         self.0.lock().unwrap().mem[gpa as usize..gpa as usize + data.len()].copy_from_slice(data);
         Ok(())
     }
-    fn restore_state(&mut self, state: &[u8]) -> VmResult<()> {
+    fn zero_memory(&self, gpa: u64, len: usize) -> VmResult<()> {
+        self.0.lock().unwrap().mem[gpa as usize..gpa as usize + len].fill(0);
+        Ok(())
+    }
+    fn restore_state(&self, state: &[u8]) -> VmResult<()> {
         self.0.lock().unwrap().state = state.to_vec();
         Ok(())
     }
-    fn acquire(&mut self) -> VmResult<()> {
+    fn acquire(&self) -> VmResult<()> {
         Ok(())
     }
-    fn resume(&mut self) -> VmResult<()> {
+    fn resume(&self) -> VmResult<()> {
         self.0.lock().unwrap().resumed = true;
         Ok(())
     }
@@ -189,40 +202,100 @@ fn builder(refuse: Option<String>) -> (Builder, Arc<Mutex<Shared>>) {
     )
 }
 
-/// The destination: secures the connection, then receives.
-async fn destination<S>(
+fn boxed<S: Transport + 'static>(s: S) -> Box<dyn Transport> {
+    Box::new(s)
+}
+
+/// In-memory "network" for the extra connections: the source's connector makes a pipe and
+/// hands the far end to the destination's acceptor.
+fn links(src: SourceSecurity, dst: DestinationSecurity) -> (LinkConnector, LinkAcceptor) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    (
+        LinkConnector { tx, security: src },
+        LinkAcceptor { rx, security: dst },
+    )
+}
+
+struct LinkConnector {
+    tx: tokio::sync::mpsc::UnboundedSender<tokio::io::DuplexStream>,
+    security: SourceSecurity,
+}
+
+impl Connector for LinkConnector {
+    fn connect(&self) -> BoxFuture<'_, Result<Channel, MigrationError>> {
+        Box::pin(async move {
+            let (a, b) = tokio::io::duplex(1 << 20);
+            self.tx
+                .send(b)
+                .map_err(|_| MigrationError::Protocol("no destination".into()))?;
+            Ok(secure_source(boxed(a), &self.security).await?)
+        })
+    }
+}
+
+struct LinkAcceptor {
+    rx: tokio::sync::mpsc::UnboundedReceiver<tokio::io::DuplexStream>,
+    security: DestinationSecurity,
+}
+
+impl Acceptor for LinkAcceptor {
+    fn accept(&mut self) -> BoxFuture<'_, Result<Channel, MigrationError>> {
+        Box::pin(async move {
+            let s = self
+                .rx
+                .recv()
+                .await
+                .ok_or_else(|| MigrationError::Protocol("no more connections".into()))?;
+            Ok(secure_destination(boxed(s), &self.security).await?)
+        })
+    }
+}
+
+/// The destination: secures the first connection, then receives (taking more from `more`).
+async fn destination<S: Transport + 'static>(
     stream: S,
     security: DestinationSecurity,
+    mut more: LinkAcceptor,
     mut builder: Builder,
-) -> Result<(), MigrationError>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let mut stream = secure_destination(stream, &security).await?;
-    receive(&mut stream, &mut builder).await.map(|_| ())
+) -> Result<(), MigrationError> {
+    let ch = secure_destination(boxed(stream), &security).await?;
+    receive(ch, &mut more, &mut builder).await.map(|_| ())
 }
 
-/// The source: secures the connection, then sends; the guest runs on if securing fails.
-async fn source<S>(
+/// The source: secures the first connection, then sends; the guest runs on if securing fails.
+async fn source<S: Transport + 'static>(
     stream: S,
     security: SourceSecurity,
-    src: &FakeSource,
+    more: &LinkConnector,
+    src: Arc<FakeSource>,
     opts: &SendOptions,
-) -> Result<crate::progress::Summary, MigrationError>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let mut stream = secure_source(stream, &security).await?;
-    send(&mut stream, src, opts, |_| {}, CancelToken::never()).await
+    cancel: CancelToken,
+) -> Result<crate::progress::Summary, MigrationError> {
+    let ch = secure_source(boxed(stream), &security).await?;
+    send(ch, more, src, opts, |_| {}, cancel).await
 }
 
-async fn migrate(src: FakeSource, opts: SendOptions, refuse: Option<String>) -> Outcome {
+async fn migrate_with(
+    src: FakeSource,
+    opts: SendOptions,
+    refuse: Option<String>,
+    security: (SourceSecurity, DestinationSecurity),
+) -> Outcome {
     let (a, b) = tokio::io::duplex(1 << 20);
     let src = Arc::new(src);
-    let (sec_src, sec_dst) = psk();
+    let (sec_src, sec_dst) = security;
+    let (connector, acceptor) = links(sec_src.clone(), sec_dst.clone());
     let (builder, shared) = builder(refuse);
-    let target = tokio::spawn(destination(b, sec_dst, builder));
-    let source = source(a, sec_src, &src, &opts).await;
+    let target = tokio::spawn(destination(b, sec_dst, acceptor, builder));
+    let source = source(
+        a,
+        sec_src,
+        &connector,
+        src.clone(),
+        &opts,
+        CancelToken::never(),
+    )
+    .await;
     let target = target.await.unwrap();
     Outcome {
         source,
@@ -230,6 +303,10 @@ async fn migrate(src: FakeSource, opts: SendOptions, refuse: Option<String>) -> 
         shared,
         src,
     }
+}
+
+async fn migrate(src: FakeSource, opts: SendOptions, refuse: Option<String>) -> Outcome {
+    migrate_with(src, opts, refuse, psk()).await
 }
 
 #[tokio::test]
@@ -256,8 +333,12 @@ async fn live_migration_converges_and_copies_memory_exactly() {
     );
     assert_eq!(summary.switchover, "converged");
     assert!(summary.rounds >= 2);
+    assert!(
+        summary.rounds_detail[1..].iter().any(|r| r.zero_pages > 0),
+        "pages that became zero are sent as markers after round 0"
+    );
     assert_eq!(
-        summary.zero_pages_skipped,
+        summary.rounds_detail[0].zero_pages,
         (PAGES / 2) as u64,
         "round 0 skips the zero pages"
     );
@@ -359,7 +440,8 @@ async fn damaged(flip: bool, at: usize, secured: bool) -> Outcome {
         (SourceSecurity::Insecure, DestinationSecurity::Insecure)
     };
     let (builder, shared) = builder(None);
-    let target = tokio::spawn(destination(b, sec_dst, builder));
+    let (connector, acceptor) = links(sec_src.clone(), sec_dst.clone());
+    let target = tokio::spawn(destination(b, sec_dst, acceptor, builder));
     let proxy = tokio::spawn(async move {
         let (mut ar, mut aw) = tokio::io::split(&mut a_far);
         let (mut br, mut bw) = tokio::io::split(&mut b_far);
@@ -396,7 +478,15 @@ async fn damaged(flip: bool, at: usize, secured: bool) -> Outcome {
             tokio::select! { _ = up => {}, _ = down => {} }
         }
     });
-    let source = source(a, sec_src, &src, &SendOptions::default()).await;
+    let source = source(
+        a,
+        sec_src,
+        &connector,
+        src.clone(),
+        &SendOptions::default(),
+        CancelToken::never(),
+    )
+    .await;
     let target = target.await.unwrap();
     proxy.abort();
     Outcome {
@@ -458,7 +548,8 @@ async fn a_cancel_mid_transfer_or_a_stalled_destination_puts_the_guest_back() {
     let src = Arc::new(FakeSource::new(64));
     let (sec_src, sec_dst) = psk();
     let (cancel_builder, shared) = builder(None);
-    let target = tokio::spawn(destination(b, sec_dst, cancel_builder));
+    let (connector, acceptor) = links(sec_src.clone(), sec_dst.clone());
+    let target = tokio::spawn(destination(b, sec_dst, acceptor, cancel_builder));
     let (canceller, token) = cancel_pair();
     let opts = SendOptions {
         downtime_budget: Duration::ZERO,
@@ -469,17 +560,14 @@ async fn a_cancel_mid_transfer_or_a_stalled_destination_puts_the_guest_back() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         canceller.cancel().unwrap();
     };
-    let (source, ()) = tokio::join!(
-        async {
-            let mut s = secure_source(a, &sec_src).await.unwrap();
-            send(&mut s, src.as_ref(), &opts, |_| {}, token).await
-        },
+    let (sent, ()) = tokio::join!(
+        source(a, sec_src, &connector, src.clone(), &opts, token),
         cancel_soon
     );
     assert!(
-        matches!(source, Err(MigrationError::Cancelled)),
+        matches!(sent, Err(MigrationError::Cancelled)),
         "{:?}",
-        source.err()
+        sent.err()
     );
     let target = tokio::time::timeout(Duration::from_secs(10), target)
         .await
@@ -496,11 +584,13 @@ async fn a_cancel_mid_transfer_or_a_stalled_destination_puts_the_guest_back() {
     for offline in [false, true] {
         let (a, mut a_far) = tokio::io::duplex(64 * 1024);
         let (mut b_far, b) = tokio::io::duplex(64 * 1024);
-        let src = FakeSource::new(8);
+        let src = Arc::new(FakeSource::new(8));
         let (stalled_builder, _shared) = builder(None);
+        let (connector, acceptor) = links(SourceSecurity::Insecure, DestinationSecurity::Insecure);
         let target = tokio::spawn(destination(
             b,
             DestinationSecurity::Insecure,
+            acceptor,
             stalled_builder,
         ));
         // A relay that forwards the first 100 kB each way, then stops reading.
@@ -529,10 +619,14 @@ async fn a_cancel_mid_transfer_or_a_stalled_destination_puts_the_guest_back() {
             ..Default::default()
         };
         let started = std::time::Instant::now();
-        let r = async {
-            let mut s = secure_source(a, &SourceSecurity::Insecure).await.unwrap();
-            send(&mut s, &src, &opts, |_| {}, CancelToken::never()).await
-        }
+        let r = source(
+            a,
+            SourceSecurity::Insecure,
+            &connector,
+            src.clone(),
+            &opts,
+            CancelToken::never(),
+        )
         .await;
         assert!(
             matches!(r, Err(MigrationError::TimedOut(_))),
@@ -548,4 +642,100 @@ async fn a_cancel_mid_transfer_or_a_stalled_destination_puts_the_guest_back() {
         stall.abort();
         target.abort();
     }
+}
+
+#[tokio::test]
+async fn several_connections_with_compression_copy_memory_exactly() {
+    for (connections, compress) in [(3u32, None), (1, Some(3)), (4, Some(1))] {
+        let opts = SendOptions {
+            downtime_budget: Duration::from_secs(5),
+            connections,
+            compress,
+            ..Default::default()
+        };
+        let o = migrate(FakeSource::new(16), opts, None).await;
+        let summary = o.source.unwrap();
+        o.target.unwrap();
+        let shared = o.shared.lock().unwrap();
+        assert!(shared.resumed);
+        assert!(
+            shared.mem == *o.src.mem.lock().unwrap(),
+            "connections={connections} compress={compress:?}: memory differs"
+        );
+        assert_eq!(summary.connections, connections);
+        assert!(summary.rounds >= 2);
+        if compress.is_some() {
+            // The fake guest's pages are mostly zero bytes: they compress well.
+            assert!(
+                summary.page_bytes_sent * 4 < summary.page_bytes_uncompressed,
+                "{} sent for {} bytes of pages",
+                summary.page_bytes_sent,
+                summary.page_bytes_uncompressed
+            );
+        }
+        let b = &summary.downtime_breakdown;
+        assert!(
+            b.pause_ms >= 0.0 && b.state_transfer_ms > 0.0 && b.commit_ms > 0.0,
+            "{b:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_connection_that_presents_another_session_is_not_taken() {
+    // The destination's acceptor hands over a stranger's connection first: it joins with a
+    // made-up session id and is dropped; the real ones follow.
+    let (sec_src, sec_dst) = psk();
+    let (connector, mut acceptor) = links(sec_src.clone(), sec_dst.clone());
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let (stranger_near, stranger_far) = tokio::io::duplex(1 << 20);
+    acceptor_push_front(&mut acceptor, stranger_far);
+    let stranger = tokio::spawn({
+        let sec = sec_src.clone();
+        async move {
+            let mut ch = secure_source(boxed(stranger_near), &sec).await.unwrap();
+            let _ = ch
+                .writer
+                .send(
+                    FrameKind::Join,
+                    &crate::protocol::join_payload(&[7u8; 16], 1),
+                )
+                .await;
+            ch
+        }
+    });
+    let src = Arc::new(FakeSource::new(4));
+    let (builder, shared) = builder(None);
+    let target = tokio::spawn(destination(b, sec_dst, acceptor, builder));
+    let opts = SendOptions {
+        connections: 2,
+        ..Default::default()
+    };
+    let sent = source(
+        a,
+        sec_src,
+        &connector,
+        src.clone(),
+        &opts,
+        CancelToken::never(),
+    )
+    .await;
+    sent.unwrap();
+    target.await.unwrap().unwrap();
+    assert!(shared.lock().unwrap().mem == *src.mem.lock().unwrap());
+    drop(stranger.await.unwrap());
+}
+
+/// Puts a connection ahead of the ones the source will open.
+fn acceptor_push_front(acceptor: &mut LinkAcceptor, s: tokio::io::DuplexStream) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(s).unwrap();
+    let mut old = std::mem::replace(&mut acceptor.rx, rx);
+    tokio::spawn(async move {
+        while let Some(s) = old.recv().await {
+            if tx.send(s).is_err() {
+                break;
+            }
+        }
+    });
 }

@@ -51,8 +51,16 @@ pub trait SourceVm: Send + Sync {
     /// Starts recording writes (KVM dirty log and the VMM's own writes) and forgets older ones.
     fn start_dirty_log(&self) -> VmResult<()>;
     fn stop_dirty_log(&self);
-    /// Pages written since the last call (or since start), one bitmap per region.
+    /// Pages written since they were last cleared (by this call, or by [`Self::clear_dirty`]
+    /// where the implementation clears lazily), one bitmap per region.
     fn take_dirty(&self) -> VmResult<Vec<DirtyBitmap>>;
+    /// Called right before the pages set in `words` (64 a word, from page `first_page` of
+    /// region `region`, a multiple of 64) are read to be sent: an implementation that clears
+    /// the dirty log lazily (KVM's manual protection) clears those pages now, so a write after
+    /// the read is caught by the next [`Self::take_dirty`] and one before it is not sent twice.
+    fn clear_dirty(&self, _region: usize, _first_page: usize, _words: &[u64]) -> VmResult<()> {
+        Ok(())
+    }
     /// Stops the guest: vCPUs out of guest mode, devices frozen, disks flushed. On failure
     /// the guest runs as before.
     fn pause(&self) -> VmResult<()>;
@@ -67,15 +75,19 @@ pub trait SourceVm: Send + Sync {
     fn throttle(&self, percent: u8);
 }
 
-/// An empty VM on the destination, built from the source's config.
-pub trait TargetVm: Send {
+/// An empty VM on the destination, built from the source's config. Pages arrive on several
+/// connections at once: memory writes take `&self` and may run concurrently (on different
+/// pages).
+pub trait TargetVm: Send + Sync {
     fn regions(&self) -> Vec<RamRegion>;
-    fn write_memory(&mut self, gpa: u64, data: &[u8]) -> VmResult<()>;
-    fn restore_state(&mut self, state: &[u8]) -> VmResult<()>;
+    fn write_memory(&self, gpa: u64, data: &[u8]) -> VmResult<()>;
+    /// Makes `len` bytes at `gpa` zero.
+    fn zero_memory(&self, gpa: u64, len: usize) -> VmResult<()>;
+    fn restore_state(&self, state: &[u8]) -> VmResult<()>;
     /// Takes over what the source released (disk locks, page caches dropped).
-    fn acquire(&mut self) -> VmResult<()>;
+    fn acquire(&self) -> VmResult<()>;
     /// Starts the guest (devices re-signalled, clock notified, MAC announced).
-    fn resume(&mut self) -> VmResult<()>;
+    fn resume(&self) -> VmResult<()>;
 }
 
 /// Checks a source's config and builds the empty VM, or says why it cannot.

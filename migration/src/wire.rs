@@ -1,25 +1,34 @@
-//! Framing of the migration stream: every message is
-//! `[kind: u8][length: u32 le][crc32 of payload: u32 le][payload]`.
-//! Lengths are checked against a limit before any allocation, so a hostile or corrupted
-//! stream ends with an error rather than an out-of-memory abort. Memory travels as raw page
-//! bytes in `Pages` frames; everything else is a state envelope.
+//! Framing of the migration stream: one frame per record ([`crate::record`]), the record's
+//! body being `[kind: u8][payload]`. Lengths are checked against a limit before anything is
+//! read into memory, so a hostile or corrupted stream ends with an error rather than an
+//! out-of-memory abort. Memory travels as raw page bytes in `Pages` frames (see
+//! [`PagesWriter`]); everything else is a state envelope or a few fixed bytes.
+//!
+//! Each direction owns one buffer, allocated once and reused for every record: a page is
+//! copied from guest memory into the outgoing record and encrypted where it lies; an incoming
+//! record is read, checked and decrypted in place, and its pages copied into guest memory.
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Largest frame payload: a batch of pages plus their range headers.
-pub const MAX_FRAME: usize = 8 << 20;
+use crate::record::{IntegrityError, Opener, Sealer, HEADER_LEN, MAX_TRAILER_LEN};
+
+pub const PAGE_SIZE: usize = 4096;
 /// Pages per `Pages` frame at most (4 MiB of data).
 pub const MAX_PAGES_PER_FRAME: usize = 1024;
-pub const PAGE_SIZE: usize = 4096;
-/// Frame header: kind, length, CRC32.
-pub const HEADER_LEN: usize = 9;
+/// Largest frame payload: a batch of pages with their run headers, or a state envelope.
+pub const MAX_FRAME: usize = 8 << 20;
+/// Record body: the kind byte, then the payload.
+const KIND_LEN: usize = 1;
+const MAX_BODY: usize = KIND_LEN + MAX_FRAME;
+/// Bytes a frame costs on the wire beyond its payload.
+pub const FRAME_OVERHEAD: usize = HEADER_LEN + KIND_LEN + MAX_TRAILER_LEN;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum FrameKind {
     Hello = 1,
-    Challenge = 2,
-    Response = 3,
+    /// An extra connection of a migration presents its session and index.
+    Join = 2,
     Config = 4,
     Accept = 5,
     Pages = 6,
@@ -29,7 +38,10 @@ pub enum FrameKind {
     Commit = 10,
     Resumed = 11,
     Error = 12,
-    Cancel = 13,
+    /// A connection has sent all the pages it will send.
+    Done = 14,
+    /// A `Pages` frame compressed with zstd: `[payload length: u32 le][zstd frame]`.
+    PagesZ = 15,
 }
 
 impl FrameKind {
@@ -37,8 +49,7 @@ impl FrameKind {
         use FrameKind::*;
         Some(match b {
             1 => Hello,
-            2 => Challenge,
-            3 => Response,
+            2 => Join,
             4 => Config,
             5 => Accept,
             6 => Pages,
@@ -48,7 +59,8 @@ impl FrameKind {
             10 => Commit,
             11 => Resumed,
             12 => Error,
-            13 => Cancel,
+            14 => Done,
+            15 => PagesZ,
             _ => return None,
         })
     }
@@ -59,19 +71,19 @@ pub enum WireError {
     #[error("connection lost")]
     Io(#[source] std::io::Error),
     #[error("the migration stream was tampered with")]
-    Integrity(#[source] std::io::Error),
+    Integrity(#[source] IntegrityError),
+    #[error("the migration stream was corrupted in transit")]
+    Corrupted(#[source] IntegrityError),
     #[error("the migration connection stalled")]
     Stalled(#[source] std::io::Error),
-    #[error("authentication failed: the peer rejected this end's TLS certificate ({0:?})")]
-    CertificateRejected(rustls::AlertDescription),
     #[error("unknown frame kind {0} (corrupted stream or another protocol)")]
     UnknownKind(u8),
-    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    #[error("a record of {0} bytes exceeds the {MAX_BODY}-byte limit")]
     TooLarge(usize),
-    #[error("{0:?} frame failed its checksum (corrupted in transit)")]
-    Checksum(FrameKind),
+    #[error("an empty record")]
+    Empty,
     #[error("malformed pages frame: {0}")]
-    BadPages(String),
+    BadPages(&'static str),
     #[error("expected a {expected:?} frame, got {got:?}")]
     Unexpected { expected: FrameKind, got: FrameKind },
     #[error("the other end reported: {0}")]
@@ -80,15 +92,10 @@ pub enum WireError {
 
 impl From<std::io::Error> for WireError {
     fn from(e: std::io::Error) -> Self {
-        if crate::channel::is_integrity_failure(&e) {
-            WireError::Integrity(e)
-        } else if e
-            .get_ref()
+        if e.get_ref()
             .is_some_and(|i| i.is::<crate::deadline::Stalled>())
         {
             WireError::Stalled(e)
-        } else if let Some(alert) = crate::channel::certificate_rejection(&e) {
-            WireError::CertificateRejected(alert)
         } else {
             WireError::Io(e)
         }
@@ -107,164 +114,374 @@ pub fn sanitize_remote_text(raw: &[u8]) -> String {
         .collect()
 }
 
-#[derive(Debug)]
-pub struct Frame {
-    pub kind: FrameKind,
-    pub payload: Vec<u8>,
-}
-
-pub async fn write_frame<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    kind: FrameKind,
-    payload: &[u8],
-) -> Result<(), WireError> {
-    if payload.len() > MAX_FRAME {
-        return Err(WireError::TooLarge(payload.len()));
-    }
-    let mut header = [0u8; HEADER_LEN];
-    header[0] = kind as u8;
-    header[1..5].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    header[5..9].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    w.write_all(&header).await?;
-    w.write_all(payload).await?;
-    // A secured stream buffers into records: each frame goes out whole, now.
-    w.flush().await?;
-    Ok(())
-}
-
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, WireError> {
-    let mut header = [0u8; HEADER_LEN];
-    r.read_exact(&mut header).await?;
-    let kind = FrameKind::from_u8(header[0]).ok_or(WireError::UnknownKind(header[0]))?;
-    let len = u32::from_le_bytes(header[1..5].try_into().unwrap()) as usize;
-    if len > MAX_FRAME {
-        return Err(WireError::TooLarge(len));
-    }
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload).await?;
-    if crc32fast::hash(&payload) != u32::from_le_bytes(header[5..9].try_into().unwrap()) {
-        return Err(WireError::Checksum(kind));
-    }
-    if kind == FrameKind::Error {
-        return Err(WireError::Remote(sanitize_remote_text(&payload)));
-    }
-    Ok(Frame { kind, payload })
-}
-
-/// Closes our sending side and reads (and drops) what the peer still sends, for at most a
-/// second, so that closing with unread data does not reset the connection: a reset can make
-/// the peer lose the Error frame just written, and with it the reason the migration failed.
-pub async fn linger_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
-    let _ = stream.flush().await;
-    let _ = stream.shutdown().await;
-    let drain = async {
-        let mut sink = vec![0u8; 64 * 1024];
-        while let Ok(n) = stream.read(&mut sink).await {
-            if n == 0 {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
-}
-
-/// Reads a frame that must be of `expected` kind.
-pub async fn expect_frame<R: AsyncRead + Unpin>(
-    r: &mut R,
-    expected: FrameKind,
-) -> Result<Vec<u8>, WireError> {
-    let f = read_frame(r).await?;
-    if f.kind != expected {
-        return Err(WireError::Unexpected {
-            expected,
-            got: f.kind,
-        });
-    }
-    Ok(f.payload)
-}
-
-/// Encodes runs of pages: `[count: u32]` then per run `[first page: u64][pages: u32]` followed
-/// by the pages' bytes.
-pub struct PagesBuilder {
+/// Writes frames, each sealed into one record, from one reused buffer.
+pub struct FrameWriter<W> {
+    io: W,
+    sealer: Sealer,
     buf: Vec<u8>,
-    runs: u32,
-    pages: usize,
+    /// End of the body being built in `buf`.
+    len: usize,
+    /// Bytes written so far, records included.
+    pub bytes: u64,
 }
 
-impl Default for PagesBuilder {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl PagesBuilder {
-    pub fn new() -> Self {
-        PagesBuilder {
-            buf: vec![0; 4],
-            runs: 0,
-            pages: 0,
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    pub fn new(io: W, sealer: Sealer) -> Self {
+        FrameWriter {
+            io,
+            sealer,
+            buf: Vec::new(),
+            len: 0,
+            bytes: 0,
         }
     }
 
-    /// Pages this frame can still take.
-    pub fn room(&self) -> usize {
-        MAX_PAGES_PER_FRAME - self.pages
+    /// Starts a frame of `kind`; its payload is then added with [`Self::extend`] and
+    /// [`Self::space`], and sent with [`Self::finish`].
+    pub fn begin(&mut self, kind: FrameKind) {
+        if self.buf.is_empty() {
+            self.buf = vec![0u8; HEADER_LEN + MAX_BODY + MAX_TRAILER_LEN];
+        }
+        self.buf[HEADER_LEN] = kind as u8;
+        self.len = HEADER_LEN + KIND_LEN;
+    }
+
+    /// Payload bytes of the frame being built so far.
+    pub fn payload_len(&self) -> usize {
+        self.len - HEADER_LEN - KIND_LEN
+    }
+
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.space(bytes.len()).copy_from_slice(bytes);
+    }
+
+    /// The next `n` payload bytes, to fill in place (e.g. straight from guest memory).
+    pub fn space(&mut self, n: usize) -> &mut [u8] {
+        assert!(self.payload_len() + n <= MAX_FRAME, "frame over its limit");
+        let start = self.len;
+        self.len += n;
+        &mut self.buf[start..start + n]
+    }
+
+    /// Drops the last `n` payload bytes (a page found to be zero after it was copied in).
+    pub fn unextend(&mut self, n: usize) {
+        self.len -= n;
+    }
+
+    /// A payload byte already added, to patch (a count known only at the end).
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[HEADER_LEN + KIND_LEN..self.len]
+    }
+
+    /// Compresses the `Pages` frame being built (zstd at `level`), when that makes it smaller:
+    /// it becomes a `PagesZ` frame. `scratch` is the lane's reused compression buffer.
+    pub fn compress_payload(&mut self, level: i32, scratch: &mut Vec<u8>) -> std::io::Result<()> {
+        let payload = &self.buf[HEADER_LEN + KIND_LEN..self.len];
+        let bound = zstd::zstd_safe::compress_bound(payload.len());
+        if scratch.len() < bound {
+            scratch.resize(bound, 0);
+        }
+        let n = zstd::bulk::compress_to_buffer(payload, scratch, level)?;
+        if n + 4 >= payload.len() {
+            return Ok(());
+        }
+        let original = payload.len() as u32;
+        self.begin(FrameKind::PagesZ);
+        self.extend(&original.to_le_bytes());
+        self.extend(&scratch[..n]);
+        Ok(())
+    }
+
+    /// Seals and writes the frame begun with [`Self::begin`].
+    pub async fn finish(&mut self) -> Result<(), WireError> {
+        let n = self.sealer.seal(&mut self.buf, self.len);
+        self.io.write_all(&self.buf[..n]).await?;
+        self.bytes += n as u64;
+        Ok(())
+    }
+
+    /// Sends a whole frame.
+    pub async fn send(&mut self, kind: FrameKind, payload: &[u8]) -> Result<(), WireError> {
+        if payload.len() > MAX_FRAME {
+            return Err(WireError::TooLarge(payload.len()));
+        }
+        self.begin(kind);
+        self.extend(payload);
+        self.finish().await
+    }
+
+    /// Ends our sending side of the connection.
+    pub async fn shutdown(&mut self) {
+        let _ = self.io.flush().await;
+        let _ = self.io.shutdown().await;
+    }
+}
+
+/// Reads frames, each opened from one record, into one reused buffer.
+pub struct FrameReader<R> {
+    io: R,
+    opener: Opener,
+    buf: Vec<u8>,
+    /// Bytes read so far, records included.
+    pub bytes: u64,
+}
+
+/// A frame as read: its payload lives in the reader's buffer until the next read.
+pub struct Frame<'a> {
+    pub kind: FrameKind,
+    pub payload: &'a [u8],
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(io: R, opener: Opener) -> Self {
+        FrameReader {
+            io,
+            opener,
+            buf: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// The next frame. An Error frame from the peer comes back as [`WireError::Remote`].
+    pub async fn recv(&mut self) -> Result<Frame<'_>, WireError> {
+        let mut header = [0u8; HEADER_LEN];
+        self.io.read_exact(&mut header).await?;
+        let body_len = u32::from_le_bytes(header) as usize;
+        if body_len > MAX_BODY {
+            return Err(WireError::TooLarge(body_len));
+        }
+        let rest_len = self.opener.rest_len(body_len);
+        if self.buf.len() < rest_len {
+            self.buf.resize(rest_len, 0);
+        }
+        self.io.read_exact(&mut self.buf[..rest_len]).await?;
+        self.bytes += (HEADER_LEN + rest_len) as u64;
+        let crc_only = self.opener.rest_len(0) == 4;
+        let body = self
+            .opener
+            .open(header, &mut self.buf[..rest_len])
+            .map_err(|e| {
+                if crc_only {
+                    WireError::Corrupted(e)
+                } else {
+                    WireError::Integrity(e)
+                }
+            })?;
+        let (&kind, payload) = body.split_first().ok_or(WireError::Empty)?;
+        let kind = FrameKind::from_u8(kind).ok_or(WireError::UnknownKind(kind))?;
+        if kind == FrameKind::Error {
+            return Err(WireError::Remote(sanitize_remote_text(payload)));
+        }
+        Ok(Frame { kind, payload })
+    }
+
+    /// The next frame, which must be of `expected` kind; returns its payload.
+    pub async fn expect(&mut self, expected: FrameKind) -> Result<&[u8], WireError> {
+        let f = self.recv().await?;
+        if f.kind != expected {
+            return Err(WireError::Unexpected {
+                expected,
+                got: f.kind,
+            });
+        }
+        Ok(f.payload)
+    }
+
+    /// Reads (and drops) what the peer still sends, for at most a second, so that closing
+    /// with unread data does not reset the connection: a reset can make the peer lose the
+    /// Error frame just written, and with it the reason the migration failed.
+    pub async fn drain(&mut self) {
+        let drain = async {
+            let mut sink = vec![0u8; 64 * 1024];
+            while let Ok(n) = self.io.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+    }
+}
+
+/// A run header's count: the number of pages, with this bit set for a run of zero pages
+/// (no bytes follow: the destination zeroes them).
+pub const ZERO_RUN: u32 = 1 << 31;
+const RUN_HEADER_LEN: usize = 12;
+/// Runs in one `Pages` frame at most.
+pub const MAX_RUNS_PER_FRAME: usize = MAX_PAGES_PER_FRAME;
+
+/// One run of a `Pages` frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Run<'a> {
+    /// Pages from `first` on, with their bytes.
+    Data(u64, &'a [u8]),
+    /// `count` pages from `first` on that are all zero.
+    Zero(u64, usize),
+}
+
+/// Builds a `Pages` frame in a [`FrameWriter`]'s buffer: `[runs: u32]` then per run
+/// `[first page: u64][pages: u32 | ZERO_RUN]` and, for a data run, the pages' bytes. Pages are
+/// copied into the frame once (by the caller, into [`Self::page_slot`]); a page found to be
+/// zero is taken back out and becomes part of a zero run.
+pub struct PagesWriter {
+    runs: u32,
+    /// Where the open run's header sits in the payload, its first page, its pages, and
+    /// whether it is a zero run.
+    open: Option<(usize, u64, u32, bool)>,
+    data_pages: usize,
+    zero_pages: usize,
+}
+
+impl PagesWriter {
+    /// Starts a `Pages` frame in `w`.
+    pub fn begin<W: AsyncWrite + Unpin>(w: &mut FrameWriter<W>) -> Self {
+        w.begin(FrameKind::Pages);
+        w.extend(&0u32.to_le_bytes());
+        PagesWriter {
+            runs: 0,
+            open: None,
+            data_pages: 0,
+            zero_pages: 0,
+        }
+    }
+
+    /// Whether the frame can take another page (a data page, and a new run for it).
+    pub fn has_room(&self) -> bool {
+        self.data_pages < MAX_PAGES_PER_FRAME && (self.runs as usize) < MAX_RUNS_PER_FRAME
     }
 
     pub fn is_empty(&self) -> bool {
         self.runs == 0
     }
 
-    /// Adds a run of pages starting at page `first` whose bytes are `data` (a multiple of PAGE_SIZE).
-    pub fn push(&mut self, first: u64, data: &[u8]) {
-        debug_assert!(
-            data.len().is_multiple_of(PAGE_SIZE) && data.len() / PAGE_SIZE <= self.room()
-        );
-        self.buf.extend_from_slice(&first.to_le_bytes());
-        self.buf
-            .extend_from_slice(&((data.len() / PAGE_SIZE) as u32).to_le_bytes());
-        self.buf.extend_from_slice(data);
-        self.runs += 1;
-        self.pages += data.len() / PAGE_SIZE;
+    /// Pages with bytes in the frame.
+    pub fn data_pages(&self) -> usize {
+        self.data_pages
     }
 
-    pub fn finish(mut self) -> Vec<u8> {
-        self.buf[0..4].copy_from_slice(&self.runs.to_le_bytes());
-        self.buf
+    /// Pages sent as zero-run markers.
+    pub fn zero_pages(&self) -> usize {
+        self.zero_pages
+    }
+
+    fn extend_run<W: AsyncWrite + Unpin>(&mut self, w: &mut FrameWriter<W>, page: u64, zero: bool) {
+        if let Some((at, first, count, z)) = &mut self.open {
+            if *z == zero && first.checked_add(u64::from(*count)) == Some(page) {
+                *count += 1;
+                let c = *count | if zero { ZERO_RUN } else { 0 };
+                let at = *at;
+                w.payload_mut()[at + 8..at + 12].copy_from_slice(&c.to_le_bytes());
+                return;
+            }
+        }
+        let at = w.payload_len();
+        let mut header = [0u8; RUN_HEADER_LEN];
+        header[..8].copy_from_slice(&page.to_le_bytes());
+        header[8..].copy_from_slice(&(1u32 | if zero { ZERO_RUN } else { 0 }).to_le_bytes());
+        w.extend(&header);
+        self.open = Some((at, page, 1, zero));
+        self.runs += 1;
+    }
+
+    /// Adds guest page `page`: `fill` copies its bytes into the slot it is given; a page that
+    /// turns out all zero is sent as a marker instead, if `zero_markers` (in round 0 zero
+    /// pages are simply skipped: fresh memory is zero). Returns whether the page was zero.
+    pub fn push_page<W: AsyncWrite + Unpin, E>(
+        &mut self,
+        w: &mut FrameWriter<W>,
+        page: u64,
+        zero_markers: bool,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<bool, E> {
+        // Copy the page where its bytes will stay: right after a run header if it starts a
+        // new run, at the end of the open run if it continues it.
+        let continues =
+            matches!(self.open, Some((_, first, count, false)) if first + u64::from(count) == page);
+        let header_len = if continues { 0 } else { RUN_HEADER_LEN };
+        let slot = w.space(header_len + PAGE_SIZE);
+        fill(&mut slot[header_len..])?;
+        let zero = crate::dirty::is_zero_page(&slot[header_len..]);
+        // Take it back out; the run bookkeeping writes a header (if one is needed) in place,
+        // and a data page's bytes are then taken back in where they already are.
+        w.unextend(header_len + PAGE_SIZE);
+        if zero {
+            if zero_markers {
+                self.extend_run(w, page, true);
+                self.zero_pages += 1;
+            }
+            return Ok(true);
+        }
+        self.extend_run(w, page, false);
+        let _ = w.space(PAGE_SIZE);
+        self.data_pages += 1;
+        Ok(false)
+    }
+
+    /// Writes the run count; the frame is then ready for [`FrameWriter::finish`].
+    pub fn end<W: AsyncWrite + Unpin>(self, w: &mut FrameWriter<W>) {
+        w.payload_mut()[..4].copy_from_slice(&self.runs.to_le_bytes());
     }
 }
 
-/// Decodes a `Pages` payload into (first page, bytes) runs, checking every count and length.
-pub fn parse_pages(payload: &[u8]) -> Result<Vec<(u64, &[u8])>, WireError> {
-    let bad = |m: &str| WireError::BadPages(m.to_string());
+/// Decompresses a `PagesZ` payload into `out` (reused); the result is at most [`MAX_FRAME`]
+/// bytes, whatever the compressed data claims.
+pub fn decompress_pages(payload: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
+    if payload.len() < 4 {
+        return Err(WireError::BadPages("no length"));
+    }
+    let len = u32::from_le_bytes(payload[..4].try_into().expect("4 bytes")) as usize;
+    if len > MAX_FRAME {
+        return Err(WireError::BadPages(
+            "decompressed length over the frame limit",
+        ));
+    }
+    out.resize(len, 0);
+    let n = zstd::bulk::decompress_to_buffer(&payload[4..], out)
+        .map_err(|_| WireError::BadPages("bad zstd data"))?;
+    if n != len {
+        return Err(WireError::BadPages("decompressed length differs"));
+    }
+    Ok(())
+}
+
+/// Decodes a `Pages` payload into runs, checking every count and length.
+pub fn parse_pages(payload: &[u8]) -> Result<Vec<Run<'_>>, WireError> {
+    let bad = WireError::BadPages;
     if payload.len() < 4 {
         return Err(bad("no run count"));
     }
-    let runs = u32::from_le_bytes(payload[0..4].try_into().unwrap()) as usize;
-    if runs > MAX_PAGES_PER_FRAME {
+    let runs = u32::from_le_bytes(payload[0..4].try_into().expect("4 bytes")) as usize;
+    if runs > MAX_RUNS_PER_FRAME {
         return Err(bad("too many runs"));
     }
     let mut rest = &payload[4..];
     let mut out = Vec::with_capacity(runs);
-    let mut total = 0usize;
+    let mut data_pages = 0usize;
     for _ in 0..runs {
-        if rest.len() < 12 {
+        if rest.len() < RUN_HEADER_LEN {
             return Err(bad("truncated run header"));
         }
-        let first = u64::from_le_bytes(rest[0..8].try_into().unwrap());
-        let pages = u32::from_le_bytes(rest[8..12].try_into().unwrap()) as usize;
-        total = total
-            .checked_add(pages)
-            .ok_or_else(|| bad("page count overflow"))?;
-        if pages == 0 || total > MAX_PAGES_PER_FRAME {
-            return Err(bad("bad page count"));
+        let first = u64::from_le_bytes(rest[0..8].try_into().expect("8 bytes"));
+        let raw = u32::from_le_bytes(rest[8..12].try_into().expect("4 bytes"));
+        let pages = (raw & !ZERO_RUN) as usize;
+        if pages == 0 {
+            return Err(bad("empty run"));
+        }
+        rest = &rest[RUN_HEADER_LEN..];
+        if raw & ZERO_RUN != 0 {
+            out.push(Run::Zero(first, pages));
+            continue;
+        }
+        data_pages += pages;
+        if data_pages > MAX_PAGES_PER_FRAME {
+            return Err(bad("too many pages"));
         }
         let len = pages * PAGE_SIZE;
-        if rest.len() < 12 + len {
+        if rest.len() < len {
             return Err(bad("truncated page data"));
         }
-        out.push((first, &rest[12..12 + len]));
-        rest = &rest[12 + len..];
+        out.push(Run::Data(first, &rest[..len]));
+        rest = &rest[len..];
     }
     if !rest.is_empty() {
         return Err(bad("trailing bytes"));
@@ -273,74 +490,4 @@ pub fn parse_pages(payload: &[u8]) -> Result<Vec<(u64, &[u8])>, WireError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn frames_round_trip_and_limits_hold() {
-        let (mut a, mut b) = tokio::io::duplex(1 << 20);
-        write_frame(&mut a, FrameKind::Config, b"hello")
-            .await
-            .unwrap();
-        let f = read_frame(&mut b).await.unwrap();
-        assert_eq!(
-            (f.kind, f.payload.as_slice()),
-            (FrameKind::Config, &b"hello"[..])
-        );
-        // An oversized length is refused before allocating.
-        a.write_all(&[6, 0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0])
-            .await
-            .unwrap();
-        assert!(matches!(
-            read_frame(&mut b).await,
-            Err(WireError::TooLarge(_))
-        ));
-        let (mut a, mut b) = tokio::io::duplex(1 << 20);
-        a.write_all(&[99, 0, 0, 0, 0, 0, 0, 0, 0]).await.unwrap();
-        assert!(matches!(
-            read_frame(&mut b).await,
-            Err(WireError::UnknownKind(99))
-        ));
-        write_frame(&mut a, FrameKind::Error, b"disk missing")
-            .await
-            .unwrap();
-        match read_frame(&mut b).await {
-            Err(WireError::Remote(m)) => assert_eq!(m, "disk missing"),
-            other => panic!("{other:?}"),
-        }
-        a.write_all(&[4, 2, 0, 0, 0, 0, 0, 0, 0, b'h', b'i'])
-            .await
-            .unwrap();
-        assert!(matches!(
-            read_frame(&mut b).await,
-            Err(WireError::Checksum(FrameKind::Config))
-        ));
-        drop(a);
-        assert!(matches!(read_frame(&mut b).await, Err(WireError::Io(_))));
-    }
-
-    #[test]
-    fn pages_round_trip_and_malformed_payloads_are_refused() {
-        let mut p = PagesBuilder::new();
-        p.push(5, &[1u8; 8192]);
-        p.push(100, &[2u8; 4096]);
-        let payload = p.finish();
-        let runs = parse_pages(&payload).unwrap();
-        assert_eq!(runs.len(), 2);
-        assert_eq!((runs[0].0, runs[0].1.len()), (5, 8192));
-        assert_eq!((runs[1].0, runs[1].1[0]), (100, 2));
-        assert!(parse_pages(&payload[..payload.len() - 1]).is_err());
-        let mut extra = payload.clone();
-        extra.push(0);
-        assert!(parse_pages(&extra).is_err());
-        let mut lying = payload.clone();
-        lying[0..4].copy_from_slice(&3u32.to_le_bytes());
-        assert!(parse_pages(&lying).is_err());
-        let mut zero = payload.clone();
-        zero[12..16].copy_from_slice(&0u32.to_le_bytes());
-        assert!(parse_pages(&zero).is_err());
-        let mut huge = payload;
-        huge[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(parse_pages(&huge).is_err());
-    }
-}
+mod tests;

@@ -18,7 +18,8 @@ pub enum Tamper {
     /// reading, but keep both connections open: a black-holed network, a hung destination.
     StallAt(usize),
     /// In a `--auth-key-file` stream: pass the preface and the handshake, then flip a byte in
-    /// the middle of record N after it (0 is the Hello frame, 1 the Config, then pages).
+    /// the middle of the body of record N after it (0 is the Hello frame, 1 the Config, then
+    /// pages).
     FlipRecord(usize),
 }
 
@@ -89,22 +90,29 @@ fn relay(
                 let mut b = vec![0u8; len];
                 from_src.read_exact(&mut b).ok().map(|_| b)
             };
-            // Preface, then the Noise handshake's first message, untouched.
+            // Preface, then the Noise handshake's first message ([u16 be length][message]),
+            // untouched; then records: [u32 le body length][body][16-byte tag].
             let mut ok = read_exact(9).is_some_and(|mut p| forward(&mut p, &mut seen));
+            if ok {
+                ok = read_exact(2)
+                    .and_then(|len| {
+                        let msg = read_exact(u16::from_be_bytes([len[0], len[1]]) as usize)?;
+                        Some([len, msg].concat())
+                    })
+                    .is_some_and(|mut m| forward(&mut m, &mut seen));
+            }
             let mut record = 0usize;
             while ok {
-                let Some(len) = read_exact(2) else { break };
-                let Some(mut body) = read_exact(u16::from_be_bytes([len[0], len[1]]) as usize)
-                else {
+                let Some(len) = read_exact(4) else { break };
+                let body_len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+                let Some(mut rest) = read_exact(body_len + 16) else {
                     break;
                 };
-                // Record index: the handshake message is "-1".
-                if record == n + 1 {
-                    let mid = body.len() / 2;
-                    body[mid] ^= 0x20;
+                if record == n {
+                    rest[body_len / 2] ^= 0x20;
                 }
                 record += 1;
-                ok = forward(&mut [len, body].concat(), &mut seen);
+                ok = forward(&mut [len, rest].concat(), &mut seen);
             }
         }
         _ => {

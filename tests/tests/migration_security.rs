@@ -55,8 +55,9 @@ fn tampering_on_the_path_fails_the_migration_and_the_guest_stays_on_the_source()
     if !require_kvm("tampering_on_the_path_fails_the_migration_and_the_guest_stays_on_the_source") {
         return;
     }
-    // Record 1 carries the config; record 40 is inside round 0's page data.
-    for (record, what) in [(1usize, "config"), (40, "page data")] {
+    // Record 1 carries the config; record 2 is round 0's first frame of pages (a record
+    // carries up to 4 MiB of them).
+    for (record, what) in [(1usize, "config"), (2, "page data")] {
         let (a, b) = (RuntimeDir::new("host1"), RuntimeDir::new("host2"));
         let (ka, kb) = (test_key(&a.0), test_key(&b.0));
         let mut src = start_dirtier(&a.0, "t1", 1, &[]);

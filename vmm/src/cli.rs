@@ -115,6 +115,15 @@ struct MigrateArgs {
     /// seconds ends the migration (TCP keepalive and TCP_USER_TIMEOUT are set to match).
     #[arg(long, value_name = "S", default_value_t = 30)]
     io_timeout: u64,
+    /// Connections that carry the guest's memory (1 to 128), each its own authenticated,
+    /// encrypted channel bound to this migration; state and control go on the first.
+    /// More connections spread the encryption and the kernel's copies over more cores.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    connections: u32,
+    /// Compress page data with zstd (zstd or zstd:LEVEL, 1-19; zero pages are never sent).
+    /// Pays on links slower than the compressor, about 0.5 GB/s per core at level 1.
+    #[arg(long, value_name = "zstd[:LEVEL]")]
+    compress: Option<String>,
     /// Print the final summary as JSON.
     #[arg(long)]
     json: bool,
@@ -230,6 +239,8 @@ fn migrate(dir: &std::path::Path, args: MigrateArgs) -> anyhow::Result<u8> {
         tls_hostname: args.tls_hostname.clone(),
         insecure: args.insecure,
         io_timeout_secs: Some(args.io_timeout),
+        connections: Some(args.connections),
+        compress: args.compress.clone(),
     };
     let endpoint = Endpoint::parse(&args.to).map_err(anyhow::Error::msg)?;
     if args.insecure {
@@ -244,7 +255,7 @@ fn migrate(dir: &std::path::Path, args: MigrateArgs) -> anyhow::Result<u8> {
     let result = client::request_streaming(
         &socket,
         &args.name,
-        &Request::Migrate(req),
+        &Request::Migrate(Box::new(req)),
         MIGRATE_LINE_TIMEOUT,
         |r| {
             if let Some(p) = &r.progress {
@@ -277,17 +288,26 @@ fn migrate(dir: &std::path::Path, args: MigrateArgs) -> anyhow::Result<u8> {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {
         println!(
-            "{}: migrated to {} in {:.2} s; downtime {:.1} ms; {:.1} MiB sent in {} rounds ({:.1} MiB/s, {} zero pages skipped, switchover: {})",
+            "{}: migrated to {} in {:.2} s; downtime {:.1} ms; {:.1} MiB sent in {} rounds over {} connection(s) ({:.1} MiB/s while sending memory, {} zero pages not sent, switchover: {})",
             args.name,
             args.to,
             s.total_seconds,
             s.downtime_ms,
             s.bytes_sent as f64 / 1048576.0,
             s.rounds,
+            s.connections,
             s.throughput_bytes_per_sec / 1048576.0,
             s.zero_pages_skipped,
             s.switchover
         );
+        if let Some(level) = s.compress {
+            println!(
+                "{}: zstd level {level}: {:.1} MiB of pages sent as {:.1} MiB",
+                args.name,
+                s.page_bytes_uncompressed as f64 / 1048576.0,
+                s.page_bytes_sent as f64 / 1048576.0
+            );
+        }
     }
     Ok(0)
 }

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod console;
 pub mod control;
+pub mod dirty_log;
 pub mod event_loop;
 pub mod events;
 pub mod host;

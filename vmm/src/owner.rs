@@ -169,7 +169,7 @@ impl Owner {
                 let user_paused = self.state == VmState::Paused;
                 match crate::migrate::worker::start(
                     m.clone(),
-                    req,
+                    *req,
                     user_paused,
                     reply.clone(),
                     self.events.clone(),

@@ -255,21 +255,24 @@ fn receive(
         events,
         result: None,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // The extra connections of a migration are read on the runtime's threads, one core each.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(crate::migrate::worker::data_threads())
         .enable_all()
         .build()?;
     let outcome = runtime.block_on(async {
         let work = async {
-            let (mut stream, peer) = crate::migrate::transport::accept_secured(
+            let mut listener = crate::migrate::transport::MigrationListener::bind(
                 &opts.listen,
-                &opts.security,
+                opts.security.clone(),
                 opts.io_timeout,
                 |addr| eprintln!("vmm: waiting for VM '{}' on {addr}", opts.name),
             )
             .await
             .with_context(|| format!("cannot listen on {}", opts.listen))?;
+            let (channel, peer) = listener.next().await?;
             eprintln!("vmm: migration source {peer} connected");
-            migration::receiver::receive(&mut stream, &mut builder)
+            migration::receiver::receive(channel, &mut listener, &mut builder)
                 .await
                 .map_err(anyhow::Error::from)
         };

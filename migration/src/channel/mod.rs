@@ -8,11 +8,14 @@
 //! fail. Then, by mode:
 //! - [`Mode::Psk`]: a Noise `NNpsk0` handshake keyed by the pre-shared key ([`noise`]), with
 //!   both prefaces as its prologue, so tampering with them is detected;
-//! - [`Mode::Tls`]: mutual TLS 1.3 ([`tls`]);
+//! - [`Mode::Tls`]: mutual TLS 1.3 ([`tls`]); once both certificates are checked, the session's
+//!   keys come from the TLS exporter (RFC 8446 section 7.5) and TLS steps aside;
 //! - [`Mode::Insecure`]: nothing (both ends chose `--insecure`, or a Unix socket whose peer the
 //!   kernel vouches for).
 //!
-//! The stream that comes out is a plain byte stream to the protocol above it.
+//! Either way the stream then carries the records of [`crate::record`] (AES-256-GCM with the
+//! handshake's keys, one per direction), framed by [`crate::wire`], so the migration's data
+//! path is the same code, with one copy of each page, whatever authenticated it.
 
 pub mod noise;
 pub mod tls;
@@ -20,9 +23,11 @@ pub mod tls;
 use std::io;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
 use crate::key::Key;
+use crate::record::{Opener, RecordKeys, Sealer};
+use crate::wire::{FrameReader, FrameWriter};
 
 const MAGIC: &[u8; 7] = b"VMMMIGR";
 /// Version of the migration protocol this build speaks.
@@ -119,16 +124,38 @@ pub enum ChannelError {
     KeyMismatch,
     #[error("authentication failed: TLS handshake")]
     Tls(#[source] io::Error),
+    #[error("authentication failed: the destination rejected this end's TLS certificate ({0:?})")]
+    CertificateRejected(rustls::AlertDescription),
     #[error("cannot set up the Noise handshake")]
     Noise(#[source] snow::Error),
 }
 
-/// What the protocol runs over once the channel is set up.
+/// A connection's byte stream (TCP, a Unix socket, an in-memory pipe in tests).
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
 
-/// A connection after its handshake.
-pub type SecureStream = Box<dyn Transport>;
+pub type Reader = FrameReader<ReadHalf<Box<dyn Transport>>>;
+pub type Writer = FrameWriter<WriteHalf<Box<dyn Transport>>>;
+
+/// A connection after its handshake: frames in, frames out, each in its own record.
+pub struct Channel {
+    pub reader: Reader,
+    pub writer: Writer,
+}
+
+impl Channel {
+    fn new(io: Box<dyn Transport>, keys: Option<RecordKeys>) -> Self {
+        let (r, w) = tokio::io::split(io);
+        let (send, recv) = match &keys {
+            Some(k) => (Some(&k.send), Some(&k.recv)),
+            None => (None, None),
+        };
+        Channel {
+            reader: FrameReader::new(r, Opener::new(recv)),
+            writer: FrameWriter::new(w, Sealer::new(send)),
+        }
+    }
+}
 
 fn preface(mode: Mode) -> [u8; PREFACE_LEN] {
     let mut p = [0u8; PREFACE_LEN];
@@ -165,13 +192,10 @@ async fn write_preface<S: AsyncWrite + Unpin>(s: &mut S, p: &[u8]) -> Result<(),
 }
 
 /// The source's side: prefaces, then the handshake of its mode.
-pub async fn secure_source<S>(
-    mut s: S,
+pub async fn secure_source(
+    mut s: Box<dyn Transport>,
     security: &SourceSecurity,
-) -> Result<SecureStream, ChannelError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) -> Result<Channel, ChannelError> {
     let ours = security.mode();
     let mine = preface(ours);
     write_preface(&mut s, &mine).await?;
@@ -184,34 +208,30 @@ where
             theirs,
         });
     }
-    match security {
-        SourceSecurity::Insecure => Ok(Box::new(s)),
+    let keys = match security {
+        SourceSecurity::Insecure => None,
         SourceSecurity::Psk(key) => {
             let prologue = [&mine[..], &theirs_bytes[..]].concat();
-            Ok(Box::new(noise::initiate(s, key, &prologue).await?))
+            Some(noise::initiate(&mut s, key, &prologue).await?)
         }
         SourceSecurity::Tls {
             config,
             server_name,
         } => {
-            let stream = tokio_rustls::TlsConnector::from(config.clone())
-                .connect(server_name.clone(), s)
-                .await
-                .map_err(ChannelError::Tls)?;
-            Ok(Box::new(stream))
+            let (io, keys) = tls::connect(s, config.clone(), server_name.clone()).await?;
+            s = io;
+            Some(keys)
         }
-    }
+    };
+    Ok(Channel::new(s, keys))
 }
 
 /// The destination's side: prefaces, then the handshake of its mode. A peer whose preface is
 /// wrong gets nothing back but our own preface (which says only which mode we want).
-pub async fn secure_destination<S>(
-    mut s: S,
+pub async fn secure_destination(
+    mut s: Box<dyn Transport>,
     security: &DestinationSecurity,
-) -> Result<SecureStream, ChannelError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) -> Result<Channel, ChannelError> {
     let ours = security.mode();
     let theirs_bytes = read_preface(&mut s).await?;
     let theirs = parse_preface(&theirs_bytes)?;
@@ -224,20 +244,19 @@ where
             theirs,
         });
     }
-    match security {
-        DestinationSecurity::Insecure => Ok(Box::new(s)),
+    let keys = match security {
+        DestinationSecurity::Insecure => None,
         DestinationSecurity::Psk(key) => {
             let prologue = [&theirs_bytes[..], &mine[..]].concat();
-            Ok(Box::new(noise::respond(s, key, &prologue).await?))
+            Some(noise::respond(&mut s, key, &prologue).await?)
         }
         DestinationSecurity::Tls(config) => {
-            let stream = tokio_rustls::TlsAcceptor::from(config.clone())
-                .accept(s)
-                .await
-                .map_err(ChannelError::Tls)?;
-            Ok(Box::new(stream))
+            let (io, keys) = tls::accept(s, config.clone()).await?;
+            s = io;
+            Some(keys)
         }
-    }
+    };
+    Ok(Channel::new(s, keys))
 }
 
 /// The TLS alert a peer ended the session with, when it is about this end's certificate (the
@@ -256,21 +275,6 @@ pub fn certificate_rejection(e: &io::Error) -> Option<rustls::AlertDescription> 
         ) => Some(*a),
         _ => None,
     }
-}
-
-/// Whether an I/O error means the secured stream was tampered with (or keyed differently).
-pub fn is_integrity_failure(e: &io::Error) -> bool {
-    let Some(inner) = e.get_ref() else {
-        return false;
-    };
-    inner.is::<noise::IntegrityError>()
-        || inner.downcast_ref::<rustls::Error>().is_some_and(|t| {
-            matches!(
-                t,
-                rustls::Error::DecryptError
-                    | rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac)
-            )
-        })
 }
 
 #[cfg(test)]

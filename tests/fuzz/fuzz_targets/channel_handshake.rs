@@ -15,12 +15,11 @@ fuzz_target!(|data: &[u8]| {
         let key = Key::new(b"fuzzing-key-0123456789".to_vec()).unwrap();
         let secured = tokio::time::timeout(
             std::time::Duration::from_secs(1),
-            secure_destination(ours, &DestinationSecurity::Psk(key)),
+            secure_destination(Box::new(ours), &DestinationSecurity::Psk(key)),
         )
         .await;
-        if let Ok(Ok(mut s)) = secured {
-            let mut buf = vec![0u8; 1024];
-            let _ = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
+        if let Ok(Ok(mut ch)) = secured {
+            let _ = ch.reader.recv().await;
         }
         drop(peer);
     });

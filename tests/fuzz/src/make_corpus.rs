@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use devices::virtio::mmio::MmioTransport;
-use migration::wire::{FrameKind, PagesBuilder};
+use migration::record::Sealer;
+use migration::wire::{FrameKind, FrameWriter, PagesWriter};
 use vmm::config::{DiskConfig, NetConfig, VmConfig};
 use vmm::migrate::state::{MigrationConfig, MigrationState};
 
@@ -15,12 +15,38 @@ fn put(target: &str, name: &str, bytes: &[u8]) {
     std::fs::write(dir.join(name), bytes).unwrap();
 }
 
-fn frame(kind: FrameKind, payload: &[u8]) -> Vec<u8> {
+/// Frames as records of an insecure (CRC) stream, the way the source writes them.
+fn frames(list: &[(FrameKind, &[u8])]) -> Vec<u8> {
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     let mut out = Vec::new();
-    rt.block_on(migration::wire::write_frame(&mut out, kind, payload))
-        .unwrap();
+    rt.block_on(async {
+        let mut w = FrameWriter::new(&mut out, Sealer::new(None));
+        for (kind, payload) in list {
+            w.send(*kind, payload).await.unwrap();
+        }
+    });
     out
+}
+
+/// A pages payload: pages 5 and 6 with data, 7 zero, 300 with data.
+fn pages_payload() -> Vec<u8> {
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let mut out = Vec::new();
+    rt.block_on(async {
+        let mut w = FrameWriter::new(&mut out, Sealer::new(None));
+        let mut p = PagesWriter::begin(&mut w);
+        for (page, byte) in [(5u64, 0xa5u8), (6, 0xa5), (7, 0), (300, 0x5a)] {
+            p.push_page(&mut w, page, true, |s| {
+                s.fill(byte);
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+        }
+        p.end(&mut w);
+        w.finish().await.unwrap();
+    });
+    // The record: [length: 4][kind: 1][payload][crc: 4].
+    out[5..out.len() - 4].to_vec()
 }
 
 fn cbor<T: serde::Serialize>(v: &T) -> Vec<u8> {
@@ -52,21 +78,17 @@ const NEXT: u16 = 1;
 const WRITE: u16 = 2;
 
 fn main() {
-    let mut pages = PagesBuilder::new();
-    pages.push(5, &[0xa5; 8192]);
-    pages.push(300, &[0x5a; 4096]);
-    let pages = pages.finish();
-    put("pages_codec", "seed-2-runs", &pages);
+    let pages = pages_payload();
+    put("pages_codec", "seed-runs", &pages);
 
     let hello = migration::envelope::seal(&migration::protocol::Hello::new()).unwrap();
     put("state_envelope", "seed-hello", &hello);
-    let stream = [
-        frame(FrameKind::Hello, &hello),
-        frame(FrameKind::Pages, &pages),
-        frame(FrameKind::RoundEnd, &0u32.to_le_bytes()),
-        frame(FrameKind::Error, b"the other end gave up"),
-    ]
-    .concat();
+    let stream = frames(&[
+        (FrameKind::Hello, &hello),
+        (FrameKind::Pages, &pages),
+        (FrameKind::RoundEnd, &0u32.to_le_bytes()),
+        (FrameKind::Error, b"the other end gave up"),
+    ]);
     put("wire_frames", "seed-stream", &stream);
 
     let vm = VmConfig {

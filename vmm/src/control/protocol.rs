@@ -10,7 +10,7 @@ pub enum Request {
     Resume,
     Stop,
     /// Live-migrate the VM; the answer is a stream of progress lines, then a final one.
-    Migrate(MigrateRequest),
+    Migrate(Box<MigrateRequest>),
     /// Cancel the running migration; answered once the guest is back on this host.
     MigrateCancel,
 }
@@ -47,6 +47,12 @@ pub struct MigrateRequest {
     /// Seconds a read or write on the migration connection may make no progress.
     #[serde(default)]
     pub io_timeout_secs: Option<u64>,
+    /// Connections that carry the pages (1 to 128).
+    #[serde(default)]
+    pub connections: Option<u32>,
+    /// "zstd" or "zstd:LEVEL" to compress page frames.
+    #[serde(default)]
+    pub compress: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

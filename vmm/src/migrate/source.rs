@@ -15,6 +15,23 @@ pub struct MachineSource {
     pub machine: Arc<Machine>,
     /// The user had paused the VM before the migration: giving up leaves its vCPUs paused.
     pub user_paused: bool,
+    /// KVM's dirty log is cleared lazily, by [`SourceVm::clear_dirty`] (manual protection).
+    pub manual_protect: std::sync::atomic::AtomicBool,
+}
+
+impl MachineSource {
+    pub fn new(machine: Arc<Machine>, user_paused: bool) -> Self {
+        MachineSource {
+            machine,
+            user_paused,
+            manual_protect: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn manual(&self) -> bool {
+        self.manual_protect
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl MachineSource {
@@ -61,11 +78,36 @@ impl SourceVm for MachineSource {
 
     fn start_dirty_log(&self) -> VmResult<()> {
         let m = self.m();
+        let manual = crate::dirty_log::enable_manual_protect(&m.kvm, &m.vm_fd);
+        self.manual_protect
+            .store(manual, std::sync::atomic::Ordering::Relaxed);
         crate::memory::register(&m.vm_fd, &m.memory, KVM_MEM_LOG_DIRTY_PAGES)
             .map_err(|e| VmError::DirtyLog(e.into()))?;
-        // Forget everything recorded so far: round 0 sends all memory anyway.
-        self.take_dirty()?;
+        // Forget everything recorded so far: round 0 sends all memory anyway (with manual
+        // protection KVM's log starts full and round 0 clears it as it goes).
+        for region in m.memory.iter() {
+            std::ops::Deref::deref(region).bitmap().reset();
+        }
+        if !manual {
+            self.take_dirty()?;
+        }
         Ok(())
+    }
+
+    fn clear_dirty(&self, region: usize, first_page: usize, words: &[u64]) -> VmResult<()> {
+        if !self.manual() {
+            return Ok(());
+        }
+        let m = self.m();
+        let slot_pages = m.memory.iter().nth(region).map_or(0, |r| r.len() / 4096);
+        crate::dirty_log::clear(
+            &m.vm_fd,
+            region as u32,
+            slot_pages,
+            first_page as u64,
+            words,
+        )
+        .map_err(|e| VmError::DirtyLog(e.into()))
     }
 
     fn stop_dirty_log(&self) {

@@ -301,19 +301,30 @@ impl TargetVm for MachineTarget {
             .collect()
     }
 
-    fn write_memory(&mut self, gpa: u64, data: &[u8]) -> VmResult<()> {
+    fn write_memory(&self, gpa: u64, data: &[u8]) -> VmResult<()> {
         self.machine
             .memory
             .write_slice(data, GuestAddress(gpa))
             .map_err(|e| VmError::Memory(e.into()))
     }
 
-    fn restore_state(&mut self, state: &[u8]) -> VmResult<()> {
+    fn zero_memory(&self, gpa: u64, len: usize) -> VmResult<()> {
+        static ZERO: [u8; 4096] = [0; 4096];
+        let mut at = 0;
+        while at < len {
+            let n = (len - at).min(ZERO.len());
+            self.write_memory(gpa + at as u64, &ZERO[..n])?;
+            at += n;
+        }
+        Ok(())
+    }
+
+    fn restore_state(&self, state: &[u8]) -> VmResult<()> {
         let s = decode_state(state)?;
         self.restore(s).map_err(VmError::Restore)
     }
 
-    fn acquire(&mut self) -> VmResult<()> {
+    fn acquire(&self) -> VmResult<()> {
         // The source releases its disk locks right after sending commit: wait for that.
         let deadline = Instant::now() + Duration::from_secs(15);
         for t in &self.machine.transports {
@@ -329,7 +340,7 @@ impl TargetVm for MachineTarget {
         Ok(())
     }
 
-    fn resume(&mut self) -> VmResult<()> {
+    fn resume(&self) -> VmResult<()> {
         self.machine.resume_all();
         self.machine.each_transport(|t| t.device_mut().announce());
         Ok(())

@@ -9,8 +9,9 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use migration::channel::{self, DestinationSecurity, SecureStream, SourceSecurity, Transport};
+use migration::channel::{self, Channel, DestinationSecurity, SourceSecurity, Transport};
 use migration::deadline::Deadline;
+use migration::protocol::{Acceptor, BoxFuture, Connector};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::task::JoinSet;
 
@@ -148,7 +149,7 @@ pub async fn connect_secured(
     ep: &Endpoint,
     security: &SourceSecurity,
     io_timeout: Duration,
-) -> Result<SecureStream, migration::MigrationError> {
+) -> Result<Channel, migration::MigrationError> {
     let stream =
         connect(ep, io_timeout)
             .await
@@ -157,6 +158,23 @@ pub async fn connect_secured(
                 source,
             })?;
     Ok(channel::secure_source(stream, security).await?)
+}
+
+/// Opens a migration's extra connections, secured like its first.
+pub struct EndpointConnector {
+    pub endpoint: Endpoint,
+    pub security: SourceSecurity,
+    pub io_timeout: Duration,
+}
+
+impl Connector for EndpointConnector {
+    fn connect(&self) -> BoxFuture<'_, Result<Channel, migration::MigrationError>> {
+        Box::pin(connect_secured(
+            &self.endpoint,
+            &self.security,
+            self.io_timeout,
+        ))
+    }
 }
 
 enum Listener {
@@ -209,59 +227,101 @@ impl Drop for Listener {
     }
 }
 
-/// Listens on `ep` until one source completes the handshake of `security`, and returns that
-/// connection. Connections that fail (wrong key or certificate, another mode, garbage,
-/// silence past [`PRE_AUTH_TIMEOUT`]) are logged and closed; the listener goes on.
-pub async fn accept_secured(
-    ep: &Endpoint,
-    security: &DestinationSecurity,
+/// A finished handshake: who from, and its outcome (or its deadline passing).
+type Handshake = (
+    String,
+    Result<Result<Channel, channel::ChannelError>, tokio::time::error::Elapsed>,
+);
+
+/// A destination's listener: every connection gets [`PRE_AUTH_TIMEOUT`] to complete the
+/// handshake of `security`, at most [`MAX_PENDING_HANDSHAKES`] at once; connections that fail
+/// (wrong key or certificate, another mode, garbage, silence) are logged and closed, and the
+/// listener goes on. It stays open for a migration's extra connections.
+pub struct MigrationListener {
+    listener: Listener,
+    security: DestinationSecurity,
     io_timeout: Duration,
-    listening: impl FnOnce(&str),
-) -> std::io::Result<(SecureStream, String)> {
-    let (listener, shown) = Listener::bind(ep).await?;
-    listening(&shown);
-    let mut handshakes = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept(io_timeout) => {
-                let (stream, peer) = match accepted {
-                    Ok(x) => x,
-                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                        log::warn!("migration connection refused: {e}");
+    handshakes: JoinSet<Handshake>,
+}
+
+impl MigrationListener {
+    /// Binds `ep`; `listening` is told the address.
+    pub async fn bind(
+        ep: &Endpoint,
+        security: DestinationSecurity,
+        io_timeout: Duration,
+        listening: impl FnOnce(&str),
+    ) -> std::io::Result<Self> {
+        let (listener, shown) = Listener::bind(ep).await?;
+        listening(&shown);
+        Ok(MigrationListener {
+            listener,
+            security,
+            io_timeout,
+            handshakes: JoinSet::new(),
+        })
+    }
+
+    /// The next connection that completes the handshake, and who it is from.
+    pub async fn next(&mut self) -> std::io::Result<(Channel, String)> {
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept(self.io_timeout) => {
+                    let (stream, peer) = match accepted {
+                        Ok(x) => x,
+                        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                            log::warn!("migration connection refused: {e}");
+                            continue;
+                        }
+                        Err(e) => {
+                            log::warn!("accepting a migration connection failed: {e}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    if self.handshakes.len() >= MAX_PENDING_HANDSHAKES {
+                        log::warn!("migration connection from {peer} closed: {MAX_PENDING_HANDSHAKES} handshakes already in progress");
                         continue;
                     }
-                    Err(e) => {
-                        log::warn!("accepting a migration connection failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                if handshakes.len() >= MAX_PENDING_HANDSHAKES {
-                    log::warn!("migration connection from {peer} closed: {MAX_PENDING_HANDSHAKES} handshakes already in progress");
-                    continue;
+                    let security = self.security.clone();
+                    self.handshakes.spawn(async move {
+                        let r = tokio::time::timeout(PRE_AUTH_TIMEOUT, channel::secure_destination(stream, &security)).await;
+                        (peer, r)
+                    });
                 }
-                let security = security.clone();
-                handshakes.spawn(async move {
-                    let r = tokio::time::timeout(PRE_AUTH_TIMEOUT, channel::secure_destination(stream, &security)).await;
-                    (peer, r)
-                });
-            }
-            Some(done) = handshakes.join_next(), if !handshakes.is_empty() => {
-                match done {
-                    Ok((peer, Ok(Ok(stream)))) => {
-                        log::info!("migration source {peer} authenticated");
-                        return Ok((stream, peer));
+                Some(done) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
+                    match done {
+                        Ok((peer, Ok(Ok(ch)))) => {
+                            log::info!("migration source {peer} authenticated");
+                            return Ok((ch, peer));
+                        }
+                        Ok((peer, Ok(Err(e)))) => {
+                            log::warn!("migration connection from {peer} refused: {}", crate::error_chain(&e));
+                        }
+                        Ok((peer, Err(_))) => {
+                            log::warn!("migration connection from {peer} closed: no handshake within {} s", PRE_AUTH_TIMEOUT.as_secs());
+                        }
+                        Err(e) => log::warn!("a migration handshake task failed: {e}"),
                     }
-                    Ok((peer, Ok(Err(e)))) => {
-                        log::warn!("migration connection from {peer} refused: {}", crate::error_chain(&e));
-                    }
-                    Ok((peer, Err(_))) => {
-                        log::warn!("migration connection from {peer} closed: no handshake within {} s", PRE_AUTH_TIMEOUT.as_secs());
-                    }
-                    Err(e) => log::warn!("a migration handshake task failed: {e}"),
                 }
             }
         }
+    }
+}
+
+impl Acceptor for MigrationListener {
+    fn accept(&mut self) -> BoxFuture<'_, Result<Channel, migration::MigrationError>> {
+        Box::pin(async move {
+            let (ch, peer) =
+                self.next()
+                    .await
+                    .map_err(|source| migration::MigrationError::Connect {
+                        endpoint: "the migration listener".into(),
+                        source,
+                    })?;
+            log::info!("extra migration connection from {peer}");
+            Ok(ch)
+        })
     }
 }
 

@@ -8,15 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use migration::cancel::{cancel_pair, Canceller};
-use migration::channel::SourceSecurity;
 use migration::sender::{OnTimeout, SendOptions};
 
 use super::security::{self, SecurityOptions};
 use super::source::MachineSource;
-use super::transport::{connect_secured, Endpoint, DEFAULT_IO_TIMEOUT};
+use super::transport::{Endpoint, EndpointConnector, DEFAULT_IO_TIMEOUT};
 use crate::control::protocol::{MigrateRequest, Response};
 use crate::events::{Responder, VmEvent};
 use crate::machine::Machine;
+use migration::protocol::Connector;
 
 /// Checks the request and starts the worker; errors are about the request itself. The VM was
 /// paused by its user when `user_paused`: a failed migration leaves it paused.
@@ -72,43 +72,74 @@ pub fn start(
             log::warn!("{w}");
         }
     }
+    opts.connections = match req.connections {
+        None => 1,
+        Some(n) if (1..=migration::protocol::MAX_CONNECTIONS).contains(&n) => n,
+        Some(n) => {
+            return Err(format!(
+                "--connections takes 1 to {}, not {n}",
+                migration::protocol::MAX_CONNECTIONS
+            ))
+        }
+    };
+    opts.compress = match req.compress.as_deref() {
+        None | Some("none") => None,
+        Some(c) => Some(parse_compress(c)?),
+    };
     let (canceller, token) = cancel_pair();
-    let source = MachineSource {
-        machine,
-        user_paused,
+    let source = Arc::new(MachineSource::new(machine, user_paused));
+    let connector = EndpointConnector {
+        endpoint,
+        security,
+        io_timeout,
     };
     std::thread::Builder::new()
         .name("migration".into())
         .spawn(move || {
-            let result = run(
-                source, &endpoint, &security, io_timeout, &opts, token, &reply,
-            );
+            let result = run(source, &connector, &opts, token, &reply);
             let _ = events.send(VmEvent::MigrationFinished { result, reply });
         })
         .map_err(|e| format!("cannot start the migration thread: {e}"))?;
     Ok(canceller)
 }
 
+/// `zstd` or `zstd:LEVEL` (1 to 19; 1 when not given: fast, for links slower than the
+/// compressor).
+pub fn parse_compress(s: &str) -> Result<i32, String> {
+    let bad = || format!("--compress takes zstd or zstd:LEVEL (1 to 19), not '{s}'");
+    match s.split_once(':') {
+        None if s == "zstd" => Ok(1),
+        Some(("zstd", level)) => level
+            .parse::<i32>()
+            .ok()
+            .filter(|l| (1..=19).contains(l))
+            .ok_or_else(bad),
+        _ => Err(bad()),
+    }
+}
+
+/// Threads for the data path of a migration, either side: one per core (the lanes of several
+/// connections then encrypt and copy in parallel).
+pub fn data_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 fn run(
-    source: MachineSource,
-    endpoint: &Endpoint,
-    security: &SourceSecurity,
-    io_timeout: Duration,
+    source: Arc<MachineSource>,
+    connector: &EndpointConnector,
     opts: &SendOptions,
     token: migration::cancel::CancelToken,
     reply: &Responder,
 ) -> Result<migration::progress::Summary, migration::MigrationError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(data_threads())
         .enable_all()
         .build()
         .map_err(migration::MigrationError::Runtime)?;
     runtime.block_on(async {
         // Connecting and the handshake count against the same limit as the rest.
-        let connect = tokio::time::timeout(
-            opts.hard_limit(),
-            connect_secured(endpoint, security, io_timeout),
-        );
-        let mut stream = match connect.await {
+        let connect = tokio::time::timeout(opts.hard_limit(), connector.connect());
+        let primary = match connect.await {
             Ok(r) => r?,
             Err(_) => {
                 return Err(migration::MigrationError::TimedOut(
@@ -117,8 +148,9 @@ fn run(
             }
         };
         migration::sender::send(
-            &mut stream,
-            &source,
+            primary,
+            connector,
+            source,
             opts,
             |p| {
                 let _ = reply.send(Response::progress(p.clone()));
