@@ -76,31 +76,48 @@ fn apply_pages(
     Ok(())
 }
 
-/// Applies a memory frame (plain or compressed); false for a frame of another kind.
+/// What a memory-phase frame was.
+enum Applied {
+    Pages,
+    /// The connection's pages of round N are all in.
+    RoundEnd(u32),
+    /// Not a memory frame.
+    Other,
+}
+
+/// Applies a memory frame (plain or compressed).
 fn apply_frame(
     vm: &dyn TargetVm,
     regions: &[RamRegion],
     kind: FrameKind,
     payload: &[u8],
     scratch: &mut Vec<u8>,
-) -> Result<bool, MigrationError> {
+) -> Result<Applied, MigrationError> {
     match kind {
         FrameKind::Pages => apply_pages(vm, regions, payload)?,
         FrameKind::PagesZ => {
             wire::decompress_pages(payload, scratch)?;
             apply_pages(vm, regions, scratch)?;
         }
-        FrameKind::RoundEnd => {}
-        _ => return Ok(false),
+        FrameKind::RoundEnd => {
+            let round = payload
+                .try_into()
+                .map(u32::from_le_bytes)
+                .map_err(|_| MigrationError::Protocol("malformed RoundEnd".into()))?;
+            return Ok(Applied::RoundEnd(round));
+        }
+        _ => return Ok(Applied::Other),
     }
-    Ok(true)
+    Ok(Applied::Pages)
 }
 
-/// An extra connection's loop: memory frames until Done.
+/// An extra connection's loop: memory frames until Done; the end of each round is reported
+/// to the first connection's loop, which acknowledges a round once every connection is in.
 async fn receive_lane(
     mut reader: Reader,
     vm: Arc<dyn TargetVm>,
     regions: Arc<Vec<RamRegion>>,
+    rounds: tokio::sync::mpsc::UnboundedSender<u32>,
 ) -> Result<(), MigrationError> {
     let mut scratch = Vec::new();
     loop {
@@ -108,13 +125,34 @@ async fn receive_lane(
         if f.kind == FrameKind::Done {
             return Ok(());
         }
-        if !apply_frame(vm.as_ref(), &regions, f.kind, f.payload, &mut scratch)? {
-            return Err(MigrationError::Protocol(format!(
-                "unexpected {:?} frame on an extra connection",
-                f.kind
-            )));
+        match apply_frame(vm.as_ref(), &regions, f.kind, f.payload, &mut scratch)? {
+            Applied::Pages => {}
+            Applied::RoundEnd(r) => {
+                let _ = rounds.send(r);
+            }
+            Applied::Other => {
+                return Err(MigrationError::Protocol(format!(
+                    "unexpected {:?} frame on an extra connection",
+                    f.kind
+                )))
+            }
         }
     }
+}
+
+/// Counts the connections that finished each round; true when `round` is complete.
+fn round_done(
+    ends: &mut std::collections::HashMap<u32, u32>,
+    round: u32,
+    connections: u32,
+) -> bool {
+    let n = ends.entry(round).or_insert(0);
+    *n += 1;
+    if *n == connections {
+        ends.remove(&round);
+        return true;
+    }
+    false
 }
 
 /// Accepts the extra connections: each must present this migration's session id and an index
@@ -176,27 +214,48 @@ async fn receive_inner(
         })??;
     let mut lanes = JoinSet::new();
     let mut keep_writers = Vec::new();
+    let (rounds_tx, mut rounds_rx) = tokio::sync::mpsc::unbounded_channel();
     for ch in extra {
         keep_writers.push(ch.writer);
-        lanes.spawn(receive_lane(ch.reader, vm.clone(), regions.clone()));
+        lanes.spawn(receive_lane(
+            ch.reader,
+            vm.clone(),
+            regions.clone(),
+            rounds_tx.clone(),
+        ));
     }
+    drop(rounds_tx);
     let mut scratch = Vec::new();
+    let mut ends = std::collections::HashMap::new();
     let state = loop {
-        tokio::select! {
+        // A round every connection has finished is acknowledged, so the source measures the
+        // link end to end and switches over with nothing queued.
+        let finished = tokio::select! {
             frame = reader.recv() => {
                 let f = frame?;
                 if f.kind == FrameKind::State {
                     break f.payload.to_vec();
                 }
-                if !apply_frame(vm.as_ref(), &regions, f.kind, f.payload, &mut scratch)? {
-                    return Err(MigrationError::Protocol(format!(
-                        "unexpected {:?} frame during memory transfer",
-                        f.kind
-                    )));
+                match apply_frame(vm.as_ref(), &regions, f.kind, f.payload, &mut scratch)? {
+                    Applied::Pages => None,
+                    Applied::RoundEnd(r) => Some(r),
+                    Applied::Other => {
+                        return Err(MigrationError::Protocol(format!(
+                            "unexpected {:?} frame during memory transfer",
+                            f.kind
+                        )))
+                    }
                 }
             }
+            Some(r) = rounds_rx.recv() => Some(r),
             Some(done) = lanes.join_next(), if !lanes.is_empty() => {
                 done.map_err(|e| MigrationError::Protocol(format!("a connection's task failed: {e}")))??;
+                None
+            }
+        };
+        if let Some(r) = finished {
+            if round_done(&mut ends, r, hello.connections) {
+                writer.send(FrameKind::RoundAck, &r.to_le_bytes()).await?;
             }
         }
     };

@@ -294,6 +294,15 @@ impl Run<'_> {
         };
         let t0 = Instant::now();
         let stats = lanes::send_round(&self.lanes, &self.vm, &self.regions, dirty, plan).await?;
+        // The round counts as sent when the destination has it all (it acknowledges each
+        // round): its time then measures the link end to end, not how fast the local socket
+        // buffers filled, and nothing is left queued when the guest is paused.
+        let ack = self.reader.expect(FrameKind::RoundAck).await?;
+        if ack != round.to_le_bytes() {
+            return Err(MigrationError::Protocol(format!(
+                "round {round} acknowledged as {ack:?}"
+            )));
+        }
         let secs = t0.elapsed().as_secs_f64().max(1e-6);
         self.summary.pages_sent += stats.data_pages;
         self.summary.zero_pages_skipped += stats.zero_pages;
@@ -313,11 +322,20 @@ impl Run<'_> {
         F: FnMut(&Progress),
     {
         self.open(more).await?;
+        log::info!(
+            "migration: the destination accepted the VM after {:.3} s",
+            started.elapsed().as_secs_f64()
+        );
         self.regions = Arc::new(self.vm.regions());
         // Dirty tracking also in an offline migration: pausing stops the vCPUs, but devices
         // write guest memory until their state is captured (a frame received, a used ring
         // updated), and those pages must follow.
+        let t = Instant::now();
         self.vm.start_dirty_log().map_err(MigrationError::Source)?;
+        log::info!(
+            "migration: dirty logging started in {:.1} ms",
+            ms(t.elapsed())
+        );
         if self.opts.offline {
             self.pause()?;
             self.summary.switchover = "offline".into();

@@ -42,6 +42,8 @@ pub enum FrameKind {
     Done = 14,
     /// A `Pages` frame compressed with zstd: `[payload length: u32 le][zstd frame]`.
     PagesZ = 15,
+    /// The destination has applied round N (u32 le) from every connection.
+    RoundAck = 16,
 }
 
 impl FrameKind {
@@ -61,6 +63,7 @@ impl FrameKind {
             12 => Error,
             14 => Done,
             15 => PagesZ,
+            16 => RoundAck,
             _ => return None,
         })
     }
@@ -221,7 +224,12 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 pub struct FrameReader<R> {
     io: R,
     opener: Opener,
+    /// The record being read: its header, then its body and trailer in `buf`, and how much of
+    /// each is in.
+    header: [u8; HEADER_LEN],
+    header_filled: usize,
     buf: Vec<u8>,
+    rest_filled: usize,
     /// Bytes read so far, records included.
     pub bytes: u64,
 }
@@ -237,15 +245,33 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         FrameReader {
             io,
             opener,
+            header: [0; HEADER_LEN],
+            header_filled: 0,
             buf: Vec::new(),
+            rest_filled: 0,
             bytes: 0,
         }
     }
 
+    /// Reads into `buf[*filled..want]` until full; progress is kept in `filled`, so a read
+    /// dropped half-way (a `select!` that took another branch) loses nothing.
+    async fn fill(io: &mut R, buf: &mut [u8], filled: &mut usize) -> Result<(), WireError> {
+        while *filled < buf.len() {
+            let n = io.read(&mut buf[*filled..]).await?;
+            if n == 0 {
+                return Err(WireError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            *filled += n;
+        }
+        Ok(())
+    }
+
     /// The next frame. An Error frame from the peer comes back as [`WireError::Remote`].
+    /// Cancel-safe: a call dropped before it completes leaves the reader where it was, and
+    /// the next call goes on with the same record.
     pub async fn recv(&mut self) -> Result<Frame<'_>, WireError> {
-        let mut header = [0u8; HEADER_LEN];
-        self.io.read_exact(&mut header).await?;
+        Self::fill(&mut self.io, &mut self.header, &mut self.header_filled).await?;
+        let header = self.header;
         let body_len = u32::from_le_bytes(header) as usize;
         if body_len > MAX_BODY {
             return Err(WireError::TooLarge(body_len));
@@ -254,7 +280,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if self.buf.len() < rest_len {
             self.buf.resize(rest_len, 0);
         }
-        self.io.read_exact(&mut self.buf[..rest_len]).await?;
+        Self::fill(
+            &mut self.io,
+            &mut self.buf[..rest_len],
+            &mut self.rest_filled,
+        )
+        .await?;
+        // The record is in: the next call starts a new one.
+        self.header_filled = 0;
+        self.rest_filled = 0;
         self.bytes += (HEADER_LEN + rest_len) as u64;
         let crc_only = self.opener.rest_len(0) == 4;
         let body = self

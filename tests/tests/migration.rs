@@ -76,6 +76,14 @@ fn move_vm(
         if extra.contains(&"--offline") {
             assert_eq!(summary["switchover"], "offline", "{out}");
         }
+        if let Some(i) = extra.iter().position(|&a| a == "--connections") {
+            assert_eq!(summary["connections"].to_string(), extra[i + 1], "{out}");
+        }
+        if extra.contains(&"--compress") {
+            let raw = summary["page_bytes_uncompressed"].as_f64().unwrap();
+            let sent = summary["page_bytes_sent"].as_f64().unwrap();
+            assert!(sent < raw, "compressed pages are smaller: {out}");
+        }
     } else {
         assert!(out.contains(&format!("{name}: migrated to {to}")), "{out}");
     }
@@ -163,4 +171,23 @@ fn offline_migration_with_one_and_two_vcpus() {
         let vm = move_vm(vm, &a, &b, &name, vcpus, &["--offline", "--json"]);
         assert_no_corruption(&vm);
     }
+}
+
+#[test]
+fn several_connections_and_compression_carry_a_dirtying_guest_there_and_back() {
+    if !require_kvm("several_connections_and_compression_carry_a_dirtying_guest_there_and_back") {
+        return;
+    }
+    let (a, b) = (RuntimeDir::new("host1"), RuntimeDir::new("host2"));
+    let vm = start_dirtier(&a, "mc", 2);
+    let vm = move_vm(vm, &a, &b, "mc", 2, &["--connections", "4", "--json"]);
+    let vm = move_vm(
+        vm,
+        &b,
+        &a,
+        "mc",
+        2,
+        &["--connections", "2", "--compress", "zstd:3", "--json"],
+    );
+    assert_no_corruption(&vm);
 }

@@ -31,8 +31,9 @@ fn ip(args: &[&str]) -> Result<(), String> {
 }
 
 impl TwoHosts {
-    fn create() -> Result<Self, String> {
-        let id = std::process::id();
+    /// Two hosts whose names carry `tag` (tests of one process run at once).
+    fn create(tag: &str) -> Result<Self, String> {
+        let id = format!("{}{tag}", std::process::id());
         let hosts = TwoHosts {
             h1: format!("vmmt-h1-{id}"),
             h2: format!("vmmt-h2-{id}"),
@@ -68,7 +69,7 @@ fn live_migration_between_two_network_namespaces() {
     if !require_kvm("live_migration_between_two_network_namespaces") {
         return;
     }
-    let hosts = match TwoHosts::create() {
+    let hosts = match TwoHosts::create("a") {
         Ok(h) => h,
         Err(e) => {
             vmm_tests::skip(
@@ -133,5 +134,105 @@ fn live_migration_between_two_network_namespaces() {
         "{console:?}"
     );
     drop(dst);
+    drop(hosts);
+}
+
+/// Several `virsh migrate` at once, as the seed guides describe: four VMs leave host1 for
+/// host2 at the same time, each over its own secured connection, and all arrive intact.
+#[test]
+fn four_vms_migrate_at_once_between_two_network_namespaces() {
+    if !require_kvm("four_vms_migrate_at_once_between_two_network_namespaces") {
+        return;
+    }
+    let hosts = match TwoHosts::create("b") {
+        Ok(h) => h,
+        Err(e) => {
+            vmm_tests::skip(
+                "four_vms_migrate_at_once_between_two_network_namespaces",
+                &format!("cannot create network namespaces ({e}); needs root and iproute2"),
+            );
+            return;
+        }
+    };
+    let (a, b) = (RuntimeDir::new("host1"), RuntimeDir::new("host2"));
+    let key = vmm_tests::test_key(&a.0);
+    let key = key.to_str().unwrap();
+    let g = guest("dirtier");
+    let in_h1 = ["ip", "netns", "exec", hosts.h1.as_str()];
+    let in_h2 = ["ip", "netns", "exec", hosts.h2.as_str()];
+    let names: Vec<String> = (0..4).map(|i| format!("c{i}")).collect();
+    let mut sources: Vec<VmProcess> = names
+        .iter()
+        .map(|n| {
+            VmProcess::start_in(
+                &in_h1,
+                &a.0,
+                &[
+                    "--name",
+                    n,
+                    "--kernel",
+                    g.to_str().unwrap(),
+                    "--memory",
+                    "128M",
+                ],
+            )
+        })
+        .collect();
+    for s in &mut sources {
+        s.wait_for("cpu0 pass 16 ok", T);
+    }
+    let mut dests: Vec<VmProcess> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let to = format!("tcp:10.77.0.2:{}", 4450 + i);
+            let mut d = VmProcess::start_in(
+                &in_h2,
+                &b.0,
+                &["--name", n, "--incoming", &to, "--auth-key-file", key],
+            );
+            d.wait_for_stderr("waiting for VM", T);
+            d
+        })
+        .collect();
+    let migrations: Vec<_> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let to = format!("tcp:10.77.0.2:{}", 4450 + i);
+            let dir = a.0.clone();
+            let n = n.clone();
+            let key = key.to_string();
+            std::thread::spawn(move || {
+                vmm_tests::vmm_cli(
+                    &dir,
+                    &[
+                        "migrate",
+                        &n,
+                        "--to",
+                        &to,
+                        "--auth-key-file",
+                        &key,
+                        "--json",
+                    ],
+                    T,
+                )
+            })
+        })
+        .collect();
+    for (i, m) in migrations.into_iter().enumerate() {
+        let (st, out, err) = m.join().unwrap();
+        assert!(st.success(), "VM {i}: {out}\n{err}");
+    }
+    for (s, d) in sources.into_iter().zip(&mut dests) {
+        assert_eq!(s.wait_exit(T).0.code(), Some(0));
+        d.wait_for("cpu0 pass", T);
+        let console = d.console.lock().unwrap().clone();
+        assert!(
+            !console.iter().any(|l| l.contains("CORRUPT")),
+            "{console:?}"
+        );
+    }
+    drop(dests);
     drop(hosts);
 }

@@ -171,9 +171,11 @@ struct RunArgs {
     /// Kernel command line.
     #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
     cmdline: String,
-    /// Guest memory, e.g. 512M or 2G (MiB when no suffix).
-    #[arg(long, value_name = "SIZE", default_value = "256M")]
-    memory: String,
+    /// Guest memory, e.g. 512M or 2G (MiB when no suffix); 256M when not given. With
+    /// --incoming: the size the incoming VM must have; the memory is then mapped and faulted
+    /// in while the destination waits, so the migration does not pay for it.
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<String>,
     /// Number of vCPUs (1-32).
     #[arg(long, value_name = "N", default_value_t = 1)]
     vcpus: u64,
@@ -362,6 +364,12 @@ fn cancel_on_signal(socket: PathBuf, name: String) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn memory_size(s: &str) -> anyhow::Result<u64> {
+    let bytes = config::parse_size(s)?;
+    config::validate_memory(bytes)?;
+    Ok(bytes)
+}
+
 fn absolute(p: &std::path::Path) -> String {
     std::fs::canonicalize(p)
         .unwrap_or_else(|_| p.to_path_buf())
@@ -412,13 +420,16 @@ fn run_vm(args: RunArgs, runtime_dir: PathBuf) -> anyhow::Result<u8> {
             listen,
             security,
             io_timeout: Duration::from_secs(args.io_timeout.max(1)),
-            grants: vmm::migrate::target::Grants { disks, nets },
+            grants: vmm::migrate::target::Grants {
+                disks,
+                nets,
+                memory: args.memory.as_deref().map(memory_size).transpose()?,
+            },
         })?;
         eprintln!("vmm: {}", end.describe(&args.name));
         return Ok(end.exit_code());
     }
-    let memory_bytes = config::parse_size(&args.memory)?;
-    config::validate_memory(memory_bytes)?;
+    let memory_bytes = memory_size(args.memory.as_deref().unwrap_or("256M"))?;
     let vcpus = config::validate_vcpus(args.vcpus)?;
     let config = VmConfig {
         name: args.name.clone(),

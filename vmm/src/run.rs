@@ -130,6 +130,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<RunEnd> {
     let built = crate::vm::build(
         &config,
         crate::vm::BuildMode::Boot,
+        None,
         Box::new(std::io::stdout()),
         tx.clone(),
     )
@@ -249,9 +250,21 @@ fn receive(
     mut token: migration::cancel::CancelToken,
     events: Sender<VmEvent>,
 ) -> anyhow::Result<crate::migrate::target::Incoming> {
+    // With the memory size granted, map and fault the guest's memory in now, while nobody
+    // is connected: the migration then writes into memory that is already there.
+    let prepared = match opts.grants.memory {
+        Some(size) => {
+            let mem = crate::memory::create(&arch::MemoryLayout::new(size))
+                .context("cannot map the guest memory")?;
+            crate::memory::prefault_in_background(&mem);
+            Some(mem)
+        }
+        None => None,
+    };
     let mut builder = crate::migrate::target::IncomingBuilder {
         name: opts.name.clone(),
         grants: opts.grants,
+        prepared,
         events,
         result: None,
     };

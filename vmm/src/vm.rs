@@ -75,6 +75,8 @@ pub enum BuildError {
     Msrs(String),
     #[error("too many virtio devices: {0} (at most {max})", max = MAX_VIRTIO_DEVICES)]
     TooManyDevices(usize),
+    #[error("the prepared guest memory does not have the layout of {0} MiB")]
+    PreparedMemory(u64),
 }
 
 /// IOAPIC pins 5..23 are free for virtio devices.
@@ -149,10 +151,13 @@ const REQUIRED_CAPS: &[Cap] = &[
     Cap::ExtCpuid,
 ];
 
-/// Builds the VM described by `config`. Guest console output goes to `console_out`.
+/// Builds the VM described by `config`, in `prepared` guest memory if given (a destination
+/// that mapped and faulted it in while it waited; it must have the config's layout). Guest
+/// console output goes to `console_out`.
 pub fn build(
     config: &VmConfig,
     mode: BuildMode,
+    prepared: Option<GuestMemoryMmap>,
     console_out: Box<dyn Write + Send>,
     events: Sender<VmEvent>,
 ) -> Result<BuiltVm, BuildError> {
@@ -177,7 +182,11 @@ pub fn build(
     vm_fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
 
     let layout = MemoryLayout::new(config.memory_bytes);
-    let memory = memory::create(&layout)?;
+    let memory = match prepared {
+        Some(m) if memory::matches(&m, &layout) => m,
+        Some(_) => return Err(BuildError::PreparedMemory(config.memory_bytes >> 20)),
+        None => memory::create(&layout)?,
+    };
     memory::register(&vm_fd, &memory, 0)?;
 
     let mut mmio = Bus::new();

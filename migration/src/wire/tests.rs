@@ -137,3 +137,35 @@ fn malformed_pages_payloads_are_refused() {
     zeros.extend_from_slice(&(ZERO_RUN | 1000).to_le_bytes());
     assert_eq!(parse_pages(&zeros).unwrap(), vec![Run::Zero(5, 1000)]);
 }
+
+#[tokio::test]
+async fn a_read_dropped_half_way_loses_nothing() {
+    // The record arrives a few bytes at a time; every read is interrupted by a timer, as in a
+    // select! with other branches, and the frame still comes out whole.
+    let (a, b) = tokio::io::duplex(1 << 16);
+    let mut w = FrameWriter::new(Vec::new(), Sealer::new(Some(&[5u8; KEY_LEN])));
+    w.send(FrameKind::Config, &[9u8; 5000]).await.unwrap();
+    let record = std::mem::take(&mut w.io);
+    let feeder = tokio::spawn(async move {
+        let mut a = a;
+        for chunk in record.chunks(700) {
+            a.write_all(chunk).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        }
+        a
+    });
+    let mut r = FrameReader::new(b, Opener::new(Some(&[5u8; KEY_LEN])));
+    let mut interrupted = 0;
+    loop {
+        tokio::select! {
+            f = r.recv() => {
+                let f = f.unwrap();
+                assert!(f.kind == FrameKind::Config && f.payload == [9u8; 5000]);
+                break;
+            }
+            _ = tokio::time::sleep(std::time::Duration::from_millis(1)) => interrupted += 1,
+        }
+    }
+    assert!(interrupted > 0, "the read was interrupted at least once");
+    drop(feeder.await.unwrap());
+}

@@ -25,17 +25,22 @@ pub struct Incoming {
     pub event_loop: EventLoop,
 }
 
-/// The devices this destination's operator lets an incoming VM have.
+/// What this destination's operator lets an incoming VM have.
 #[derive(Clone, Debug, Default)]
 pub struct Grants {
     pub disks: Vec<DiskConfig>,
     pub nets: Vec<NetConfig>,
+    /// The VM's memory size, when the operator gave it (`--memory`): the memory is then mapped
+    /// and faulted in while the destination waits, and a VM of another size is refused.
+    pub memory: Option<u64>,
 }
 
 pub struct IncomingBuilder {
     /// The name this destination was started with (the source's must match).
     pub name: String,
     pub grants: Grants,
+    /// Guest memory prepared before the source arrived (see [`Grants::memory`]).
+    pub prepared: Option<crate::memory::GuestMemoryMmap>,
     pub events: Sender<VmEvent>,
     pub result: Option<Incoming>,
 }
@@ -134,6 +139,15 @@ fn mac(m: &[u8; 6]) -> String {
 impl Grants {
     /// Matches the source's devices with these grants; the error names the first difference.
     fn check(&self, vm: &VmConfig, disk_sizes: &[u64]) -> Result<(), String> {
+        if let Some(mem) = self.memory {
+            if mem != vm.memory_bytes {
+                return Err(format!(
+                    "the VM has {} MiB of memory, this destination prepared {} MiB (--memory)",
+                    vm.memory_bytes >> 20,
+                    mem >> 20
+                ));
+            }
+        }
         if vm.disks.len() != self.disks.len() {
             return Err(format!(
                 "the VM has {} disk(s), this destination grants {} (give each with --disk PATH on `vmm run --incoming`)",
@@ -266,17 +280,26 @@ impl TargetBuilder for IncomingBuilder {
         let kvm = kvm_ioctls::Kvm::new().map_err(|e| VmError::Build(e.into()))?;
         self.check(&cfg, &kvm).map_err(VmError::Refused)?;
         let local = self.local_config(&cfg.vm);
+        let prepared = self.prepared.take();
+        let was_prepared = prepared.is_some();
         let built = crate::vm::build(
             &local,
             crate::vm::BuildMode::Incoming,
+            prepared,
             Box::new(std::io::stdout()),
             self.events.clone(),
         )
         .map_err(|e| VmError::Build(e.into()))?;
+        let memory = built.memory.clone();
         let (parts, vcpu_contexts, subscribers) = built.split();
         let event_loop = EventLoop::start(subscribers).map_err(|e| VmError::Build(e.into()))?;
         let vcpus = VcpuSet::start(vcpu_contexts, true).map_err(|e| VmError::Build(e.into()))?;
         let machine = Arc::new(Machine::new(local, parts, vcpus));
+        // Fault the memory in beside the receive path (a prepared one already is), once the
+        // threads that map their stacks have started.
+        if !was_prepared {
+            crate::memory::prefault_in_background(&memory);
+        }
         self.result = Some(Incoming {
             machine: machine.clone(),
             event_loop,
@@ -521,7 +544,7 @@ mod tests {
         };
         let granted = |d: DiskConfig| Grants {
             disks: vec![d],
-            nets: vec![],
+            ..Default::default()
         };
         granted(disk(path)).check(&source, &[1 << 20]).unwrap();
         let err = Grants::default().check(&source, &[1 << 20]).unwrap_err();
@@ -562,12 +585,19 @@ mod tests {
             ..vm()
         };
         let err = Grants {
-            disks: vec![],
             nets: vec![nic([2, 0, 0, 0, 0, 2])],
+            ..Default::default()
         }
         .check(&with_nic, &[])
         .unwrap_err();
         assert!(err.contains("02:00:00:00:00:01"), "{err}");
+        let err = Grants {
+            memory: Some(512 << 20),
+            ..Default::default()
+        }
+        .check(&vm(), &[])
+        .unwrap_err();
+        assert!(err.contains("prepared 512 MiB"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
