@@ -75,8 +75,12 @@ pub struct Summary {
     pub compress: Option<i32>,
     /// Time spent sending memory (every round), the throughput's denominator.
     pub memory_seconds: f64,
-    /// Bytes of the memory rounds over their time.
+    /// Guest memory moved per second of the memory rounds: page bytes (before compression)
+    /// over their time.
     pub throughput_bytes_per_sec: f64,
+    /// What crossed the network per second of the memory rounds (after compression, framing
+    /// and encryption included).
+    pub wire_bytes_per_sec: f64,
     /// How the switchover was reached: "converged", "round-limit", "timeout-forced", "offline".
     pub switchover: String,
     pub rounds_detail: Vec<RoundStats>,

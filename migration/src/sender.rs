@@ -164,8 +164,9 @@ where
         bytes += lane.lock().await.bytes;
     }
     summary.bytes_sent = bytes;
-    summary.throughput_bytes_per_sec =
-        summary.page_bytes_sent as f64 / summary.memory_seconds.max(1e-6);
+    let secs = summary.memory_seconds.max(1e-6);
+    summary.throughput_bytes_per_sec = summary.page_bytes_uncompressed as f64 / secs;
+    summary.wire_bytes_per_sec = summary.page_bytes_sent as f64 / secs;
     Ok(summary)
 }
 

@@ -70,8 +70,8 @@ pub fn register(vm: &VmFd, mem: &GuestMemoryMmap, flags: u32) -> Result<(), Memo
 /// Faults every page of guest memory in, in address order, on a thread of its own: a
 /// migration destination does this while pages arrive, so the kernel's zeroing of fresh pages
 /// (first touch) happens beside the receive path rather than in it. Pages already written are
-/// left as they are (MADV_POPULATE_WRITE only fills holes).
-pub fn prefault_in_background(mem: &GuestMemoryMmap) {
+/// left as they are (MADV_POPULATE_WRITE only fills holes). `done` runs when it is over.
+pub fn prefault_in_background(mem: &GuestMemoryMmap, done: impl FnOnce() + Send + 'static) {
     let mem = mem.clone();
     let spawned = std::thread::Builder::new()
         .name("prefault".into())
@@ -95,6 +95,7 @@ pub fn prefault_in_background(mem: &GuestMemoryMmap) {
                     at += n;
                 }
             }
+            done();
         });
     if let Err(e) = spawned {
         log::debug!("no prefault thread: {e}");

@@ -256,7 +256,9 @@ fn receive(
         Some(size) => {
             let mem = crate::memory::create(&arch::MemoryLayout::new(size))
                 .context("cannot map the guest memory")?;
-            crate::memory::prefault_in_background(&mem);
+            crate::memory::prefault_in_background(&mem, move || {
+                eprintln!("vmm: guest memory of {} MiB prepared", size >> 20)
+            });
             Some(mem)
         }
         None => None,

@@ -94,14 +94,6 @@ enum Security {
 }
 
 impl Security {
-    fn name(self) -> &'static str {
-        match self {
-            Security::Insecure => "insecure",
-            Security::KeyFile => "key-file",
-            Security::Tls => "tls",
-        }
-    }
-
     /// The options both ends take, with whatever files they need made in `dir`.
     fn args(self, dir: &std::path::Path) -> Vec<String> {
         match self {
@@ -125,48 +117,122 @@ fn spread(mut v: Vec<f64>) -> (f64, f64, f64) {
     (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
-/// Migrates a tiny guest between two VMM processes over loopback and returns the summary.
-fn migrate_tiny(
-    label: &str,
-    guest: &str,
-    memory: &str,
-    vcpus: &str,
-    ready: &str,
+/// A tiny-guest migration between two VMM processes over loopback.
+struct Tiny<'a> {
+    label: &'a str,
+    guest: &'a str,
+    memory: &'a str,
+    vcpus: &'a str,
+    /// The console line that says the guest is ready to be moved.
+    ready: &'a str,
     security: Security,
-) -> Option<serde_json::Value> {
+    /// More `vmm migrate` options (connections, compression).
+    migrate: &'a [&'a str],
+    /// Start the destination with `--memory` (its memory mapped and faulted in while it
+    /// waits), and wait until it says so.
+    prepare: bool,
+}
+
+/// Runs `count` copies of a tiny-guest migration at the same time; returns each summary and
+/// the wall time from the first start to the last end of the migrations.
+fn migrate_tiny(t: &Tiny, count: usize) -> Option<(Vec<serde_json::Value>, f64)> {
     let (a, b) = (
         vmm_tests::RuntimeDir::new("bench-src"),
         vmm_tests::RuntimeDir::new("bench-dst"),
     );
-    let sec = security.args(&a.0);
+    let sec = t.security.args(&a.0);
     let sec: Vec<&str> = sec.iter().map(String::as_str).collect();
-    let g = vmm_tests::guest(guest);
-    let mut src = vmm_tests::VmProcess::start(
-        &a.0,
-        &[
-            "--name",
-            label,
-            "--kernel",
-            g.to_str().unwrap(),
-            "--memory",
-            memory,
-            "--vcpus",
-            vcpus,
-        ],
-    );
-    src.wait_for(ready, Duration::from_secs(300));
-    let to = format!("tcp:127.0.0.1:{}", vmm_tests::free_port());
-    let mut dst_args = vec!["--name", label, "--incoming", &to];
-    dst_args.extend_from_slice(&sec);
-    let _dst = vmm_tests::VmProcess::start(&b.0, &dst_args);
-    let mut args = vec!["migrate", label, "--to", &to, "--json"];
-    args.extend_from_slice(&sec);
-    let (st, out, err) = vmm_tests::migrate_retrying(&a.0, &args, Duration::from_secs(600));
-    if !st.success() {
-        eprintln!("bench: migration {label} failed: {err}");
+    let g = vmm_tests::guest(t.guest);
+    let names: Vec<String> = (0..count).map(|i| format!("{}-{i}", t.label)).collect();
+    let mut sources: Vec<_> = names
+        .iter()
+        .map(|n| {
+            vmm_tests::VmProcess::start(
+                &a.0,
+                &[
+                    "--name",
+                    n,
+                    "--kernel",
+                    g.to_str().unwrap(),
+                    "--memory",
+                    t.memory,
+                    "--vcpus",
+                    t.vcpus,
+                ],
+            )
+        })
+        .collect();
+    for s in &mut sources {
+        s.wait_for(t.ready, Duration::from_secs(300));
+    }
+    let mut dests = Vec::new();
+    let mut targets = Vec::new();
+    for n in &names {
+        let to = format!("tcp:127.0.0.1:{}", vmm_tests::free_port());
+        let mut args = vec!["--name", n.as_str(), "--incoming", &to];
+        args.extend_from_slice(&sec);
+        if t.prepare {
+            args.extend_from_slice(&["--memory", t.memory]);
+        }
+        let mut d = vmm_tests::VmProcess::start(&b.0, &args);
+        d.wait_for_stderr("waiting for VM", Duration::from_secs(60));
+        if t.prepare {
+            d.wait_for_stderr("prepared", Duration::from_secs(120));
+        }
+        dests.push(d);
+        targets.push(to);
+    }
+    let started = std::time::Instant::now();
+    let runs: Vec<_> = names
+        .iter()
+        .zip(&targets)
+        .map(|(n, to)| {
+            let mut args: Vec<String> = ["migrate", n, "--to", to, "--json"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            args.extend(sec.iter().chain(t.migrate).map(|s| s.to_string()));
+            let dir = a.0.clone();
+            std::thread::spawn(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                vmm_tests::vmm_cli(&dir, &args, Duration::from_secs(600))
+            })
+        })
+        .collect();
+    let mut summaries = Vec::new();
+    for r in runs {
+        let (st, out, err) = r.join().ok()?;
+        if !st.success() {
+            eprintln!("bench: migration {} failed: {err}", t.label);
+            return None;
+        }
+        summaries.push(serde_json::from_str(&out).ok()?);
+    }
+    Some((summaries, started.elapsed().as_secs_f64()))
+}
+
+/// Runs a migration `runs` times; the median, min and max of its memory-phase throughput
+/// (MB/s), and the median downtime (ms).
+fn migrate_runs(t: &Tiny, runs: usize) -> Option<((f64, f64, f64), f64)> {
+    let summaries: Vec<serde_json::Value> = (0..runs)
+        .filter_map(|_| migrate_tiny(t, 1))
+        .map(|(mut s, _)| s.remove(0))
+        .collect();
+    if summaries.is_empty() {
         return None;
     }
-    serde_json::from_str(&out).ok()
+    let mb_s = summaries
+        .iter()
+        .map(|s| s["throughput_bytes_per_sec"].as_f64().unwrap_or(0.0) / 1e6)
+        .collect();
+    let downtime = spread(
+        summaries
+            .iter()
+            .map(|s| s["downtime_ms"].as_f64().unwrap_or(0.0))
+            .collect(),
+    )
+    .0;
+    Some((spread(mb_s), downtime))
 }
 
 /// The same Linux guest migrated between two nested-rig L1 hosts by our vmm and by QEMU, at
@@ -300,32 +366,101 @@ fn main() {
             unit: "MB/s".into(),
         });
     }
-    // The price of the secured channel: one connection, 1 GiB of non-zero memory, three runs
-    // per mode, as ratios of loopback TCP measured in the same run.
-    for security in [Security::Insecure, Security::KeyFile, Security::Tls] {
-        if !wanted("migrate-security") {
+    // The data path: 1 GiB of non-zero memory into a destination that prepared its memory
+    // (so the kernel's first touch of fresh pages is not what is measured), three runs each:
+    // the price of each security mode on one connection, then several connections and zstd.
+    let filled = |label, security, migrate| Tiny {
+        label,
+        guest: "filler",
+        memory: "1G",
+        vcpus: "1",
+        ready: "filled",
+        security,
+        migrate,
+        prepare: true,
+    };
+    let dataplane: [(&str, Tiny); 7] = [
+        ("insecure", filled("dp", Security::Insecure, &[])),
+        ("key-file", filled("dp", Security::KeyFile, &[])),
+        ("tls", filled("dp", Security::Tls, &[])),
+        (
+            "key-file-2-connections",
+            filled("dp", Security::KeyFile, &["--connections", "2"]),
+        ),
+        (
+            "key-file-4-connections",
+            filled("dp", Security::KeyFile, &["--connections", "4"]),
+        ),
+        (
+            "key-file-zstd-1",
+            filled("dp", Security::KeyFile, &["--compress", "zstd:1"]),
+        ),
+        (
+            "key-file-unprepared",
+            Tiny {
+                prepare: false,
+                ..filled("dp", Security::KeyFile, &[])
+            },
+        ),
+    ];
+    let mut one_alone = 0.0;
+    for (name, t) in &dataplane {
+        if !wanted("migrate-dataplane") {
             break;
         }
-        let runs: Vec<f64> = (0..3)
-            .filter_map(|_| migrate_tiny("sec-1g", "filler", "1G", "1", "filled", security))
-            .map(|s| s["throughput_bytes_per_sec"].as_f64().unwrap_or(0.0) / 1e6)
-            .collect();
-        if runs.is_empty() {
+        let Some(((median, min, max), downtime)) = migrate_runs(t, 3) else {
             continue;
+        };
+        if *name == "key-file" {
+            one_alone = median;
         }
-        let (median, min, max) = spread(runs);
-        for (name, value, unit) in [
+        for (metric, value, unit) in [
             ("throughput_mb_s", median, "MB/s"),
             ("throughput_mb_s_min", min, "MB/s"),
             ("throughput_mb_s_max", max, "MB/s"),
             ("throughput_vs_loopback", median / loopback, "ratio"),
+            ("downtime_ms_median", downtime, "ms"),
         ] {
             results.push(Result {
-                scenario: format!("migrate-security:{}", security.name()),
-                name: name.into(),
+                scenario: format!("migrate-dataplane:{name}"),
+                name: metric.into(),
                 value,
                 unit: unit.into(),
             });
+        }
+    }
+    // Four migrations at once (four 1 GiB guests, key file, one connection each): their
+    // aggregate rate against one alone.
+    if wanted("migrate-concurrent") {
+        let t = filled("cc", Security::KeyFile, &[]);
+        let aggregate: Vec<f64> = (0..3)
+            .filter_map(|_| migrate_tiny(&t, 4))
+            .map(|(s, wall)| {
+                s.iter()
+                    .map(|x| x["page_bytes_sent"].as_f64().unwrap_or(0.0))
+                    .sum::<f64>()
+                    / wall
+                    / 1e6
+            })
+            .collect();
+        if !aggregate.is_empty() {
+            let (median, min, max) = spread(aggregate);
+            let mut rows = vec![
+                ("aggregate_mb_s", median, "MB/s"),
+                ("aggregate_mb_s_min", min, "MB/s"),
+                ("aggregate_mb_s_max", max, "MB/s"),
+            ];
+            if one_alone > 0.0 {
+                rows.push(("aggregate_vs_one_alone", median / one_alone, "ratio"));
+            }
+            for (metric, value, unit) in rows {
+                results.push(Result {
+                    scenario: "migrate-concurrent:4-vms".into(),
+                    name: metric.into(),
+                    value,
+                    unit: unit.into(),
+                });
+            }
         }
     }
     // Tiny guests on this machine's /dev/kvm (PVM included): idle 1 GiB, 1 GiB of non-zero
@@ -338,9 +473,20 @@ fn main() {
         if !wanted("migrate") {
             break;
         }
-        let Some(s) = migrate_tiny(label, guest, memory, vcpus, ready, Security::KeyFile) else {
+        let t = Tiny {
+            label,
+            guest,
+            memory,
+            vcpus,
+            ready,
+            security: Security::KeyFile,
+            migrate: &[],
+            prepare: false,
+        };
+        let Some((mut s, _)) = migrate_tiny(&t, 1) else {
             continue;
         };
+        let s = s.remove(0);
         let f = |k: &str| s[k].as_f64().unwrap_or(0.0);
         let mb_s = f("throughput_bytes_per_sec") / 1e6;
         for (name, value, unit) in [
@@ -377,7 +523,8 @@ fn main() {
         .collect();
     let environment = serde_json::json!({
         "migrate": "tiny guests on this host's /dev/kvm, two VMM processes over TCP loopback, key-file channel",
-        "migrate-security": "1 GiB non-zero tiny guest, one connection, insecure / key file / TLS; median of 3 runs with min and max",
+        "migrate-dataplane": "1 GiB non-zero tiny guest into a destination that prepared its memory (--memory), 3 runs each: median, min, max of the memory-phase throughput; security modes, connections, zstd",
+        "migrate-concurrent": "four 1 GiB guests migrated at once (key file): aggregate page throughput over the wall time, 3 runs",
         "bench-io": place,
     });
     println!(

@@ -298,7 +298,7 @@ impl TargetBuilder for IncomingBuilder {
         // Fault the memory in beside the receive path (a prepared one already is), once the
         // threads that map their stacks have started.
         if !was_prepared {
-            crate::memory::prefault_in_background(&memory);
+            crate::memory::prefault_in_background(&memory, || {});
         }
         self.result = Some(Incoming {
             machine: machine.clone(),
