@@ -57,6 +57,22 @@ impl TwoHosts {
     }
 }
 
+impl TwoHosts {
+    /// The hosts, or None after recording why `test` cannot run here (a failure in CI).
+    fn create_or_skip(test: &str, tag: &str) -> Option<Self> {
+        match Self::create(tag) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                vmm_tests::skip(
+                    test,
+                    &format!("cannot create network namespaces ({e}); needs root and iproute2"),
+                );
+                None
+            }
+        }
+    }
+}
+
 impl Drop for TwoHosts {
     fn drop(&mut self) {
         let _ = ip(&["netns", "del", &self.h1]);
@@ -69,15 +85,10 @@ fn live_migration_between_two_network_namespaces() {
     if !require_kvm("live_migration_between_two_network_namespaces") {
         return;
     }
-    let hosts = match TwoHosts::create("a") {
-        Ok(h) => h,
-        Err(e) => {
-            vmm_tests::skip(
-                "live_migration_between_two_network_namespaces",
-                &format!("cannot create network namespaces ({e}); needs root and iproute2"),
-            );
-            return;
-        }
+    let Some(hosts) =
+        TwoHosts::create_or_skip("live_migration_between_two_network_namespaces", "a")
+    else {
+        return;
     };
     let (a, b) = (RuntimeDir::new("host1"), RuntimeDir::new("host2"));
     let certs = a.0.join("tls");
@@ -144,15 +155,11 @@ fn four_vms_migrate_at_once_between_two_network_namespaces() {
     if !require_kvm("four_vms_migrate_at_once_between_two_network_namespaces") {
         return;
     }
-    let hosts = match TwoHosts::create("b") {
-        Ok(h) => h,
-        Err(e) => {
-            vmm_tests::skip(
-                "four_vms_migrate_at_once_between_two_network_namespaces",
-                &format!("cannot create network namespaces ({e}); needs root and iproute2"),
-            );
-            return;
-        }
+    let Some(hosts) = TwoHosts::create_or_skip(
+        "four_vms_migrate_at_once_between_two_network_namespaces",
+        "b",
+    ) else {
+        return;
     };
     let (a, b) = (RuntimeDir::new("host1"), RuntimeDir::new("host2"));
     let key = vmm_tests::test_key(&a.0);

@@ -9,12 +9,7 @@ use devices::virtio::mmio::MmioTransport;
 use devices::BusDevice;
 use libfuzzer_sys::fuzz_target;
 
-struct NoIrq;
-impl devices::Interrupt for NoIrq {
-    fn trigger(&self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use vmm_fuzz::NoIrq;
 
 fuzz_target!(|data: &[u8]| {
     // The first 8 KiB (at most) are guest memory; the rest is a list of accesses, 8 bytes

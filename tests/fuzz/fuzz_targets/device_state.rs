@@ -6,12 +6,7 @@ use devices::virtio::mmio::{MmioTransport, TransportSnapshot};
 use devices::BusDevice;
 use libfuzzer_sys::fuzz_target;
 
-struct NoIrq;
-impl devices::Interrupt for NoIrq {
-    fn trigger(&self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use vmm_fuzz::NoIrq;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, rest)) = data.split_first() else {

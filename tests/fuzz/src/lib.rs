@@ -48,7 +48,8 @@ pub fn queue(base: u64, max_size: u16) -> Queue {
     q
 }
 
-struct NoIrq;
+/// An interrupt line that goes nowhere.
+pub struct NoIrq;
 impl devices::Interrupt for NoIrq {
     fn trigger(&self) -> std::io::Result<()> {
         Ok(())
