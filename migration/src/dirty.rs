@@ -55,6 +55,12 @@ impl DirtyBitmap {
         }
     }
 
+    pub fn unset(&mut self, page: usize) {
+        if page < self.pages {
+            self.words[page / 64] &= !(1 << (page % 64));
+        }
+    }
+
     pub fn is_set(&self, page: usize) -> bool {
         page < self.pages && self.words[page / 64] & (1 << (page % 64)) != 0
     }

@@ -74,6 +74,8 @@ pub(crate) struct LaneStats {
     pub payload_bytes: u64,
     pub data_pages: u64,
     pub zero_pages: u64,
+    /// Pages left for the next round: written again before their turn came.
+    pub redirtied: u64,
 }
 
 impl LaneStats {
@@ -82,8 +84,12 @@ impl LaneStats {
         self.payload_bytes += o.payload_bytes;
         self.data_pages += o.data_pages;
         self.zero_pages += o.zero_pages;
+        self.redirtied += o.redirtied;
     }
 }
+
+/// Stripes a lane sends between two looks at the dirty log (32 MiB of guest memory).
+const PEEK_EVERY: usize = 16;
 
 /// How a lane sends a round.
 #[derive(Clone)]
@@ -96,6 +102,10 @@ pub(crate) struct RoundPlan {
     pub compress: Option<i32>,
     /// Set when the migration is cancelled or out of time: stop at the next frame boundary.
     pub stop: Arc<AtomicBool>,
+    /// Leave out pages the guest has written again since the round began (they are in the
+    /// next round anyway): the round's dirty pages were cleared in the log when it began, and
+    /// the lane looks at the log again every few stripes.
+    pub skip_redirtied: bool,
 }
 
 impl RoundPlan {
@@ -129,11 +139,28 @@ async fn send_stripes(
     let mut stats = LaneStats::default();
     let mut frame: Option<PagesWriter> = None;
     let mut scratch = Vec::new();
-    for s in &stripes {
-        vm.clear_dirty(s.region, s.first_word * 64, &s.words)
+    let mut peeked: Vec<Option<DirtyBitmap>> = vec![None; regions.len()];
+    for (n, s) in stripes.iter().enumerate() {
+        let mut words = s.words.clone();
+        if plan.skip_redirtied {
+            if n % PEEK_EVERY == 0 {
+                for (r, p) in peeked.iter_mut().enumerate() {
+                    *p = vm.peek_dirty(r).map_err(MigrationError::Source)?;
+                }
+            }
+            if let Some(again) = &peeked[s.region] {
+                let again = &again.words()[s.first_word..s.first_word + words.len()];
+                for (w, a) in words.iter_mut().zip(again) {
+                    stats.redirtied += u64::from((*w & a).count_ones());
+                    *w &= !a;
+                }
+            }
+        }
+        // Clear exactly what is sent now: a page left out keeps its bit for the next round.
+        vm.clear_dirty(s.region, s.first_word * 64, &words)
             .map_err(MigrationError::Source)?;
         let region = &regions[s.region];
-        for (i, &word) in s.words.iter().enumerate() {
+        for (i, &word) in words.iter().enumerate() {
             let mut bits = word;
             while bits != 0 {
                 let bit = bits.trailing_zeros() as usize;

@@ -28,6 +28,9 @@ pub struct RoundStats {
     pub bytes: u64,
     pub seconds: f64,
     pub dirty_pages_after: u64,
+    /// Pages of the round left for the next one: written again before their turn came.
+    #[serde(default)]
+    pub redirtied_pages_skipped: u64,
 }
 
 /// Where the pause of the switchover went, in milliseconds, from the source's pause to the

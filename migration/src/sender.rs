@@ -286,12 +286,25 @@ impl Run<'_> {
         round: u32,
     ) -> Result<(LaneStats, f64), MigrationError> {
         self.stopped()?;
+        // While the guest runs (after round 0), the round's pages are cleared in the dirty log
+        // now, so a page written again before its turn shows in the log and waits for the
+        // next round instead of being sent twice. Round 0 and the rounds of a paused guest
+        // clear stripe by stripe.
+        let skip_redirtied = round > 0 && self.paused_at.is_none();
+        if skip_redirtied {
+            for (r, d) in dirty.iter().enumerate() {
+                self.vm
+                    .clear_dirty(r, 0, d.words())
+                    .map_err(MigrationError::Source)?;
+            }
+        }
         let plan = RoundPlan {
             round,
             zero_markers: round > 0,
             rate: self.opts.max_bandwidth as f64 / self.lanes.len() as f64,
             compress: self.opts.compress,
             stop: self.stop.clone(),
+            skip_redirtied,
         };
         let t0 = Instant::now();
         let stats = lanes::send_round(&self.lanes, &self.vm, &self.regions, dirty, plan).await?;
@@ -365,6 +378,7 @@ impl Run<'_> {
                 bytes: stats.bytes,
                 seconds: secs,
                 dirty_pages_after: 0,
+                redirtied_pages_skipped: stats.redirtied,
             };
             if let Some(paused) = self.paused_at {
                 self.summary.downtime_breakdown.final_sync_ms = final_sync_ms;
@@ -457,6 +471,7 @@ impl Run<'_> {
                 bytes: stats.bytes,
                 seconds: secs,
                 dirty_pages_after: 0,
+                redirtied_pages_skipped: stats.redirtied,
             });
         }
         self.vm.stop_dirty_log();

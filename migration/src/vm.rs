@@ -61,6 +61,11 @@ pub trait SourceVm: Send + Sync {
     fn clear_dirty(&self, _region: usize, _first_page: usize, _words: &[u64]) -> VmResult<()> {
         Ok(())
     }
+    /// KVM's dirty log of `region` as it is now, cleared of nothing: pages written since they
+    /// were last cleared. None where the log cannot be read without clearing it.
+    fn peek_dirty(&self, _region: usize) -> VmResult<Option<DirtyBitmap>> {
+        Ok(None)
+    }
     /// Stops the guest: vCPUs out of guest mode, devices frozen, disks flushed. On failure
     /// the guest runs as before.
     fn pause(&self) -> VmResult<()>;

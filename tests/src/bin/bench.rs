@@ -262,6 +262,12 @@ fn rig_migration_vs_qemu(results: &mut Vec<Result>) {
             run.verdict
         );
     }
+    // Our per-round figures, for the reader (not parsed).
+    for line in &run.lines {
+        if line.2.contains("RIG: vmm-rounds-") {
+            eprintln!("bench: {}", line.2);
+        }
+    }
     // "RIG: vmm-RATE total_ms=.. downtime_ms=.. bytes=.. rounds=.." and the same for qemu;
     // "RIG: guest-gap RATE vmm=.. qemu=..".
     let mut by: std::collections::BTreeMap<(String, String), f64> = Default::default();
@@ -272,6 +278,7 @@ fn rig_migration_vs_qemu(results: &mut Vec<Result>) {
         let mut words = rest.split_whitespace();
         let Some(head) = words.next() else { continue };
         let (who, rate) = match head.split_once('-') {
+            Some((_, r)) if r.starts_with("rounds-") => continue,
             Some((w @ ("vmm" | "qemu"), r)) => (w.to_string(), r.to_string()),
             _ if head == "guest-gap" => ("gap".to_string(), words.next().unwrap_or("").to_string()),
             _ => continue,

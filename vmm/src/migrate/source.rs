@@ -117,6 +117,25 @@ impl SourceVm for MachineSource {
         }
     }
 
+    fn peek_dirty(&self, region: usize) -> VmResult<Option<DirtyBitmap>> {
+        if !self.manual() {
+            return Ok(None);
+        }
+        let m = self.m();
+        let Some(r) = m.memory.iter().nth(region) else {
+            return Ok(None);
+        };
+        // With manual protection, reading the log clears nothing.
+        let words = m
+            .vm_fd
+            .get_dirty_log(region as u32, r.len() as usize)
+            .map_err(|e| VmError::DirtyLog(e.into()))?;
+        Ok(Some(DirtyBitmap::from_words(
+            (r.len() / 4096) as usize,
+            words,
+        )))
+    }
+
     fn take_dirty(&self) -> VmResult<Vec<DirtyBitmap>> {
         let m = self.m();
         let mut out = Vec::new();
