@@ -88,8 +88,9 @@ impl LaneStats {
     }
 }
 
-/// Stripes a lane sends between two looks at the dirty log (32 MiB of guest memory).
-const PEEK_EVERY: usize = 16;
+/// How often a lane looks at the dirty log again while it sends a round (a look copies the
+/// log's bits: 32 KiB per GiB of guest memory).
+const PEEK_EVERY: Duration = Duration::from_millis(10);
 
 /// How a lane sends a round.
 #[derive(Clone)]
@@ -104,7 +105,7 @@ pub(crate) struct RoundPlan {
     pub stop: Arc<AtomicBool>,
     /// Leave out pages the guest has written again since the round began (they are in the
     /// next round anyway): the round's dirty pages were cleared in the log when it began, and
-    /// the lane looks at the log again every few stripes.
+    /// the lane looks at the log again every [`PEEK_EVERY`].
     pub skip_redirtied: bool,
 }
 
@@ -140,13 +141,15 @@ async fn send_stripes(
     let mut frame: Option<PagesWriter> = None;
     let mut scratch = Vec::new();
     let mut peeked: Vec<Option<DirtyBitmap>> = vec![None; regions.len()];
-    for (n, s) in stripes.iter().enumerate() {
+    let mut last_peek: Option<Instant> = None;
+    for s in &stripes {
         let mut words = s.words.clone();
         if plan.skip_redirtied {
-            if n % PEEK_EVERY == 0 {
+            if last_peek.is_none_or(|t| t.elapsed() >= PEEK_EVERY) {
                 for (r, p) in peeked.iter_mut().enumerate() {
                     *p = vm.peek_dirty(r).map_err(MigrationError::Source)?;
                 }
+                last_peek = Some(Instant::now());
             }
             if let Some(again) = &peeked[s.region] {
                 let again = &again.words()[s.first_word..s.first_word + words.len()];
