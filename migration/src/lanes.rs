@@ -171,13 +171,19 @@ async fn send_stripes(
                 let page_in_region = (s.first_word + i) * 64 + bit;
                 let gpa = region.gpa + (page_in_region * PAGE_SIZE) as u64;
                 let p = frame.get_or_insert_with(|| PagesWriter::begin(&mut w));
-                let zero = p
-                    .push_page(&mut w, gpa / PAGE_SIZE as u64, plan.zero_markers, |slot| {
-                        vm.read_memory(gpa, slot)
+                let page = gpa / PAGE_SIZE as u64;
+                // A zero page is found in guest memory, not copied first: it costs a scan and
+                // travels as a marker (or, in round 0, not at all).
+                if vm.page_is_zero(gpa).map_err(MigrationError::Source)? {
+                    stats.zero_pages += 1;
+                    if plan.zero_markers {
+                        p.push_zero(&mut w, page);
+                    }
+                } else {
+                    p.push_data(&mut w, page, |slot| {
+                        vm.read_memory(gpa, slot).map(|()| true)
                     })
                     .map_err(MigrationError::Source)?;
-                if zero {
-                    stats.zero_pages += 1;
                 }
                 if !p.has_room() {
                     let p = frame.take().expect("open frame");

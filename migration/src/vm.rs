@@ -48,6 +48,12 @@ pub trait SourceVm: Send + Sync {
     fn regions(&self) -> Vec<RamRegion>;
     /// Copies guest memory at `gpa` into `buf`.
     fn read_memory(&self, gpa: u64, buf: &mut [u8]) -> VmResult<()>;
+    /// Whether the page at `gpa` holds only zero bytes right now (so it need not be copied).
+    fn page_is_zero(&self, gpa: u64) -> VmResult<bool> {
+        let mut page = [0u8; 4096];
+        self.read_memory(gpa, &mut page)?;
+        Ok(crate::dirty::is_zero_page(&page))
+    }
     /// Starts recording writes (KVM dirty log and the VMM's own writes) and forgets older ones.
     fn start_dirty_log(&self) -> VmResult<()>;
     fn stop_dirty_log(&self);

@@ -427,28 +427,47 @@ impl PagesWriter {
         zero_markers: bool,
         fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
     ) -> Result<bool, E> {
+        let mut zero = false;
+        self.push_data(w, page, |slot| {
+            fill(slot)?;
+            zero = crate::dirty::is_zero_page(slot);
+            Ok(!zero)
+        })?;
+        if zero && zero_markers {
+            self.push_zero(w, page);
+        }
+        Ok(zero)
+    }
+
+    /// Adds guest page `page` with its bytes: `fill` copies them into the slot they will be
+    /// sent from and says whether to keep them (false: the page is taken back out).
+    pub fn push_data<W: AsyncWrite + Unpin, E>(
+        &mut self,
+        w: &mut FrameWriter<W>,
+        page: u64,
+        fill: impl FnOnce(&mut [u8]) -> Result<bool, E>,
+    ) -> Result<(), E> {
         // Copy the page where its bytes will stay: right after a run header if it starts a
         // new run, at the end of the open run if it continues it.
-        let continues =
-            matches!(self.open, Some((_, first, count, false)) if first + u64::from(count) == page);
+        let continues = matches!(self.open, Some((_, first, count, false)) if first.checked_add(u64::from(count)) == Some(page));
         let header_len = if continues { 0 } else { RUN_HEADER_LEN };
         let slot = w.space(header_len + PAGE_SIZE);
-        fill(&mut slot[header_len..])?;
-        let zero = crate::dirty::is_zero_page(&slot[header_len..]);
+        let keep = fill(&mut slot[header_len..])?;
         // Take it back out; the run bookkeeping writes a header (if one is needed) in place,
-        // and a data page's bytes are then taken back in where they already are.
+        // and the page's bytes are then taken back in where they already are.
         w.unextend(header_len + PAGE_SIZE);
-        if zero {
-            if zero_markers {
-                self.extend_run(w, page, true);
-                self.zero_pages += 1;
-            }
-            return Ok(true);
+        if keep {
+            self.extend_run(w, page, false);
+            let _ = w.space(PAGE_SIZE);
+            self.data_pages += 1;
         }
-        self.extend_run(w, page, false);
-        let _ = w.space(PAGE_SIZE);
-        self.data_pages += 1;
-        Ok(false)
+        Ok(())
+    }
+
+    /// Adds guest page `page` as part of a zero run (no bytes: the destination zeroes it).
+    pub fn push_zero<W: AsyncWrite + Unpin>(&mut self, w: &mut FrameWriter<W>, page: u64) {
+        self.extend_run(w, page, true);
+        self.zero_pages += 1;
     }
 
     /// Writes the run count; the frame is then ready for [`FrameWriter::finish`].

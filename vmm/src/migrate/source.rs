@@ -76,6 +76,23 @@ impl SourceVm for MachineSource {
             .map_err(|e| VmError::Memory(e.into()))
     }
 
+    fn page_is_zero(&self, gpa: u64) -> VmResult<bool> {
+        let slice = self
+            .m()
+            .memory
+            .get_slice(GuestAddress(gpa), 4096)
+            .map_err(|e| VmError::Memory(e.into()))?;
+        let guard = slice.ptr_guard();
+        let words = guard.as_ptr().cast::<u64>();
+        // The guest may write the page while it is looked at: volatile reads, as vm-memory
+        // does for guest memory; a page written meanwhile is dirty again and sent next round.
+        Ok((0..512).all(|i| {
+            // SAFETY: `guard` keeps the 4096-byte slice mapped; `i < 512` stays inside it, and
+            // a guest page is 8-byte aligned.
+            unsafe { std::ptr::read_volatile(words.add(i)) == 0 }
+        }))
+    }
+
     fn start_dirty_log(&self) -> VmResult<()> {
         let m = self.m();
         let manual = crate::dirty_log::enable_manual_protect(&m.kvm, &m.vm_fd);
