@@ -11,7 +11,7 @@ use tokio::sync::Mutex;
 use crate::cancel::CancelToken;
 use crate::channel::{Channel, Reader};
 use crate::dirty::DirtyBitmap;
-use crate::lanes::{self, LaneStats, RoundPlan, SharedWriter};
+use crate::lanes::{self, RoundPlan, SharedWriter};
 use crate::progress::{DowntimeBreakdown, Progress, RoundStats, Summary};
 use crate::protocol::{self, Connector, Hello, MigrationError};
 use crate::vm::{RamRegion, SourceVm};
@@ -284,7 +284,7 @@ impl Run<'_> {
         &mut self,
         dirty: &[DirtyBitmap],
         round: u32,
-    ) -> Result<(LaneStats, f64), MigrationError> {
+    ) -> Result<RoundStats, MigrationError> {
         self.stopped()?;
         // While the guest runs (after round 0), the round's pages are cleared in the dirty log
         // now, so a page written again before its turn shows in the log and waits for the
@@ -323,7 +323,15 @@ impl Run<'_> {
         self.summary.page_bytes_uncompressed += stats.payload_bytes;
         self.summary.page_bytes_sent += stats.bytes;
         self.summary.memory_seconds += secs;
-        Ok((stats, secs))
+        Ok(RoundStats {
+            round,
+            pages_sent: stats.data_pages,
+            zero_pages: stats.zero_pages,
+            bytes: stats.bytes,
+            seconds: secs,
+            dirty_pages_after: 0,
+            redirtied_pages_skipped: stats.redirtied,
+        })
     }
 
     async fn precopy_and_switch<F>(
@@ -366,20 +374,12 @@ impl Run<'_> {
         let mut throttle = 0u8;
         let mut final_sync_ms = 0.0;
         loop {
-            let (stats, secs) = self.send_round(&dirty, round).await?;
+            let mut rs = self.send_round(&dirty, round).await?;
+            let secs = rs.seconds;
             // A round of a few pages says little about the link; keep the last real figure.
-            if stats.bytes >= 1 << 20 || bandwidth == 0.0 {
-                bandwidth = stats.bytes as f64 / secs;
+            if rs.bytes >= 1 << 20 || bandwidth == 0.0 {
+                bandwidth = rs.bytes as f64 / secs;
             }
-            let mut rs = RoundStats {
-                round,
-                pages_sent: stats.data_pages,
-                zero_pages: stats.zero_pages,
-                bytes: stats.bytes,
-                seconds: secs,
-                dirty_pages_after: 0,
-                redirtied_pages_skipped: stats.redirtied,
-            };
             if let Some(paused) = self.paused_at {
                 self.summary.downtime_breakdown.final_sync_ms = final_sync_ms;
                 self.summary.downtime_breakdown.final_pages_ms =
@@ -399,7 +399,7 @@ impl Run<'_> {
             rs.dirty_pages_after = dirty_pages;
             log::info!(
                 "migration round {round}: sent {} pages ({} zero) in {:.3} s, {:.1} MiB/s, {} pages dirty, expected downtime {:.0} ms",
-                stats.data_pages, stats.zero_pages, secs, bandwidth / 1048576.0, dirty_pages, expected_ms
+                rs.pages_sent, rs.zero_pages, secs, bandwidth / 1048576.0, dirty_pages, expected_ms
             );
             self.summary.rounds_detail.push(rs);
             progress(&Progress {
@@ -463,16 +463,8 @@ impl Run<'_> {
         let t = Instant::now();
         let after_state = self.vm.take_dirty().map_err(MigrationError::Source)?;
         if after_state.iter().any(|d| d.count() > 0) {
-            let (stats, secs) = self.send_round(&after_state, round + 1).await?;
-            self.summary.rounds_detail.push(RoundStats {
-                round: round + 1,
-                pages_sent: stats.data_pages,
-                zero_pages: stats.zero_pages,
-                bytes: stats.bytes,
-                seconds: secs,
-                dirty_pages_after: 0,
-                redirtied_pages_skipped: stats.redirtied,
-            });
+            let rs = self.send_round(&after_state, round + 1).await?;
+            self.summary.rounds_detail.push(rs);
         }
         self.vm.stop_dirty_log();
         for lane in &self.lanes[1..] {
