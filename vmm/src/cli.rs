@@ -6,33 +6,52 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use serde::Serialize;
+use vmm::api::client::ApiClient;
+use vmm::api::types::{
+    ApiVmInfo, ApiVmState, MigrationOutcome, MigrationProgress, MigrationRole, SendMigration,
+};
 use vmm::config::{self, VmConfig, DEFAULT_CMDLINE};
-use vmm::control::client::{self, ClientError};
-use vmm::control::protocol::{MigrateRequest, Request, VmInfo};
+use vmm::event_monitor::EventMonitor;
 use vmm::migrate::transport::Endpoint;
 use vmm::paths;
-use vmm::run::{self, RunOptions};
+use vmm::run::{self, ReceiveSpec, Start, VmmOptions};
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
 /// A cancel is answered once the guest is back: within the migration's own deadlines.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(120);
-/// A migration reports progress every round; this long without a line means it is stuck.
-const MIGRATE_LINE_TIMEOUT: Duration = Duration::from_secs(900);
+/// How often `vmm migrate` asks for the migration's progress.
+const PROGRESS_POLL: Duration = Duration::from_millis(200);
 
 /// A KVM virtual machine monitor for x86-64 microVMs.
 ///
 /// `vmm run` boots a microVM in the foreground, its serial console on this terminal (Ctrl-A x
-/// quits). The other subcommands talk to running VMs through their control sockets, found in
-/// the runtime directory: --runtime-dir, else $VMM_RUNTIME_DIR, else $XDG_RUNTIME_DIR/vmm,
-/// else /run/vmm.
+/// quits). The other subcommands talk to running VMs through their API sockets (Cloud
+/// Hypervisor's REST API, HTTP over a Unix socket), found in the runtime directory:
+/// --runtime-dir, else $VMM_RUNTIME_DIR, else $XDG_RUNTIME_DIR/vmm, else /run/vmm.
+///
+/// `vmm --api-socket PATH` (no subcommand) starts an empty VMM that waits for an orchestrator
+/// to create and boot a VM (vm.create, vm.boot) or to receive one (vm.receive-migration), as
+/// Cloud Hypervisor does; it exits on vmm.shutdown. See docs/api.yaml.
 #[derive(Parser, Debug)]
 #[command(name = "vmm", version, propagate_version = true)]
 pub struct Cli {
-    /// Directory holding the VMs' control sockets.
+    /// Directory holding the VMs' API sockets.
     #[arg(long, global = true, value_name = "DIR")]
     runtime_dir: Option<PathBuf>,
+    /// Serve the API on this socket instead of <runtime-dir>/<name>.sock. Without a
+    /// subcommand: start an empty VMM there.
+    #[arg(long, global = true, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+    /// Write one JSON object per lifecycle and migration event to path=FILE or fd=N.
+    #[arg(long, global = true, value_name = "path=FILE|fd=N")]
+    event_monitor: Option<String>,
+    /// With --api-socket alone: the name a VM created through the API gets (the socket's
+    /// file name when not given). An empty VMM receives a VM under the source's name.
+    #[arg(long, value_name = "NAME")]
+    vm_name: Option<String>,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -196,8 +215,18 @@ struct RunArgs {
 
 pub fn execute(cli: Cli) -> anyhow::Result<u8> {
     let dir = cli.runtime_dir.unwrap_or_else(paths::runtime_dir);
-    match cli.command {
-        Command::Run(args) => run_vm(args, dir),
+    let monitor = match &cli.event_monitor {
+        Some(arg) => EventMonitor::open(arg)?,
+        None => EventMonitor::none(),
+    };
+    let Some(command) = cli.command else {
+        let socket = cli.api_socket.context(
+            "give a subcommand (vmm --help), or --api-socket PATH to start an empty VMM",
+        )?;
+        return empty_vmm(socket, cli.vm_name, dir, monitor);
+    };
+    match command {
+        Command::Run(args) => run_vm(args, dir, cli.api_socket, monitor),
         Command::List { json } => list(&dir, json),
         Command::Info { name, json } => {
             let info = query_info(&dir, &name)?;
@@ -208,39 +237,73 @@ pub fn execute(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        Command::Pause { name } => simple(&dir, &name, Request::Pause, "paused"),
-        Command::Resume { name } => simple(&dir, &name, Request::Resume, "resumed"),
-        Command::Stop { name } => simple(&dir, &name, Request::Stop, "stopped"),
+        Command::Pause { name } => simple(&dir, &name, "vm.pause", "paused"),
+        Command::Resume { name } => simple(&dir, &name, "vm.resume", "resumed"),
+        Command::Stop { name } => simple(&dir, &name, "vmm.shutdown", "stopped"),
         Command::Migrate(args) => migrate(&dir, args),
         Command::MigrateCancel { name } => {
-            config::validate_name(&name)?;
-            client::request(
-                &paths::socket_path(&dir, &name),
-                &name,
-                &Request::MigrateCancel,
-                CANCEL_TIMEOUT,
-            )?;
+            client(&dir, &name)?.put("vm.cancel-migration", None::<&()>, CANCEL_TIMEOUT)?;
             println!("{name}: migration cancelled; the guest runs on here");
             Ok(0)
         }
     }
 }
 
+/// `vmm --api-socket PATH`: an empty VMM until the API gives it a VM.
+fn empty_vmm(
+    socket: PathBuf,
+    vm_name: Option<String>,
+    runtime_dir: PathBuf,
+    monitor: EventMonitor,
+) -> anyhow::Result<u8> {
+    let name = match vm_name {
+        Some(n) => n,
+        None => socket
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .filter(|s| config::validate_name(s).is_ok())
+            .unwrap_or("vm")
+            .to_string(),
+    };
+    config::validate_name(&name)?;
+    eprintln!(
+        "vmm: empty VMM on {}: waiting for vm.create or vm.receive-migration",
+        socket.display()
+    );
+    let end = run::run(
+        VmmOptions {
+            name: name.clone(),
+            runtime_dir,
+            api_socket: Some(socket),
+            monitor,
+            allow_emulated_kernel: false,
+        },
+        Start::Empty,
+    )?;
+    eprintln!("vmm: {}", end.describe(&name));
+    Ok(end.exit_code())
+}
+
+fn client(dir: &std::path::Path, name: &str) -> anyhow::Result<ApiClient> {
+    config::validate_name(name)?;
+    Ok(ApiClient::new(&paths::socket_path(dir, name), name))
+}
+
 fn migrate(dir: &std::path::Path, args: MigrateArgs) -> anyhow::Result<u8> {
-    let req = MigrateRequest {
-        to: args.to.clone(),
+    let req = SendMigration {
+        destination_url: args.to.clone(),
         offline: args.offline,
         downtime_ms: Some(args.downtime_ms),
-        max_bandwidth_mib: Some(args.max_bandwidth),
-        timeout_secs: Some(args.timeout),
-        on_timeout: Some(args.on_timeout.clone()),
+        max_bandwidth: Some(args.max_bandwidth),
+        timeout_s: Some(args.timeout),
+        timeout_strategy: Some(args.on_timeout.clone()),
         max_rounds: Some(args.max_rounds),
         // The VM process reads these files: give it paths that do not depend on our cwd.
         auth_key_file: args.auth_key_file.as_deref().map(absolute),
         tls_dir: args.tls_dir.as_deref().map(absolute),
         tls_hostname: args.tls_hostname.clone(),
         insecure: args.insecure,
-        io_timeout_secs: Some(args.io_timeout),
+        io_timeout_s: Some(args.io_timeout),
         connections: Some(args.connections),
         compress: args.compress.clone(),
     };
@@ -250,42 +313,58 @@ fn migrate(dir: &std::path::Path, args: MigrateArgs) -> anyhow::Result<u8> {
             eprintln!("vmm: {w}");
         }
     }
-    config::validate_name(&args.name)?;
+    let api = client(dir, &args.name)?;
+    let failed = || format!("migration of '{}' to {} failed", args.name, args.to);
+    api.put("vm.send-migration", Some(&req), CLIENT_TIMEOUT)
+        .with_context(failed)?;
+    cancel_on_signal(ApiClient::new(&api.socket, &api.name))?;
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let socket = paths::socket_path(dir, &args.name);
-    cancel_on_signal(socket.clone(), args.name.clone())?;
-    let result = client::request_streaming(
-        &socket,
-        &args.name,
-        &Request::Migrate(Box::new(req)),
-        MIGRATE_LINE_TIMEOUT,
-        |r| {
-            if let Some(p) = &r.progress {
-                let line = format!(
+    let mut last_round = None;
+    let outcome = loop {
+        let p: MigrationProgress = api
+            .get("vm.migration-progress", CLIENT_TIMEOUT)
+            .map_err(|e| match e {
+                vmm::api::client::ClientError::NotRunning { .. } => anyhow::anyhow!(
+                    "the VMM of '{}' exited before reporting the migration's outcome",
+                    args.name
+                ),
+                e => anyhow::Error::from(e),
+            })
+            .with_context(failed)?;
+        if p.outcome != MigrationOutcome::Active {
+            break p;
+        }
+        if let Some(r) = p.progress.as_ref().filter(|r| Some(r.round) != last_round) {
+            last_round = Some(r.round);
+            let line = format!(
                 "round {:>2}  {:>8.1} MiB left  {:>7.1} MiB/s  dirtying {:>7.1} MiB/s  expected downtime {:>6.0} ms{}",
-                p.round,
-                p.remaining_bytes as f64 / 1048576.0,
-                p.rate_bytes_per_sec / 1048576.0,
-                p.dirty_rate_bytes_per_sec / 1048576.0,
-                p.expected_downtime_ms,
-                if p.throttle_percent > 0 { format!("  throttle {}%", p.throttle_percent) } else { String::new() }
+                r.round,
+                r.remaining_bytes as f64 / 1048576.0,
+                r.rate_bytes_per_sec / 1048576.0,
+                r.dirty_rate_bytes_per_sec / 1048576.0,
+                r.expected_downtime_ms,
+                if r.throttle_percent > 0 { format!("  throttle {}%", r.throttle_percent) } else { String::new() }
             );
-                if tty {
-                    eprint!("\r{line}\x1b[K");
-                } else {
-                    eprintln!("{line}");
-                }
+            if tty {
+                eprint!("\r{line}\x1b[K");
+            } else {
+                eprintln!("{line}");
             }
-        },
-    );
-    if tty {
+        }
+        std::thread::sleep(PROGRESS_POLL);
+    };
+    if tty && last_round.is_some() {
         eprintln!();
     }
-    let response =
-        result.with_context(|| format!("migration of '{}' to {} failed", args.name, args.to))?;
-    let s = response
+    if outcome.outcome != MigrationOutcome::Completed {
+        let why = outcome
+            .error
+            .unwrap_or_else(|| format!("{:?}", outcome.outcome));
+        return Err(anyhow::anyhow!(why).context(failed()));
+    }
+    let s = outcome
         .summary
-        .context("the VM answered without a migration summary")?;
+        .context("the VM reported the migration without a summary")?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {
@@ -315,9 +394,10 @@ fn migrate(dir: &std::path::Path, args: MigrateArgs) -> anyhow::Result<u8> {
 }
 
 /// Ctrl-C (SIGINT) or SIGTERM while `vmm migrate` waits cancels the migration, as `virsh
-/// migrate` does: the VM answers the migration request with "cancelled" once the guest is back,
-/// and `vmm migrate` exits non-zero with that. Returns once the handlers are in place.
-fn cancel_on_signal(socket: PathBuf, name: String) -> anyhow::Result<()> {
+/// migrate` does: `vm.cancel-migration` returns once the guest is back, the progress then
+/// reads "cancelled", and `vmm migrate` exits non-zero with that. Returns once the handlers
+/// are in place.
+fn cancel_on_signal(api: ApiClient) -> anyhow::Result<()> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("cancel-on-signal".into())
@@ -341,14 +421,14 @@ fn cancel_on_signal(socket: PathBuf, name: String) -> anyhow::Result<()> {
                     _ = int.recv() => "SIGINT",
                     _ = term.recv() => "SIGTERM",
                 };
-                eprintln!("\nvmm: {which}: cancelling the migration of '{name}'...");
+                eprintln!("\nvmm: {which}: cancelling the migration of '{}'...", api.name);
                 let cancel = tokio::task::spawn_blocking(move || {
-                    client::request(&socket, &name, &Request::MigrateCancel, CANCEL_TIMEOUT)
+                    api.put("vm.cancel-migration", None::<&()>, CANCEL_TIMEOUT)
                 });
                 if let Ok(Err(e)) = cancel.await {
                     eprintln!("vmm: cannot cancel: {e}");
                 }
-                // Further signals wait for the migration's own answer.
+                // Further signals wait for the migration's own outcome.
                 loop {
                     tokio::select! {
                         _ = int.recv() => {}
@@ -394,10 +474,22 @@ fn disks_and_nets(
     Ok((disks, nets))
 }
 
-fn run_vm(args: RunArgs, runtime_dir: PathBuf) -> anyhow::Result<u8> {
+fn run_vm(
+    args: RunArgs,
+    runtime_dir: PathBuf,
+    api_socket: Option<PathBuf>,
+    monitor: EventMonitor,
+) -> anyhow::Result<u8> {
     config::validate_name(&args.name)?;
     let (disks, nets) = disks_and_nets(&args)?;
-    if let Some(listen) = &args.incoming {
+    let opts = VmmOptions {
+        name: args.name.clone(),
+        runtime_dir,
+        api_socket,
+        monitor,
+        allow_emulated_kernel: args.allow_emulated_kernel,
+    };
+    let start = if let Some(listen) = &args.incoming {
         let listen = Endpoint::parse(listen).map_err(anyhow::Error::msg)?;
         let security = vmm::migrate::security::for_destination(
             &vmm::migrate::security::SecurityOptions {
@@ -414,9 +506,7 @@ fn run_vm(args: RunArgs, runtime_dir: PathBuf) -> anyhow::Result<u8> {
                 eprintln!("vmm: {w}");
             }
         }
-        let end = run::run_incoming(run::IncomingOptions {
-            name: args.name.clone(),
-            runtime_dir,
+        Start::Receive(Box::new(ReceiveSpec {
             listen,
             security,
             io_timeout: Duration::from_secs(args.io_timeout.max(1)),
@@ -425,53 +515,93 @@ fn run_vm(args: RunArgs, runtime_dir: PathBuf) -> anyhow::Result<u8> {
                 nets,
                 memory: args.memory.as_deref().map(memory_size).transpose()?,
             },
-        })?;
-        eprintln!("vmm: {}", end.describe(&args.name));
-        return Ok(end.exit_code());
-    }
-    let memory_bytes = memory_size(args.memory.as_deref().unwrap_or("256M"))?;
-    let vcpus = config::validate_vcpus(args.vcpus)?;
-    let config = VmConfig {
-        name: args.name.clone(),
-        kernel: args.kernel.context("--kernel is required")?,
-        initrd: args.initrd,
-        cmdline: args.cmdline,
-        memory_bytes,
-        vcpus,
-        disks,
-        nets,
+        }))
+    } else {
+        let memory_bytes = memory_size(args.memory.as_deref().unwrap_or("256M"))?;
+        let vcpus = config::validate_vcpus(args.vcpus)?;
+        Start::Boot(Box::new(VmConfig {
+            name: args.name.clone(),
+            kernel: args.kernel.context("--kernel is required")?,
+            initrd: args.initrd,
+            cmdline: args.cmdline,
+            memory_bytes,
+            vcpus,
+            disks,
+            nets,
+        }))
     };
-    let end = run::run(RunOptions {
-        config,
-        runtime_dir,
-        allow_emulated_kernel: args.allow_emulated_kernel,
-    })?;
+    let end = run::run(opts, start)?;
     eprintln!("vmm: {}", end.describe(&args.name));
     Ok(end.exit_code())
 }
 
-fn send(
-    dir: &std::path::Path,
-    name: &str,
-    req: Request,
-) -> Result<vmm::control::protocol::Response, ClientError> {
-    config::validate_name(name).map_err(|e| ClientError::Refused(e.to_string()))?;
-    client::request(&paths::socket_path(dir, name), name, &req, CLIENT_TIMEOUT)
+/// What `vmm info` and `vmm list` show of a VM.
+#[derive(Serialize)]
+struct VmSummary {
+    name: String,
+    pid: u32,
+    /// running, paused, migrating, waiting (a destination), created, shutdown.
+    state: &'static str,
+    memory_mib: u64,
+    vcpus: u8,
+    kernel: String,
+    cmdline: String,
+    uptime_secs: f64,
+    /// Where a waiting destination listens, or where a migrating VM is going.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    address: Option<String>,
 }
 
-fn query_info(dir: &std::path::Path, name: &str) -> anyhow::Result<VmInfo> {
-    let resp = send(dir, name, Request::Info)?;
-    resp.info.context("the VM answered without its info")
+impl VmSummary {
+    fn from_api(i: ApiVmInfo) -> Self {
+        let state = match (&i.migration, i.state) {
+            (Some(m), _) if m.role == MigrationRole::Sending => "migrating",
+            (Some(_), _) => "waiting",
+            (None, ApiVmState::Running) => "running",
+            (None, ApiVmState::Paused) => "paused",
+            (None, ApiVmState::Created) => "created",
+            (None, ApiVmState::Shutdown) => "shutdown",
+        };
+        let config = i.config.unwrap_or_default();
+        VmSummary {
+            name: i.name,
+            pid: i.pid,
+            state,
+            memory_mib: if config.payload.kernel.is_some() {
+                config.memory.size >> 20
+            } else {
+                0
+            },
+            vcpus: if config.payload.kernel.is_some() {
+                config.cpus.boot_vcpus
+            } else {
+                0
+            },
+            kernel: config
+                .payload
+                .kernel
+                .map(|k| k.display().to_string())
+                .unwrap_or_default(),
+            cmdline: config.payload.cmdline.unwrap_or_default(),
+            uptime_secs: i.uptime_secs,
+            address: i.migration.map(|m| m.address),
+        }
+    }
 }
 
-fn simple(dir: &std::path::Path, name: &str, req: Request, done: &str) -> anyhow::Result<u8> {
-    send(dir, name, req)?;
+fn query_info(dir: &std::path::Path, name: &str) -> anyhow::Result<VmSummary> {
+    let info: ApiVmInfo = client(dir, name)?.get("vm.info", CLIENT_TIMEOUT)?;
+    Ok(VmSummary::from_api(info))
+}
+
+fn simple(dir: &std::path::Path, name: &str, endpoint: &str, done: &str) -> anyhow::Result<u8> {
+    client(dir, name)?.put(endpoint, None::<&()>, CLIENT_TIMEOUT)?;
     println!("{name}: {done}");
     Ok(0)
 }
 
 fn list(dir: &std::path::Path, json: bool) -> anyhow::Result<u8> {
-    let infos: Vec<VmInfo> = paths::list_sockets(dir)
+    let infos: Vec<VmSummary> = paths::list_sockets(dir)
         .into_iter()
         .filter_map(|name| query_info(dir, &name).ok())
         .collect();
@@ -486,20 +616,23 @@ fn list(dir: &std::path::Path, json: bool) -> anyhow::Result<u8> {
     for i in infos {
         println!(
             "{:<20} {:>8} {:<10} {:>6} MiB {:>5}",
-            i.name,
-            i.pid,
-            i.state.to_string(),
-            i.memory_mib,
-            i.vcpus
+            i.name, i.pid, i.state, i.memory_mib, i.vcpus
         );
     }
     Ok(0)
 }
 
-fn print_info(i: &VmInfo) {
+fn print_info(i: &VmSummary) {
+    let state = match i.state {
+        "waiting" => "waiting for migration",
+        s => s,
+    };
     println!("name:    {}", i.name);
     println!("pid:     {}", i.pid);
-    println!("state:   {}", i.state);
+    println!("state:   {state}");
+    if let Some(a) = &i.address {
+        println!("address: {a}");
+    }
     println!("memory:  {} MiB", i.memory_mib);
     println!("vcpus:   {}", i.vcpus);
     println!("kernel:  {}", i.kernel);

@@ -1,21 +1,23 @@
 //! Events delivered to the thread that owns a running VM.
 
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::oneshot;
 
-use crate::control::protocol::{Request, Response};
+use crate::api::request::{ApiRequest, ApiResponse};
 use crate::vcpu::VcpuOutcome;
 
-/// Where the answer to a control request goes: one or more lines, the last one final.
-pub type Responder = UnboundedSender<Response>;
+/// Where the answer to an API request goes.
+pub type Responder = oneshot::Sender<ApiResponse>;
+
+/// Sends an answer; a client that went away does not matter.
+pub fn respond(reply: Responder, answer: ApiResponse) {
+    let _ = reply.send(answer);
+}
 
 pub enum VmEvent {
-    /// A control-socket request and where to send its answer.
-    Control(Request, Responder),
+    /// An API request and where to send its answer.
+    Api(ApiRequest, Responder),
     /// The migration worker finished (the VM left, or it failed and the guest runs here again).
-    MigrationFinished {
-        result: Result<migration::progress::Summary, migration::MigrationError>,
-        reply: Responder,
-    },
+    MigrationFinished(Result<migration::progress::Summary, migration::MigrationError>),
     /// The guest wrote the reset command to the i8042 controller.
     GuestReset,
     /// A vCPU thread ended on its own.
@@ -24,6 +26,10 @@ pub enum VmEvent {
     Signal(&'static str),
     /// The console user typed the escape sequence (Ctrl-A x).
     ConsoleQuit,
+    /// A destination's listener is bound: the address it shows.
+    IncomingListening(String),
+    /// A source connected and authenticated: the VM is being received.
+    IncomingStarted(String),
     /// A waiting destination's receive ended: the VM it received, or why nothing was started.
     IncomingFinished(Box<Result<crate::migrate::target::Incoming, anyhow::Error>>),
 }

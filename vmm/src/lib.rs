@@ -1,11 +1,12 @@
-//! The VMM: CLI-facing operations, VM construction and lifecycle, vCPU threads, the control
+//! The VMM: CLI-facing operations, VM construction and lifecycle, vCPU threads, the API
 //! socket and the console.
 
+pub mod api;
 pub mod config;
 pub mod console;
-pub mod control;
 pub mod dirty_log;
 pub mod event_loop;
+pub mod event_monitor;
 pub mod events;
 pub mod host;
 pub mod machine;

@@ -1,8 +1,8 @@
-//! The thread that owns a running VM: it answers control requests, runs at most one migration
-//! at a time (through the migration worker, which it can cancel), and decides when the VM ends.
-//! Concurrency: one plain thread draining the VM's event channel; everything that must not
-//! block it (the migration, the control socket's I/O) runs on other threads and reports back
-//! as events.
+//! The thread that owns a running VM: it answers API requests, runs at most one migration at a
+//! time (through the migration worker, which it can cancel), and decides when the VM ends.
+//! Concurrency: one plain thread draining the VMM's event channel; everything that must not
+//! block it (the migration, the API socket's I/O) runs on other threads and reports back as
+//! events.
 
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
@@ -10,17 +10,25 @@ use std::time::Instant;
 
 use migration::cancel::Canceller;
 
+use crate::api::request::{ApiRequest, ApiResponse};
+use crate::api::types::{
+    ApiVmConfig, ApiVmInfo, ApiVmState, MigrationInfo, MigrationOutcome, MigrationRole,
+    SerialSink,
+};
 use crate::console::{spawn_stdin_forwarder, RawTerminal};
-use crate::control::protocol::{Request, Response, VmInfo, VmState};
 use crate::event_loop::EventLoop;
-use crate::events::{Responder, VmEvent};
+use crate::event_monitor::EventMonitor;
+use crate::events::{respond, Responder, VmEvent};
 use crate::machine::Machine;
-use crate::run::{ControlSocket, RunEnd};
+use crate::migrate::status::MigrationStatus;
+use crate::migrate::worker::Reporting;
+use crate::run::RunEnd;
 use crate::vcpu::VcpuOutcome;
 
 /// What ends the VM once a migration that is being cancelled has given the guest back.
 enum AfterCancel {
-    Stop(Responder),
+    /// `vmm.shutdown` or `vm.shutdown`: answered once the guest is back, then the VM ends so.
+    Request(Responder, RunEnd),
     Signal(&'static str),
 }
 
@@ -29,35 +37,44 @@ struct Active {
     to: String,
     canceller: Canceller,
     /// Running or Paused: what the VM goes back to if the migration does not complete.
-    state_before: VmState,
-    /// `migrate-cancel` requests, answered once the guest is back.
+    paused_before: bool,
+    /// `vm.cancel-migration` requests, answered once the guest is back.
     cancel_waiters: Vec<Responder>,
     then: Option<AfterCancel>,
 }
 
+/// What the owner needs besides the VM: where events go and where a migration reports.
+pub(crate) struct OwnerContext {
+    pub events: Sender<VmEvent>,
+    pub status: Arc<MigrationStatus>,
+    pub monitor: EventMonitor,
+    pub serial: SerialSink,
+}
+
 struct Owner {
     machine: Arc<Machine>,
-    state: VmState,
+    paused: bool,
     started: Instant,
-    events: Sender<VmEvent>,
+    ctx: OwnerContext,
     migration: Option<Active>,
 }
 
-/// Owns the running VM until it ends. `control` is its control socket, already answering.
+/// Owns the running VM until it ends.
 pub(crate) fn own(
     machine: Arc<Machine>,
     event_loop: EventLoop,
-    control: ControlSocket,
-    tx: Sender<VmEvent>,
-    rx: Receiver<VmEvent>,
+    ctx: OwnerContext,
+    rx: &Receiver<VmEvent>,
 ) -> RunEnd {
-    let raw_terminal = RawTerminal::enable();
-    spawn_stdin_forwarder(machine.serial.clone(), tx.clone());
+    let raw_terminal = (ctx.serial == SerialSink::Stdout).then(RawTerminal::enable);
+    if ctx.serial == SerialSink::Stdout {
+        spawn_stdin_forwarder(machine.serial.clone(), ctx.events.clone());
+    }
     let mut owner = Owner {
         machine: machine.clone(),
-        state: VmState::Running,
+        paused: false,
         started: Instant::now(),
-        events: tx,
+        ctx,
         migration: None,
     };
     let end = loop {
@@ -68,7 +85,6 @@ pub(crate) fn own(
             break end;
         }
     };
-    drop(control);
     drop(raw_terminal);
     if let Err(e) = machine.vcpus.stop() {
         log::error!("{e}");
@@ -82,8 +98,8 @@ pub(crate) fn own(
 impl Owner {
     fn handle(&mut self, event: VmEvent) -> Option<RunEnd> {
         match event {
-            VmEvent::Control(request, reply) => self.request(request, reply),
-            VmEvent::MigrationFinished { result, reply } => self.migration_finished(result, reply),
+            VmEvent::Api(request, reply) => self.request(request, reply),
+            VmEvent::MigrationFinished(result) => self.migration_finished(result),
             VmEvent::GuestReset => Some(RunEnd::Rebooted),
             VmEvent::VcpuExited { outcome, .. } => Some(match outcome {
                 VcpuOutcome::Reset => RunEnd::Rebooted,
@@ -107,93 +123,128 @@ impl Owner {
                 }
             },
             VmEvent::ConsoleQuit => Some(RunEnd::ConsoleQuit),
-            VmEvent::IncomingFinished(_) => None,
+            // Events of a receive that is over are not for a running VM.
+            VmEvent::IncomingFinished(_)
+            | VmEvent::IncomingListening(_)
+            | VmEvent::IncomingStarted(_) => None,
         }
     }
 
-    fn request(&mut self, request: Request, reply: Responder) -> Option<RunEnd> {
-        let answer = |r: Response| {
-            let _ = reply.send(r);
-        };
+    fn state(&self) -> ApiVmState {
+        if self.paused {
+            ApiVmState::Paused
+        } else {
+            ApiVmState::Running
+        }
+    }
+
+    fn request(&mut self, request: ApiRequest, reply: Responder) -> Option<RunEnd> {
         let m = &self.machine;
+        let migrating = self.migration.is_some();
         match request {
-            Request::Info => answer(Response::info(self.info())),
-            Request::Pause => match self.state {
-                VmState::Paused => answer(Response::ok()),
-                VmState::Running => match m.vcpus.pause() {
-                    Ok(()) => {
-                        self.state = VmState::Paused;
-                        answer(Response::ok());
+            ApiRequest::VmInfo => respond(reply, ApiResponse::json(&self.info())),
+            ApiRequest::VmPause if migrating => {
+                respond(reply, ApiResponse::not_now("cannot pause a VM that is migrating"))
+            }
+            ApiRequest::VmResume if migrating => {
+                respond(reply, ApiResponse::not_now("cannot resume a VM that is migrating"))
+            }
+            ApiRequest::VmPause if self.paused => respond(reply, ApiResponse::no_content()),
+            ApiRequest::VmPause => match m.vcpus.pause() {
+                Ok(()) => {
+                    self.paused = true;
+                    self.ctx.monitor.emit("vm", "paused", None);
+                    respond(reply, ApiResponse::no_content());
+                }
+                Err(e) => respond(reply, ApiResponse::error(500, format!("pause failed: {e}"))),
+            },
+            ApiRequest::VmResume if !self.paused => respond(reply, ApiResponse::no_content()),
+            ApiRequest::VmResume => {
+                let _ = m.vcpus.on_each(|_, fd| fd.kvmclock_ctrl());
+                m.vcpus.resume();
+                self.paused = false;
+                self.ctx.monitor.emit("vm", "resumed", None);
+                respond(reply, ApiResponse::no_content());
+            }
+            ApiRequest::VmmShutdown | ApiRequest::VmShutdown => {
+                let end = if request == ApiRequest::VmmShutdown {
+                    RunEnd::StopRequested
+                } else {
+                    RunEnd::ShutdownRequested
+                };
+                match &mut self.migration {
+                    None => {
+                        respond(reply, ApiResponse::no_content());
+                        return Some(end);
                     }
-                    Err(e) => answer(Response::error(format!("pause failed: {e}"))),
-                },
-                other => answer(Response::error(format!(
-                    "cannot pause a VM that is {other}"
-                ))),
-            },
-            Request::Resume => match self.state {
-                VmState::Running => answer(Response::ok()),
-                VmState::Paused => {
-                    let _ = m.vcpus.on_each(|_, fd| fd.kvmclock_ctrl());
-                    m.vcpus.resume();
-                    self.state = VmState::Running;
-                    answer(Response::ok());
+                    // A migration is cancelled first: the guest must be back before it stops.
+                    Some(active) => match active.canceller.cancel() {
+                        Ok(()) => active.then = Some(AfterCancel::Request(reply, end)),
+                        Err(e) => {
+                            respond(reply, ApiResponse::not_now(format!("cannot stop the VM now: {e}")))
+                        }
+                    },
                 }
-                other => answer(Response::error(format!(
-                    "cannot resume a VM that is {other}"
-                ))),
-            },
-            Request::Stop => match &mut self.migration {
-                None => {
-                    answer(Response::ok());
-                    return Some(RunEnd::StopRequested);
-                }
-                Some(active) => match active.canceller.cancel() {
-                    Ok(()) => active.then = Some(AfterCancel::Stop(reply)),
-                    Err(e) => answer(Response::error(format!("cannot stop the VM now: {e}"))),
-                },
-            },
-            Request::Migrate(req) => {
-                if self.migration.is_some() {
-                    answer(Response::error("a migration is already running"));
+            }
+            ApiRequest::VmReboot | ApiRequest::VmDelete if migrating => respond(reply, 
+                ApiResponse::not_now("a migration is running (vm.cancel-migration first)"),
+            ),
+            ApiRequest::VmReboot => {
+                respond(reply, ApiResponse::no_content());
+                return Some(RunEnd::RebootRequested);
+            }
+            ApiRequest::VmDelete => {
+                respond(reply, ApiResponse::no_content());
+                return Some(RunEnd::DeleteRequested);
+            }
+            ApiRequest::VmCreate(_) => respond(reply, ApiResponse::not_now(
+                "a VM exists in this VMM already (vm.delete first)",
+            )),
+            ApiRequest::VmBoot => respond(reply, ApiResponse::not_now("the VM is running already")),
+            ApiRequest::ReceiveMigration(_) => respond(reply, ApiResponse::not_now(
+                "a VM runs in this VMM: it cannot receive another",
+            )),
+            ApiRequest::SendMigration(req) => {
+                if migrating {
+                    respond(reply, ApiResponse::not_now("a migration is already running"));
                     return None;
                 }
-                if self.state != VmState::Running && self.state != VmState::Paused {
-                    answer(Response::error(format!(
-                        "cannot migrate a VM that is {}",
-                        self.state
-                    )));
-                    return None;
-                }
-                let to = req.to.clone();
-                let user_paused = self.state == VmState::Paused;
+                let to = req.destination_url.clone();
+                let reporting = Reporting {
+                    status: self.ctx.status.clone(),
+                    monitor: self.ctx.monitor.clone(),
+                };
                 match crate::migrate::worker::start(
                     m.clone(),
                     *req,
-                    user_paused,
-                    reply.clone(),
-                    self.events.clone(),
+                    self.paused,
+                    reporting,
+                    self.ctx.events.clone(),
                 ) {
                     Ok(canceller) => {
                         self.migration = Some(Active {
                             to,
                             canceller,
-                            state_before: self.state,
+                            paused_before: self.paused,
                             cancel_waiters: Vec::new(),
                             then: None,
                         });
-                        self.state = VmState::Migrating;
+                        respond(reply, ApiResponse::no_content());
                     }
-                    Err(e) => answer(Response::error(e)),
+                    Err(e) => respond(reply, ApiResponse::bad_request(e)),
                 }
             }
-            Request::MigrateCancel => match &mut self.migration {
-                None => answer(Response::error("no migration is running")),
+            ApiRequest::CancelMigration => match &mut self.migration {
+                None => respond(reply, ApiResponse::not_now("no migration is running")),
                 Some(active) => match active.canceller.cancel() {
                     Ok(()) => active.cancel_waiters.push(reply),
-                    Err(e) => answer(Response::error(e.to_string())),
+                    Err(e) => respond(reply, ApiResponse::not_now(e.to_string())),
                 },
             },
+            // Answered by the server itself; here for completeness.
+            ApiRequest::VmmPing | ApiRequest::MigrationProgress => {
+                respond(reply, ApiResponse::error(500, "answered by the API server"))
+            }
         }
         None
     }
@@ -201,38 +252,61 @@ impl Owner {
     fn migration_finished(
         &mut self,
         result: Result<migration::progress::Summary, migration::MigrationError>,
-        reply: Responder,
     ) -> Option<RunEnd> {
         let active = self.migration.take()?;
+        let (status, monitor) = (&self.ctx.status, &self.ctx.monitor);
         match result {
             Ok(summary) => {
-                let _ = reply.send(Response::summary(summary));
+                monitor.emit(
+                    "migration",
+                    "finished",
+                    Some(serde_json::json!({
+                        "destination": active.to,
+                        "total_seconds": summary.total_seconds,
+                        "downtime_ms": summary.downtime_ms,
+                        "bytes_sent": summary.bytes_sent,
+                    })),
+                );
+                status.finish(MigrationOutcome::Completed, Some(summary), None);
                 for w in active.cancel_waiters {
-                    let _ = w.send(Response::error("the migration completed before the cancel"));
+                    let _ = w.send(ApiResponse::not_now(
+                        "the migration completed before the cancel",
+                    ));
                 }
-                if let Some(AfterCancel::Stop(r)) = active.then {
-                    let _ = r.send(Response::error(
+                if let Some(AfterCancel::Request(r, _)) = active.then {
+                    let _ = r.send(ApiResponse::not_now(
                         "the migration completed: the VM left this host",
                     ));
                 }
                 Some(RunEnd::MigratedAway(active.to))
             }
             Err(e) => {
-                let after_commit = matches!(e, migration::MigrationError::AfterCommit(_));
-                let _ = reply.send(Response::error(crate::error_chain(&e)));
-                if after_commit {
+                let message = crate::error_chain(&e);
+                let cancelled = matches!(e, migration::MigrationError::Cancelled);
+                let (outcome, event) = if cancelled {
+                    (MigrationOutcome::Cancelled, "cancelled")
+                } else {
+                    (MigrationOutcome::Failed, "failed")
+                };
+                monitor.emit(
+                    "migration",
+                    event,
+                    Some(serde_json::json!({ "destination": active.to, "error": message })),
+                );
+                status.finish(outcome, None, Some(message));
+                if matches!(e, migration::MigrationError::AfterCommit(_)) {
                     return Some(RunEnd::Failed(e.to_string()));
                 }
                 log::warn!("migration failed, the guest stays here: {e}");
-                self.state = active.state_before;
+                self.paused = active.paused_before;
                 for w in active.cancel_waiters {
-                    let _ = w.send(Response::ok());
+                    let _ = w.send(ApiResponse::no_content());
                 }
                 match active.then {
                     None => None,
-                    Some(AfterCancel::Stop(r)) => {
-                        let _ = r.send(Response::ok());
-                        Some(RunEnd::StopRequested)
+                    Some(AfterCancel::Request(r, end)) => {
+                        let _ = r.send(ApiResponse::no_content());
+                        Some(end)
                     }
                     Some(AfterCancel::Signal(name)) => Some(RunEnd::Signal(name)),
                 }
@@ -240,18 +314,19 @@ impl Owner {
         }
     }
 
-    fn info(&self) -> VmInfo {
+    fn info(&self) -> ApiVmInfo {
         let c = &self.machine.config;
-        VmInfo {
+        ApiVmInfo {
+            config: Some(ApiVmConfig::from_config(c, &self.ctx.serial)),
+            state: self.state(),
+            memory_actual_size: Some(c.memory_bytes),
             name: c.name.clone(),
             pid: std::process::id(),
-            state: self.state,
-            memory_mib: c.memory_bytes >> 20,
-            vcpus: c.vcpus,
-            kernel: c.kernel.display().to_string(),
-            cmdline: c.cmdline.clone(),
             uptime_secs: self.started.elapsed().as_secs_f64(),
-            address: self.migration.as_ref().map(|m| m.to.clone()),
+            migration: self.migration.as_ref().map(|m| MigrationInfo {
+                role: MigrationRole::Sending,
+                address: m.to.clone(),
+            }),
         }
     }
 }

@@ -1,6 +1,16 @@
-//! `vmm run`: builds the VM (or waits for it to arrive by migration), publishes its control
-//! socket, and hands it to its owner thread ([`crate::owner`]) until it ends (guest reboot or
-//! power-off, a failure, a stop request, a signal, or a completed migration away).
+//! One VMM process, from its start to its exit: it publishes the API socket, then goes through
+//! the VM's life as a small state machine:
+//!
+//! ```text
+//!   Empty --vm.create--> Created --vm.boot--> Running/Paused --(ends)--> Shutdown --vm.boot--> ...
+//!   Empty --vm.receive-migration--> Waiting --(source arrives)--> Running
+//! ```
+//!
+//! `vmm run` starts it at Created and boots at once, `vmm run --incoming` starts it waiting;
+//! both exit when their VM ends. `vmm --api-socket PATH` starts it empty and stays until
+//! `vmm.shutdown` (or a signal), as Cloud Hypervisor does. While a VM runs, [`crate::owner`]
+//! owns it. Concurrency: this thread drains the event channel in every state; the API server,
+//! the receive and the migration run on their own threads and post events.
 
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -9,33 +19,110 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::config::VmConfig;
-use crate::control::protocol::{Request, Response, VmInfo, VmState};
-use crate::control::server::ControlServer;
+use crate::api::request::{ApiRequest, ApiResponse};
+use crate::api::server::ApiServer;
+use crate::api::types::{
+    ApiVmConfig, ApiVmInfo, ApiVmState, MigrationInfo, MigrationRole, ReceiveMigration,
+    SerialSink,
+};
+use crate::config::{self, VmConfig};
 use crate::event_loop::EventLoop;
-use crate::events::VmEvent;
+use crate::event_monitor::EventMonitor;
+use crate::events::{respond, Responder, VmEvent};
 use crate::host::{self, HostKvm};
 use crate::machine::Machine;
+use crate::migrate::status::MigrationStatus;
+use crate::migrate::target::Grants;
 use crate::migrate::transport::Endpoint;
+use crate::owner::OwnerContext;
 use crate::paths::{socket_path, NameLock};
 use crate::vcpu::VcpuSet;
 
-pub struct RunOptions {
-    pub config: VmConfig,
+/// How long an exiting VMM keeps answering while the outcome of its last migration has not
+/// been read, so the client that started the migration (`vmm migrate` polls every 200 ms) can
+/// read it.
+const OUTCOME_LINGER: Duration = Duration::from_secs(5);
+
+pub struct VmmOptions {
+    /// The VM's name. With `vmm run` it names the API socket and lock in `runtime_dir`; an
+    /// empty VMM gives it to a VM created through the API.
+    pub name: String,
     pub runtime_dir: PathBuf,
+    /// The API socket, when not `<runtime_dir>/<name>.sock`.
+    pub api_socket: Option<PathBuf>,
+    pub monitor: EventMonitor,
     /// Start a Linux kernel even on a PVM host, where it is emulated.
     pub allow_emulated_kernel: bool,
 }
 
-pub struct IncomingOptions {
-    pub name: String,
-    pub runtime_dir: PathBuf,
+/// Where a VMM process starts.
+pub enum Start {
+    /// `vmm --api-socket PATH`: nothing until the API says.
+    Empty,
+    /// `vmm run`: boot this VM now; the process exits when it ends.
+    Boot(Box<VmConfig>),
+    /// `vmm run --incoming`: wait for this VM; the process exits when it ends.
+    Receive(Box<ReceiveSpec>),
+}
+
+/// How to wait for an incoming VM.
+pub struct ReceiveSpec {
     pub listen: Endpoint,
     pub security: migration::channel::DestinationSecurity,
     /// How long a read or write on the migration connection may make no progress.
     pub io_timeout: Duration,
     /// The disks and NICs this destination's operator lets the incoming VM have.
-    pub grants: crate::migrate::target::Grants,
+    pub grants: Grants,
+}
+
+impl ReceiveSpec {
+    /// The spec of a `vm.receive-migration` request (its fields are the grants).
+    pub fn from_api(req: &ReceiveMigration, vm_name: &str) -> Result<Self, String> {
+        use crate::migrate::security::{self, SecurityOptions};
+        let listen = Endpoint::parse(&req.receiver_url)?;
+        let security = security::for_destination(
+            &SecurityOptions {
+                auth_key_file: req.auth_key_file.as_ref().map(Into::into),
+                tls_dir: req.tls_dir.as_ref().map(Into::into),
+                tls_hostname: None,
+                insecure: req.insecure,
+            },
+            &listen,
+        )
+        .map_err(|e| crate::error_chain(&e))?;
+        if req.insecure {
+            if let Some(w) = security::insecure_warning(&listen) {
+                log::warn!("{w}");
+            }
+        }
+        // The grants take the same checks as a VM created here.
+        let granted = ApiVmConfig {
+            payload: crate::api::types::PayloadConfig {
+                kernel: Some("/".into()),
+                ..Default::default()
+            },
+            disks: req.disks.clone(),
+            net: req.net.clone(),
+            ..Default::default()
+        };
+        let (vm, _) = granted.to_config(vm_name)?;
+        if let Some(size) = req.memory_size {
+            config::validate_memory(size).map_err(|e| format!("memory_size: {e}"))?;
+        }
+        Ok(ReceiveSpec {
+            listen,
+            security,
+            io_timeout: match req.io_timeout_s {
+                None => crate::migrate::transport::DEFAULT_IO_TIMEOUT,
+                Some(s) => Duration::from_secs(s.max(1)),
+            },
+            grants: Grants {
+                disks: vm.disks,
+                nets: vm.nets,
+                memory: req.memory_size,
+            },
+        })
+    }
 }
 
 /// How the VM ended.
@@ -43,7 +130,14 @@ pub struct IncomingOptions {
 pub enum RunEnd {
     Rebooted,
     PoweredOff,
+    /// `vmm stop` or `vmm.shutdown`: the VMM exits.
     StopRequested,
+    /// `vm.shutdown`: the VM stops, the VMM stays (unless it was started by `vmm run`).
+    ShutdownRequested,
+    /// `vm.reboot`.
+    RebootRequested,
+    /// `vm.delete`.
+    DeleteRequested,
     Signal(&'static str),
     ConsoleQuit,
     MigratedAway(String),
@@ -62,7 +156,11 @@ impl RunEnd {
         match self {
             RunEnd::Rebooted => format!("guest '{name}' rebooted; the VM has stopped"),
             RunEnd::PoweredOff => format!("guest '{name}' powered off"),
-            RunEnd::StopRequested => format!("VM '{name}' stopped on request"),
+            RunEnd::StopRequested | RunEnd::ShutdownRequested => {
+                format!("VM '{name}' stopped on request")
+            }
+            RunEnd::RebootRequested => format!("VM '{name}' rebooted on request"),
+            RunEnd::DeleteRequested => format!("VM '{name}' deleted on request"),
             RunEnd::Signal(s) => format!("{s} received; VM '{name}' stopped"),
             RunEnd::ConsoleQuit => format!("console escape (Ctrl-A x); VM '{name}' stopped"),
             RunEnd::MigratedAway(to) => {
@@ -73,11 +171,11 @@ impl RunEnd {
     }
 }
 
-fn refuse_emulated_linux(opts: &RunOptions) -> anyhow::Result<()> {
-    if opts.allow_emulated_kernel || host::detect() != HostKvm::Pvm {
+fn refuse_emulated_linux(config: &VmConfig, allowed: bool) -> anyhow::Result<()> {
+    if allowed || host::detect() != HostKvm::Pvm {
         return Ok(());
     }
-    let path = &opts.config.kernel;
+    let path = &config.kernel;
     let mut f = std::fs::File::open(path)
         .with_context(|| format!("cannot open kernel {}", path.display()))?;
     if arch::loader::is_linux_kernel(&mut f)? {
@@ -90,169 +188,455 @@ fn refuse_emulated_linux(opts: &RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The VM's control socket, answering from now on; its file is removed when this is dropped.
-pub(crate) struct ControlSocket {
-    _server: ControlServer,
+/// The VMM's API socket, answering from now on; its file is removed when this is dropped.
+struct ApiSocket {
+    _server: ApiServer,
     path: PathBuf,
 }
 
-impl ControlSocket {
+impl ApiSocket {
     fn publish(
-        runtime_dir: &std::path::Path,
-        name: &str,
+        path: PathBuf,
         tx: Sender<VmEvent>,
+        status: Arc<MigrationStatus>,
     ) -> anyhow::Result<Self> {
-        let path = socket_path(runtime_dir, name);
-        // We hold the name lock, so a socket file left here belongs to a VM that died: replaced.
+        // A socket file left here belongs to a VMM that died (the name lock, when there is
+        // one, is ours): replaced.
         let listener = crate::unix_socket::bind_private(&path)
-            .with_context(|| format!("cannot create control socket {}", path.display()))?;
+            .with_context(|| format!("cannot create the API socket {}", path.display()))?;
         let server =
-            ControlServer::start(listener, tx).context("cannot start the control socket server")?;
-        Ok(ControlSocket {
+            ApiServer::start(listener, tx, status).context("cannot start the API server")?;
+        Ok(ApiSocket {
             _server: server,
             path,
         })
     }
 }
 
-impl Drop for ControlSocket {
+impl Drop for ApiSocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
 }
 
-/// Boots a VM from its kernel and runs it.
-pub fn run(opts: RunOptions) -> anyhow::Result<RunEnd> {
-    refuse_emulated_linux(&opts)?;
-    let config = opts.config.clone();
-    let _lock = NameLock::acquire(&opts.runtime_dir, &config.name)?;
-    let (tx, rx) = mpsc::channel();
-    let built = crate::vm::build(
-        &config,
-        crate::vm::BuildMode::Boot,
-        None,
-        Box::new(std::io::stdout()),
-        tx.clone(),
-    )
-    .with_context(|| format!("cannot build VM '{}'", config.name))?;
-    let (parts, vcpu_contexts, subscribers) = built.split();
-    let event_loop = EventLoop::start(subscribers).context("cannot start the device event loop")?;
-    let vcpus = VcpuSet::start(vcpu_contexts, false)?;
-    let machine = Arc::new(Machine::new(config, parts, vcpus));
-    log::info!("VM '{}' running", machine.config.name);
-    let control = ControlSocket::publish(&opts.runtime_dir, &machine.config.name, tx.clone())?;
-    Ok(crate::owner::own(machine, event_loop, control, tx, rx))
+/// What the state machine does next.
+enum Next {
+    /// Answer requests until one starts something.
+    Idle,
+    /// Boot the created VM; the request that asked for it, if any, is answered once it runs.
+    Boot(Option<Responder>),
+    Receive(Box<ReceiveSpec>, Option<Responder>),
+    Exit(RunEnd),
 }
 
-/// Waits for one incoming migration, then runs the received VM. While it waits, its control
-/// socket answers `info` (state "waiting for migration", with the address) and `stop`.
-pub fn run_incoming(opts: IncomingOptions) -> anyhow::Result<RunEnd> {
-    let _lock = NameLock::acquire(&opts.runtime_dir, &opts.name)?;
+struct Vmm {
+    opts: VmmOptions,
+    /// `vmm run`: the process ends with its VM.
+    exit_with_vm: bool,
+    tx: Sender<VmEvent>,
+    rx: Receiver<VmEvent>,
+    status: Arc<MigrationStatus>,
+    /// The created VM and where its serial output goes.
+    created: Option<(VmConfig, SerialSink)>,
+    /// The created VM ran and ended.
+    shut_down: bool,
+}
+
+/// Runs one VMM process until it exits; returns how its (last) VM ended.
+pub fn run(opts: VmmOptions, start: Start) -> anyhow::Result<RunEnd> {
+    let exit_with_vm = !matches!(start, Start::Empty);
+    let _lock = match opts.api_socket {
+        None => Some(NameLock::acquire(&opts.runtime_dir, &opts.name)?),
+        Some(_) => None,
+    };
     let (tx, rx) = mpsc::channel();
-    let control = ControlSocket::publish(&opts.runtime_dir, &opts.name, tx.clone())?;
-    let (canceller, token) = migration::cancel::cancel_pair();
-    let address = opts.listen.to_string();
-    let started = Instant::now();
-    let name = opts.name.clone();
-    let receiver = std::thread::Builder::new()
-        .name("incoming".into())
-        .spawn({
-            let tx = tx.clone();
-            move || {
-                let result = receive(opts, token, tx.clone());
-                let _ = tx.send(VmEvent::IncomingFinished(Box::new(result)));
-            }
-        })
-        .context("cannot start the incoming-migration thread")?;
-    let end = wait_for_incoming(&name, &address, started, &canceller, &rx);
-    let _ = receiver.join();
-    match end? {
-        Waited::Received(incoming) => {
-            eprintln!(
-                "vmm: VM '{name}' received in {:.2} s and running here",
-                started.elapsed().as_secs_f64()
-            );
-            Ok(crate::owner::own(
-                incoming.machine,
-                incoming.event_loop,
-                control,
-                tx,
-                rx,
-            ))
+    let status = Arc::new(MigrationStatus::default());
+    let path = opts
+        .api_socket
+        .clone()
+        .unwrap_or_else(|| socket_path(&opts.runtime_dir, &opts.name));
+    let _api = ApiSocket::publish(path, tx.clone(), status.clone())?;
+    opts.monitor.emit("vmm", "starting", None);
+    let mut vmm = Vmm {
+        opts,
+        exit_with_vm,
+        tx,
+        rx,
+        status,
+        created: None,
+        shut_down: false,
+    };
+    let mut next = match start {
+        Start::Empty => Next::Idle,
+        Start::Boot(config) => {
+            refuse_emulated_linux(&config, vmm.opts.allow_emulated_kernel)?;
+            vmm.created = Some((*config, SerialSink::Stdout));
+            Next::Boot(None)
         }
-        Waited::Ended(end) => Ok(end),
+        Start::Receive(spec) => Next::Receive(spec, None),
+    };
+    loop {
+        next = match next {
+            Next::Idle => vmm.idle(),
+            Next::Boot(reply) => vmm.boot(reply)?,
+            Next::Receive(spec, reply) => vmm.receive(*spec, reply)?,
+            Next::Exit(end) => {
+                vmm.linger();
+                vmm.opts.monitor.emit("vmm", "shutdown", None);
+                return Ok(end);
+            }
+        };
+    }
+}
+
+impl Vmm {
+    fn api_state(&self) -> ApiVmState {
+        if self.shut_down {
+            ApiVmState::Shutdown
+        } else {
+            ApiVmState::Created
+        }
+    }
+
+    /// No VM runs: answer until a request (or a signal) starts or ends something.
+    fn idle(&mut self) -> Next {
+        loop {
+            let Ok(event) = self.rx.recv() else {
+                return Next::Exit(RunEnd::Failed("event channel closed".into()));
+            };
+            let (request, reply) = match event {
+                VmEvent::Api(request, reply) => (request, reply),
+                VmEvent::Signal(s) => return Next::Exit(RunEnd::Signal(s)),
+                // Events of a VM that is gone.
+                _ => continue,
+            };
+            match request {
+                ApiRequest::VmmShutdown => {
+                    respond(reply, ApiResponse::no_content());
+                    return Next::Exit(RunEnd::StopRequested);
+                }
+                ApiRequest::VmCreate(_) if self.created.is_some() => respond(reply, ApiResponse::not_now(
+                    "a VM exists in this VMM already (vm.delete first)",
+                )),
+                ApiRequest::VmCreate(cfg) => match cfg.to_config(&self.opts.name) {
+                    Ok(created) => {
+                        self.created = Some(created);
+                        self.shut_down = false;
+                        self.opts.monitor.emit("vm", "created", None);
+                        respond(reply, ApiResponse::no_content());
+                    }
+                    Err(e) => respond(reply, ApiResponse::bad_request(e)),
+                },
+                ApiRequest::VmBoot if self.created.is_some() => {
+                    let config = &self.created.as_ref().expect("checked").0;
+                    match refuse_emulated_linux(config, self.opts.allow_emulated_kernel) {
+                        Ok(()) => return Next::Boot(Some(reply)),
+                        Err(e) => respond(reply, ApiResponse::bad_request(format!("{e:#}"))),
+                    }
+                }
+                ApiRequest::VmInfo if self.created.is_some() => {
+                    let (config, serial) = self.created.as_ref().expect("checked");
+                    respond(reply, ApiResponse::json(&ApiVmInfo {
+                        config: Some(ApiVmConfig::from_config(config, serial)),
+                        state: self.api_state(),
+                        memory_actual_size: None,
+                        name: config.name.clone(),
+                        pid: std::process::id(),
+                        uptime_secs: 0.0,
+                        migration: None,
+                    }))
+                }
+                ApiRequest::VmDelete if self.created.is_some() => {
+                    self.created = None;
+                    self.shut_down = false;
+                    self.opts.monitor.emit("vm", "deleted", None);
+                    respond(reply, ApiResponse::no_content());
+                }
+                ApiRequest::ReceiveMigration(_) if self.created.is_some() => respond(reply, 
+                    ApiResponse::not_now("a VM is created in this VMM: it cannot receive another"),
+                ),
+                ApiRequest::ReceiveMigration(req) => {
+                    match ReceiveSpec::from_api(&req, &self.opts.name) {
+                        Ok(spec) => return Next::Receive(Box::new(spec), Some(reply)),
+                        Err(e) => respond(reply, ApiResponse::bad_request(e)),
+                    }
+                }
+                ApiRequest::CancelMigration => {
+                    respond(reply, ApiResponse::not_now("no migration is running"))
+                }
+                _ if self.created.is_none() => respond(reply, ApiResponse::no_vm()),
+                _ => respond(reply, ApiResponse::not_now(format!(
+                    "the VM is not running (it is {:?})",
+                    self.api_state()
+                ))),
+            }
+        }
+    }
+
+    /// Builds and boots the created VM, then owns it until it ends.
+    fn boot(&mut self, reply: Option<Responder>) -> anyhow::Result<Next> {
+        let (config, serial) = self.created.clone().context("no VM is created")?;
+        self.opts.monitor.emit("vm", "booting", None);
+        let booted = (|| {
+            let console = serial
+                .open()
+                .with_context(|| format!("cannot open the serial output {serial:?}"))?;
+            let built = crate::vm::build(
+                &config,
+                crate::vm::BuildMode::Boot,
+                None,
+                console,
+                self.tx.clone(),
+            )
+            .with_context(|| format!("cannot build VM '{}'", config.name))?;
+            let (parts, vcpu_contexts, subscribers) = built.split();
+            let event_loop =
+                EventLoop::start(subscribers).context("cannot start the device event loop")?;
+            let vcpus = VcpuSet::start(vcpu_contexts, false)?;
+            Ok::<_, anyhow::Error>((
+                Arc::new(Machine::new(config.clone(), parts, vcpus)),
+                event_loop,
+            ))
+        })();
+        let (machine, event_loop) = match booted {
+            Ok(b) => b,
+            Err(e) => {
+                self.opts.monitor.emit(
+                    "vm",
+                    "boot-failed",
+                    Some(serde_json::json!({ "error": format!("{e:#}") })),
+                );
+                match reply {
+                    Some(r) => {
+                        let _ = r.send(ApiResponse::error(500, format!("{e:#}")));
+                        return Ok(Next::Idle);
+                    }
+                    None => return Err(e),
+                }
+            }
+        };
+        log::info!("VM '{}' running", config.name);
+        self.opts.monitor.emit("vm", "booted", None);
+        if let Some(r) = reply {
+            let _ = r.send(ApiResponse::no_content());
+        }
+        Ok(self.own(machine, event_loop, serial))
+    }
+
+    /// Owns a running VM until it ends, and decides what comes next.
+    fn own(&mut self, machine: Arc<Machine>, event_loop: EventLoop, serial: SerialSink) -> Next {
+        let ctx = OwnerContext {
+            events: self.tx.clone(),
+            status: self.status.clone(),
+            monitor: self.opts.monitor.clone(),
+            serial,
+        };
+        let end = crate::owner::own(machine, event_loop, ctx, &self.rx);
+        let monitor = &self.opts.monitor;
+        match &end {
+            RunEnd::RebootRequested => {
+                monitor.emit("vm", "rebooting", None);
+                return Next::Boot(None);
+            }
+            RunEnd::Rebooted if !self.exit_with_vm => {
+                monitor.emit("vm", "rebooting", None);
+                return Next::Boot(None);
+            }
+            RunEnd::DeleteRequested => {
+                monitor.emit("vm", "shutdown", None);
+                monitor.emit("vm", "deleted", None);
+                self.created = None;
+            }
+            RunEnd::MigratedAway(_) => {
+                monitor.emit("vm", "shutdown", None);
+                // The VM runs elsewhere now: booting it here again would run it twice.
+                self.created = None;
+            }
+            _ => monitor.emit("vm", "shutdown", None),
+        }
+        self.shut_down = true;
+        match end {
+            RunEnd::StopRequested | RunEnd::Signal(_) => Next::Exit(end),
+            end if self.exit_with_vm => Next::Exit(end),
+            _ => Next::Idle,
+        }
+    }
+
+    /// Waits for the VM to arrive, answering requests meanwhile, then owns it.
+    fn receive(&mut self, spec: ReceiveSpec, reply: Option<Responder>) -> anyhow::Result<Next> {
+        let (canceller, token) = migration::cancel::cancel_pair();
+        let address = spec.listen.to_string();
+        let started = Instant::now();
+        let name = self.opts.name.clone();
+        // An empty VMM takes the source's name; `vmm run --name N --incoming` wants N.
+        let expected_name = self.exit_with_vm.then(|| name.clone());
+        let receiver = std::thread::Builder::new()
+            .name("incoming".into())
+            .spawn({
+                let tx = self.tx.clone();
+                move || {
+                    let result = receive(spec, expected_name, token, tx.clone());
+                    let _ = tx.send(VmEvent::IncomingFinished(Box::new(result)));
+                }
+            })
+            .context("cannot start the incoming-migration thread")?;
+        let waited = self.wait_for_incoming(&address, &canceller, reply);
+        let _ = receiver.join();
+        let monitor = self.opts.monitor.clone();
+        match waited {
+            Waited::Received(incoming) => {
+                monitor.emit(
+                    "receive",
+                    "finished",
+                    Some(serde_json::json!({ "seconds": started.elapsed().as_secs_f64() })),
+                );
+                eprintln!(
+                    "vmm: VM '{}' received in {:.2} s and running here",
+                    incoming.machine.config.name,
+                    started.elapsed().as_secs_f64()
+                );
+                self.created = Some((incoming.machine.config.clone(), SerialSink::Stdout));
+                self.shut_down = false;
+                Ok(self.own(incoming.machine, incoming.event_loop, SerialSink::Stdout))
+            }
+            Waited::Ended(end) => Ok(Next::Exit(end)),
+            Waited::Failed(e) => {
+                monitor.emit(
+                    "receive",
+                    "failed",
+                    Some(serde_json::json!({ "error": format!("{e:#}") })),
+                );
+                if self.exit_with_vm {
+                    return Err(e);
+                }
+                log::error!("{e:#}");
+                Ok(Next::Idle)
+            }
+        }
+    }
+
+    /// The loop while nothing runs yet: answers requests until the receive ends.
+    fn wait_for_incoming(
+        &mut self,
+        address: &str,
+        canceller: &migration::cancel::Canceller,
+        mut reply: Option<Responder>,
+    ) -> Waited {
+        let mut ending: Option<RunEnd> = None;
+        let mut role = MigrationRole::Waiting;
+        let mut address = address.to_string();
+        loop {
+            let Ok(event) = self.rx.recv() else {
+                return Waited::Failed(anyhow::anyhow!("event channel closed"));
+            };
+            match event {
+                VmEvent::IncomingListening(shown) => {
+                    // The address as bound (a port 0 resolved), with the endpoint's scheme.
+                    if let Some((scheme, _)) = address.split_once(':') {
+                        address = format!("{scheme}:{shown}");
+                    }
+                    self.opts.monitor.emit(
+                        "receive",
+                        "ready",
+                        Some(serde_json::json!({ "address": address })),
+                    );
+                    if let Some(r) = reply.take() {
+                        let _ = r.send(ApiResponse::no_content());
+                    }
+                }
+                VmEvent::IncomingStarted(peer) => {
+                    role = MigrationRole::Receiving;
+                    self.opts.monitor.emit(
+                        "receive",
+                        "started",
+                        Some(serde_json::json!({ "source": peer })),
+                    );
+                }
+                VmEvent::IncomingFinished(result) => {
+                    return match (*result, ending) {
+                        (_, Some(end)) => Waited::Ended(end),
+                        (Ok(incoming), None) => Waited::Received(incoming),
+                        (Err(e), None) => {
+                            if let Some(r) = reply.take() {
+                                let _ = r.send(ApiResponse::bad_request(format!("{e:#}")));
+                            }
+                            Waited::Failed(e)
+                        }
+                    };
+                }
+                VmEvent::Api(ApiRequest::VmInfo, r) => {
+                    let _ = r.send(ApiResponse::json(&ApiVmInfo {
+                        config: None,
+                        state: ApiVmState::Created,
+                        memory_actual_size: None,
+                        name: self.opts.name.clone(),
+                        pid: std::process::id(),
+                        uptime_secs: 0.0,
+                        migration: Some(MigrationInfo {
+                            role,
+                            address: address.clone(),
+                        }),
+                    }));
+                }
+                VmEvent::Api(ApiRequest::VmmShutdown, r) => {
+                    let _ = canceller.cancel();
+                    let _ = r.send(ApiResponse::no_content());
+                    ending.get_or_insert(RunEnd::StopRequested);
+                }
+                VmEvent::Api(_, r) => {
+                    let _ = r.send(ApiResponse::not_now(format!(
+                        "VM '{}' has not arrived yet: this VMM waits for it on {address}",
+                        self.opts.name
+                    )));
+                }
+                VmEvent::Signal(s) => {
+                    let _ = canceller.cancel();
+                    ending.get_or_insert(RunEnd::Signal(s));
+                }
+                // Events of a VM being received (it is not running yet) are not for us.
+                _ => {}
+            }
+        }
+    }
+
+    /// Before exiting: answer until the last migration's outcome has been read (or for a few
+    /// seconds), so `vmm migrate` can print it.
+    fn linger(&mut self) {
+        let until = Instant::now() + OUTCOME_LINGER;
+        while !self.status.outcome_read() && Instant::now() < until {
+            match self.rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(VmEvent::Api(ApiRequest::VmmShutdown, r)) => {
+                    let _ = r.send(ApiResponse::no_content());
+                    return;
+                }
+                Ok(VmEvent::Api(_, r)) => {
+                    let _ = r.send(ApiResponse::no_vm());
+                }
+                Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        }
     }
 }
 
 enum Waited {
     Received(crate::migrate::target::Incoming),
     Ended(RunEnd),
-}
-
-/// The owner's loop while nothing runs yet: answers requests until the receive ends.
-fn wait_for_incoming(
-    name: &str,
-    address: &str,
-    started: Instant,
-    canceller: &migration::cancel::Canceller,
-    rx: &Receiver<VmEvent>,
-) -> anyhow::Result<Waited> {
-    let mut ending: Option<RunEnd> = None;
-    loop {
-        let Ok(event) = rx.recv() else {
-            bail!("event channel closed");
-        };
-        match event {
-            VmEvent::IncomingFinished(result) => {
-                return match (*result, ending) {
-                    (_, Some(end)) => Ok(Waited::Ended(end)),
-                    (Ok(incoming), None) => Ok(Waited::Received(incoming)),
-                    (Err(e), None) => Err(e),
-                };
-            }
-            VmEvent::Control(Request::Info, reply) => {
-                let _ = reply.send(Response::info(VmInfo {
-                    name: name.to_string(),
-                    pid: std::process::id(),
-                    state: VmState::Waiting,
-                    memory_mib: 0,
-                    vcpus: 0,
-                    kernel: String::new(),
-                    cmdline: String::new(),
-                    uptime_secs: started.elapsed().as_secs_f64(),
-                    address: Some(address.to_string()),
-                }));
-            }
-            VmEvent::Control(Request::Stop, reply) => {
-                let _ = canceller.cancel();
-                let _ = reply.send(Response::ok());
-                ending.get_or_insert(RunEnd::StopRequested);
-            }
-            VmEvent::Control(_, reply) => {
-                let _ = reply.send(Response::error(format!(
-                    "VM '{name}' has not arrived yet: this VMM waits for it on {address}"
-                )));
-            }
-            VmEvent::Signal(s) => {
-                let _ = canceller.cancel();
-                ending.get_or_insert(RunEnd::Signal(s));
-            }
-            // Events of a VM being received (it is not running yet) are not for us.
-            _ => {}
-        }
-    }
+    Failed(anyhow::Error),
 }
 
 /// Accepts the first authenticated source and receives the VM from it; a stop or a signal
 /// (through `token`) discards whatever was received so far.
 fn receive(
-    opts: IncomingOptions,
+    spec: ReceiveSpec,
+    name: Option<String>,
     mut token: migration::cancel::CancelToken,
     events: Sender<VmEvent>,
 ) -> anyhow::Result<crate::migrate::target::Incoming> {
+    let shown_name = name.clone().unwrap_or_else(|| "any".into());
     // With the memory size granted, map and fault the guest's memory in now, while nobody
     // is connected: the migration then writes into memory that is already there.
-    let prepared = match opts.grants.memory {
+    let prepared = match spec.grants.memory {
         Some(size) => {
             let mem = crate::memory::create(&arch::MemoryLayout::new(size))
                 .context("cannot map the guest memory")?;
@@ -264,10 +648,10 @@ fn receive(
         None => None,
     };
     let mut builder = crate::migrate::target::IncomingBuilder {
-        name: opts.name.clone(),
-        grants: opts.grants,
+        name,
+        grants: spec.grants,
         prepared,
-        events,
+        events: events.clone(),
         result: None,
     };
     // The extra connections of a migration are read on the runtime's threads, one core each.
@@ -278,15 +662,19 @@ fn receive(
     let outcome = runtime.block_on(async {
         let work = async {
             let mut listener = crate::migrate::transport::MigrationListener::bind(
-                &opts.listen,
-                opts.security.clone(),
-                opts.io_timeout,
-                |addr| eprintln!("vmm: waiting for VM '{}' on {addr}", opts.name),
+                &spec.listen,
+                spec.security.clone(),
+                spec.io_timeout,
+                |addr| {
+                    eprintln!("vmm: waiting for VM '{shown_name}' on {addr}");
+                    let _ = events.send(VmEvent::IncomingListening(addr.to_string()));
+                },
             )
             .await
-            .with_context(|| format!("cannot listen on {}", opts.listen))?;
+            .with_context(|| format!("cannot listen on {}", spec.listen))?;
             let (channel, peer) = listener.next().await?;
             eprintln!("vmm: migration source {peer} connected");
+            let _ = events.send(VmEvent::IncomingStarted(peer.to_string()));
             migration::receiver::receive(channel, &mut listener, &mut builder)
                 .await
                 .map_err(anyhow::Error::from)
@@ -302,8 +690,7 @@ fn receive(
             let _ = incoming.machine.vcpus.stop();
         }
         return Err(e.context(format!(
-            "incoming migration of '{}' failed; nothing was started here",
-            opts.name
+            "incoming migration of '{shown_name}' failed; nothing was started here"
         )));
     }
     builder

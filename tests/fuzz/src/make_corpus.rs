@@ -173,14 +173,16 @@ fn main() {
     put("channel_handshake", "seed-psk-preface", &[preface.as_slice(), &[0, 48], &[7u8; 48]].concat());
 
     for (i, req) in [
-        r#"{"command":"info"}"#,
-        r#"{"command":"migrate","to":"tcp:host2:4444","offline":false,"downtime_ms":300,"auth_key_file":"/k"}"#,
-        r#"{"command":"migrate-cancel"}"#,
+        "\0/api/v1/vm.info\n",
+        "\x01/api/v1/vm.create\n{\"cpus\":{\"boot_vcpus\":2},\"memory\":{\"size\":268435456},\"payload\":{\"kernel\":\"/k\",\"cmdline\":\"console=ttyS0\"},\"disks\":[{\"path\":\"/d.img\",\"readonly\":true}],\"net\":[{\"tap\":\"tap0\",\"mac\":\"52:54:00:12:34:56\"}],\"serial\":{\"mode\":\"Tty\"},\"console\":{\"mode\":\"Off\"}}",
+        "\x01/api/v1/vm.send-migration\n{\"destination_url\":\"tcp:host2:4444\",\"downtime_ms\":300,\"timeout_s\":60,\"timeout_strategy\":\"Cancel\",\"connections\":4,\"auth_key_file\":\"/k\"}",
+        "\x01/api/v1/vm.receive-migration\n{\"receiver_url\":\"tcp:0.0.0.0:4444\",\"tls_dir\":\"/t\",\"disks\":[{\"path\":\"/d.img\"}],\"memory_size\":268435456}",
+        "\x01/api/v1/vm.cancel-migration\n",
     ]
     .iter()
     .enumerate()
     {
-        put("control_request", &format!("seed-{i}"), req.as_bytes());
+        put("api_request", &format!("seed-{i}"), req.as_bytes());
     }
 
     // A virtio-blk read of one sector: header at 0x8000, data at 0x9000, status at 0xa000.

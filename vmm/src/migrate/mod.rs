@@ -4,6 +4,7 @@
 pub mod security;
 pub mod source;
 pub mod state;
+pub mod status;
 pub mod target;
 pub mod transport;
 pub mod worker;

@@ -36,8 +36,9 @@ pub struct Grants {
 }
 
 pub struct IncomingBuilder {
-    /// The name this destination was started with (the source's must match).
-    pub name: String,
+    /// The name this destination was started with (the source's must match); none for an
+    /// empty VMM started with `--api-socket` alone, which takes the source's name.
+    pub name: Option<String>,
     pub grants: Grants,
     /// Guest memory prepared before the source arrived (see [`Grants::memory`]).
     pub prepared: Option<crate::memory::GuestMemoryMmap>,
@@ -220,10 +221,10 @@ impl Grants {
 impl IncomingBuilder {
     /// Every check before anything is allocated or opened (beyond stat-ing the granted disks).
     fn check(&self, cfg: &MigrationConfig, kvm: &kvm_ioctls::Kvm) -> Result<(), String> {
-        if cfg.vm.name != self.name {
+        if let Some(name) = self.name.as_ref().filter(|n| **n != cfg.vm.name) {
             return Err(format!(
-                "the VM is named '{}' but this destination waits for '{}'",
-                cfg.vm.name, self.name
+                "the VM is named '{}' but this destination waits for '{name}'",
+                cfg.vm.name
             ));
         }
         self.grants.check(&cfg.vm, &cfg.disk_sizes)?;

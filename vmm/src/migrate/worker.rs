@@ -1,6 +1,6 @@
 //! The migration worker: a thread that owns the VM while a migration runs, connects to the
-//! destination, runs the sender, streams progress to the requesting client, and reports back to
-//! the VM's owner thread. Concurrency: the worker runs its own current-thread tokio runtime;
+//! destination, runs the sender, records each round in the shared [`MigrationStatus`] (read by
+//! `vm.migration-progress`) and the event monitor, and reports back to the VM's owner thread. Concurrency: the worker runs its own current-thread tokio runtime;
 //! the owner thread cancels it through a [`Canceller`].
 
 use std::sync::mpsc::Sender;
@@ -13,8 +13,10 @@ use migration::sender::{OnTimeout, SendOptions};
 use super::security::{self, SecurityOptions};
 use super::source::MachineSource;
 use super::transport::{Endpoint, EndpointConnector, DEFAULT_IO_TIMEOUT};
-use crate::control::protocol::{MigrateRequest, Response};
-use crate::events::{Responder, VmEvent};
+use super::status::MigrationStatus;
+use crate::api::types::SendMigration;
+use crate::event_monitor::EventMonitor;
+use crate::events::VmEvent;
 use crate::machine::Machine;
 use migration::protocol::Connector;
 
@@ -22,12 +24,12 @@ use migration::protocol::Connector;
 /// paused by its user when `user_paused`: a failed migration leaves it paused.
 pub fn start(
     machine: Arc<Machine>,
-    req: MigrateRequest,
+    req: SendMigration,
     user_paused: bool,
-    reply: Responder,
+    reporting: Reporting,
     events: Sender<VmEvent>,
 ) -> Result<Canceller, String> {
-    let endpoint = Endpoint::parse(&req.to)?;
+    let endpoint = Endpoint::parse(&req.destination_url)?;
     let mut opts = SendOptions {
         offline: req.offline,
         ..Default::default()
@@ -35,26 +37,32 @@ pub fn start(
     if let Some(ms) = req.downtime_ms {
         opts.downtime_budget = Duration::from_millis(ms);
     }
-    if let Some(mib) = req.max_bandwidth_mib {
+    if let Some(mib) = req.max_bandwidth {
         opts.max_bandwidth = mib << 20;
     }
-    if let Some(s) = req.timeout_secs {
+    if let Some(s) = req.timeout_s {
         if s == 0 {
-            return Err("--timeout must be at least 1 second".into());
+            return Err("the timeout must be at least 1 second".into());
         }
         opts.timeout = Duration::from_secs(s);
     }
     if let Some(r) = req.max_rounds {
         opts.max_rounds = r.max(1);
     }
-    opts.on_timeout = match req.on_timeout.as_deref() {
-        None | Some("force") => OnTimeout::Force,
+    // Cloud Hypervisor's timeout_strategy: Cancel or Ignore (go on to the switchover, which is
+    // what our "force" does); our CLI says cancel or force.
+    opts.on_timeout = match req.timeout_strategy.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("force") | Some("ignore") => OnTimeout::Force,
         Some("cancel") => OnTimeout::Cancel,
-        Some(other) => return Err(format!("--on-timeout takes cancel or force, not '{other}'")),
+        Some(other) => {
+            return Err(format!(
+                "timeout_strategy takes cancel or ignore (force), not '{other}'"
+            ))
+        }
     };
-    let io_timeout = match req.io_timeout_secs {
+    let io_timeout = match req.io_timeout_s {
         None => DEFAULT_IO_TIMEOUT,
-        Some(0) => return Err("--io-timeout must be at least 1 second".into()),
+        Some(0) => return Err("the I/O timeout must be at least 1 second".into()),
         Some(s) => Duration::from_secs(s),
     };
     let security = security::for_source(
@@ -93,14 +101,27 @@ pub fn start(
         security,
         io_timeout,
     };
+    reporting.status.start(&req.destination_url);
+    reporting.monitor.emit(
+        "migration",
+        "started",
+        Some(serde_json::json!({ "destination": req.destination_url })),
+    );
     std::thread::Builder::new()
         .name("migration".into())
         .spawn(move || {
-            let result = run(source, &connector, &opts, token, &reply);
-            let _ = events.send(VmEvent::MigrationFinished { result, reply });
+            let result = run(source, &connector, &opts, token, &reporting);
+            let _ = events.send(VmEvent::MigrationFinished(result));
         })
         .map_err(|e| format!("cannot start the migration thread: {e}"))?;
     Ok(canceller)
+}
+
+/// Where a migration's progress goes.
+#[derive(Clone)]
+pub struct Reporting {
+    pub status: Arc<MigrationStatus>,
+    pub monitor: EventMonitor,
 }
 
 /// `zstd` or `zstd:LEVEL` (1 to 19; 1 when not given: fast, for links slower than the
@@ -129,7 +150,7 @@ fn run(
     connector: &EndpointConnector,
     opts: &SendOptions,
     token: migration::cancel::CancelToken,
-    reply: &Responder,
+    reporting: &Reporting,
 ) -> Result<migration::progress::Summary, migration::MigrationError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(data_threads())
@@ -153,7 +174,12 @@ fn run(
             source,
             opts,
             |p| {
-                let _ = reply.send(Response::progress(p.clone()));
+                reporting.status.round(p);
+                reporting.monitor.emit(
+                    "migration",
+                    "round",
+                    serde_json::to_value(p).ok(),
+                );
             },
             token,
         )

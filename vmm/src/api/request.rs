@@ -1,0 +1,230 @@
+//! Requests and answers of the API, and the parser that turns a method, a path and a body into
+//! a request (pure, so it is fuzzed: `tests/fuzz/fuzz_targets/api_request.rs`).
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::types::{ApiVmConfig, ErrorBody, ReceiveMigration, SendMigration};
+
+/// Every path is under this prefix, as in Cloud Hypervisor.
+pub const API_PREFIX: &str = "/api/v1/";
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiRequest {
+    VmmPing,
+    VmmShutdown,
+    VmCreate(Box<ApiVmConfig>),
+    VmBoot,
+    VmInfo,
+    VmPause,
+    VmResume,
+    VmShutdown,
+    VmReboot,
+    VmDelete,
+    SendMigration(Box<SendMigration>),
+    MigrationProgress,
+    CancelMigration,
+    ReceiveMigration(Box<ReceiveMigration>),
+}
+
+/// An HTTP method this API uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Put,
+}
+
+/// The endpoints: name, method, whether a JSON body is required.
+pub const ENDPOINTS: &[(&str, Method, bool)] = &[
+    ("vmm.ping", Method::Get, false),
+    ("vmm.shutdown", Method::Put, false),
+    ("vm.create", Method::Put, true),
+    ("vm.boot", Method::Put, false),
+    ("vm.info", Method::Get, false),
+    ("vm.pause", Method::Put, false),
+    ("vm.resume", Method::Put, false),
+    ("vm.shutdown", Method::Put, false),
+    ("vm.reboot", Method::Put, false),
+    ("vm.delete", Method::Put, false),
+    ("vm.send-migration", Method::Put, true),
+    ("vm.migration-progress", Method::Get, false),
+    ("vm.cancel-migration", Method::Put, false),
+    ("vm.receive-migration", Method::Put, true),
+];
+
+/// An answer: a status code and, unless it is 204, a JSON body.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiResponse {
+    pub status: u16,
+    pub body: Option<serde_json::Value>,
+}
+
+impl ApiResponse {
+    pub fn no_content() -> Self {
+        ApiResponse {
+            status: 204,
+            body: None,
+        }
+    }
+
+    pub fn json(value: &impl Serialize) -> Self {
+        match serde_json::to_value(value) {
+            Ok(v) => ApiResponse {
+                status: 200,
+                body: Some(v),
+            },
+            Err(e) => Self::error(500, format!("cannot encode the answer: {e}")),
+        }
+    }
+
+    pub fn error(status: u16, message: impl Into<String>) -> Self {
+        ApiResponse {
+            status,
+            body: serde_json::to_value(ErrorBody {
+                error: message.into(),
+            })
+            .ok(),
+        }
+    }
+
+    /// 400: the request itself is wrong.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::error(400, message)
+    }
+
+    /// 404: there is no VM to act on.
+    pub fn no_vm() -> Self {
+        Self::error(404, "no VM has been created in this VMM")
+    }
+
+    /// 405: the VM's state forbids this now.
+    pub fn not_now(message: impl Into<String>) -> Self {
+        Self::error(405, message)
+    }
+
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// Parses one request. Errors are complete answers (404 unknown path, 405 wrong method, 400
+/// bad body).
+pub fn parse(method: Method, path: &str, body: &[u8]) -> Result<ApiRequest, ApiResponse> {
+    let path = path.split('?').next().unwrap_or(path);
+    let Some(endpoint) = path.strip_prefix(API_PREFIX) else {
+        return Err(ApiResponse::error(
+            404,
+            format!("no such endpoint: {path} (the API is under {API_PREFIX})"),
+        ));
+    };
+    let Some(&(name, expected, needs_body)) = ENDPOINTS.iter().find(|(n, _, _)| *n == endpoint)
+    else {
+        return Err(ApiResponse::error(
+            404,
+            format!("no such endpoint: {endpoint}"),
+        ));
+    };
+    if method != expected {
+        return Err(ApiResponse::error(
+            405,
+            format!(
+                "{name} takes {}",
+                if expected == Method::Get { "GET" } else { "PUT" }
+            ),
+        ));
+    }
+    if body.len() > MAX_BODY {
+        return Err(ApiResponse::error(
+            413,
+            format!("the body is larger than {MAX_BODY} bytes"),
+        ));
+    }
+    if needs_body && body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiResponse::bad_request(format!(
+            "{name} needs a JSON body"
+        )));
+    }
+    Ok(match name {
+        "vmm.ping" => ApiRequest::VmmPing,
+        "vmm.shutdown" => ApiRequest::VmmShutdown,
+        "vm.create" => ApiRequest::VmCreate(Box::new(decode(name, body)?)),
+        "vm.boot" => ApiRequest::VmBoot,
+        "vm.info" => ApiRequest::VmInfo,
+        "vm.pause" => ApiRequest::VmPause,
+        "vm.resume" => ApiRequest::VmResume,
+        "vm.shutdown" => ApiRequest::VmShutdown,
+        "vm.reboot" => ApiRequest::VmReboot,
+        "vm.delete" => ApiRequest::VmDelete,
+        "vm.send-migration" => ApiRequest::SendMigration(Box::new(decode(name, body)?)),
+        "vm.migration-progress" => ApiRequest::MigrationProgress,
+        "vm.cancel-migration" => ApiRequest::CancelMigration,
+        "vm.receive-migration" => ApiRequest::ReceiveMigration(Box::new(decode(name, body)?)),
+        _ => unreachable!("every endpoint in ENDPOINTS is matched"),
+    })
+}
+
+fn decode<T: DeserializeOwned>(name: &str, body: &[u8]) -> Result<T, ApiResponse> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiResponse::bad_request(format!("{name}: bad JSON body: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_methods_and_bodies() {
+        assert_eq!(
+            parse(Method::Get, "/api/v1/vmm.ping", b""),
+            Ok(ApiRequest::VmmPing)
+        );
+        assert_eq!(parse(Method::Put, "/api/v1/vmm.ping", b"").unwrap_err().status, 405);
+        assert_eq!(parse(Method::Get, "/api/v1/vm.explode", b"").unwrap_err().status, 404);
+        assert_eq!(parse(Method::Get, "/vm.info", b"").unwrap_err().status, 404);
+        assert_eq!(parse(Method::Put, "/api/v1/vm.create", b"").unwrap_err().status, 400);
+        assert_eq!(
+            parse(Method::Put, "/api/v1/vm.create", b"{\"cpus\":").unwrap_err().status,
+            400
+        );
+        // Unknown fields are ignored, as Cloud Hypervisor's clients send more than we use.
+        let r = parse(
+            Method::Put,
+            "/api/v1/vm.create",
+            br#"{"cpus":{"boot_vcpus":2,"max_vcpus":2},"memory":{"size":67108864,"shared":false},
+                "payload":{"kernel":"/k"},"rng":{"src":"/dev/urandom"}}"#,
+        )
+        .unwrap();
+        let ApiRequest::VmCreate(cfg) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(cfg.cpus.boot_vcpus, 2);
+        assert_eq!(cfg.memory.size, 64 << 20);
+        let big = vec![b' '; MAX_BODY + 1];
+        assert_eq!(parse(Method::Put, "/api/v1/vm.create", &big).unwrap_err().status, 413);
+    }
+
+    #[test]
+    fn create_validates_like_vmm_run() {
+        let cfg = |json: &str| serde_json::from_str::<ApiVmConfig>(json).unwrap();
+        let ok = cfg(r#"{"payload":{"kernel":"/k"},"net":[{"tap":"t0"}]}"#);
+        let (vm, _) = ok.to_config("web").unwrap();
+        assert_eq!(vm.vcpus, 1);
+        assert_eq!(vm.memory_bytes, 256 << 20);
+        assert_eq!(vm.nets.len(), 1);
+        for (json, why) in [
+            (r#"{"payload":{"kernel":"/k"},"cpus":{"boot_vcpus":0}}"#, "boot_vcpus"),
+            (r#"{"payload":{"kernel":"/k"},"cpus":{"boot_vcpus":200}}"#, "boot_vcpus"),
+            (r#"{"payload":{"kernel":"/k"},"memory":{"size":4096}}"#, "memory.size"),
+            (r#"{}"#, "payload.kernel"),
+            (r#"{"payload":{"kernel":"/k"},"net":[{"mac":"52:54:00:00:00:01"}]}"#, "tap"),
+            (r#"{"payload":{"kernel":"/k"},"serial":{"mode":"Pty"}}"#, "Pty"),
+            (r#"{"payload":{"kernel":"/k"},"console":{"mode":"Tty"}}"#, "virtio console"),
+        ] {
+            let err = cfg(json).to_config("web").unwrap_err();
+            assert!(err.contains(why), "{json}: {err}");
+        }
+    }
+}

@@ -1,0 +1,479 @@
+//! The JSON bodies of the API, with Cloud Hypervisor's field names (a subset of its `VmConfig`,
+//! `VmInfo`, `VmmPingResponse`, `SendMigrationData`, `ReceiveMigrationData`) and our additions.
+//! Unknown fields are ignored everywhere, as Cloud Hypervisor's clients send more than we use.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{self, DiskConfig, NetConfig, VmConfig};
+
+/// Memory of a VM created without `memory.size`.
+pub const DEFAULT_MEMORY: u64 = 256 << 20;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpusConfig {
+    pub boot_vcpus: u8,
+    /// Accepted for compatibility; must equal `boot_vcpus` (no CPU hotplug).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_vcpus: Option<u8>,
+}
+
+impl Default for CpusConfig {
+    fn default() -> Self {
+        CpusConfig {
+            boot_vcpus: 1,
+            max_vcpus: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryConfig {
+    /// Bytes.
+    pub size: u64,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            size: DEFAULT_MEMORY,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayloadConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initramfs: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiDisk {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub readonly: bool,
+    #[serde(default)]
+    pub direct: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiNet {
+    /// The tap device (created if it does not exist).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap: Option<String>,
+    /// 52:54:00:12:34:56; derived from the VM name and the NIC's position when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+/// Where the serial port's output goes (Cloud Hypervisor's `ConsoleConfig`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConsoleMode {
+    Off,
+    Null,
+    Tty,
+    File,
+    Pty,
+    Socket,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleConfig {
+    pub mode: ConsoleMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+}
+
+/// The subset of Cloud Hypervisor's `VmConfig` this VMM understands.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiVmConfig {
+    #[serde(default)]
+    pub cpus: CpusConfig,
+    #[serde(default)]
+    pub memory: MemoryConfig,
+    #[serde(default)]
+    pub payload: PayloadConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks: Option<Vec<ApiDisk>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<Vec<ApiNet>>,
+    /// The serial port (ttyS0): Tty (the VMM's standard output, the default), Null, Off or File.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<ConsoleConfig>,
+    /// The virtio console: this VMM has none, so only Off and Null are accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console: Option<ConsoleConfig>,
+}
+
+/// Where the guest's serial output goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SerialSink {
+    Stdout,
+    Discard,
+    File(PathBuf),
+}
+
+impl SerialSink {
+    /// Opens the sink (a file is created or appended to).
+    pub fn open(&self) -> std::io::Result<Box<dyn std::io::Write + Send>> {
+        Ok(match self {
+            SerialSink::Stdout => Box::new(std::io::stdout()),
+            SerialSink::Discard => Box::new(std::io::sink()),
+            SerialSink::File(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+        })
+    }
+}
+
+impl ApiVmConfig {
+    /// Checks the request against the limits `vmm run` applies and builds the VM's config.
+    pub fn to_config(&self, name: &str) -> Result<(VmConfig, SerialSink), String> {
+        let vcpus = config::validate_vcpus(u64::from(self.cpus.boot_vcpus))
+            .map_err(|e| format!("cpus.boot_vcpus: {e}"))?;
+        if let Some(max) = self.cpus.max_vcpus {
+            if max != self.cpus.boot_vcpus {
+                return Err("cpus.max_vcpus must equal cpus.boot_vcpus (no CPU hotplug)".into());
+            }
+        }
+        config::validate_memory(self.memory.size).map_err(|e| format!("memory.size: {e}"))?;
+        let kernel = self
+            .payload
+            .kernel
+            .clone()
+            .ok_or("payload.kernel is required (firmware boot is not supported)")?;
+        let disks = self
+            .disks
+            .iter()
+            .flatten()
+            .map(|d| {
+                if let Some(serial) = &d.serial {
+                    if serial.len() > 20 || !serial.is_ascii() {
+                        return Err("disks[].serial is at most 20 ASCII characters".to_string());
+                    }
+                }
+                Ok(DiskConfig {
+                    path: d.path.clone(),
+                    readonly: d.readonly,
+                    direct: d.direct,
+                    serial: d.serial.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let nets = self
+            .net
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, n)| {
+                let tap = n
+                    .tap
+                    .as_deref()
+                    .ok_or("net[].tap is required (this VMM attaches NICs to tap devices)")?;
+                let mut arg = format!("tap={tap}");
+                if let Some(mac) = &n.mac {
+                    arg.push_str(&format!(",mac={mac}"));
+                }
+                NetConfig::parse(&arg, name, i).map_err(|e| format!("net[{i}]: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let serial = match &self.serial {
+            None => SerialSink::Stdout,
+            Some(c) => match c.mode {
+                ConsoleMode::Tty => SerialSink::Stdout,
+                ConsoleMode::Off | ConsoleMode::Null => SerialSink::Discard,
+                ConsoleMode::File => SerialSink::File(
+                    c.file
+                        .clone()
+                        .ok_or("serial.file is required with mode File")?,
+                ),
+                ConsoleMode::Pty | ConsoleMode::Socket => {
+                    return Err(format!(
+                        "serial.mode {:?} is not supported (Tty, File, Null, Off)",
+                        c.mode
+                    ))
+                }
+            },
+        };
+        if let Some(c) = &self.console {
+            if !matches!(c.mode, ConsoleMode::Off | ConsoleMode::Null) {
+                return Err(format!(
+                    "console.mode {:?}: this VMM has no virtio console; use serial (console.mode Off)",
+                    c.mode
+                ));
+            }
+        }
+        let vm = VmConfig {
+            name: name.to_string(),
+            kernel,
+            initrd: self.payload.initramfs.clone(),
+            cmdline: self
+                .payload
+                .cmdline
+                .clone()
+                .unwrap_or_else(|| config::DEFAULT_CMDLINE.to_string()),
+            memory_bytes: self.memory.size,
+            vcpus,
+            disks,
+            nets,
+        };
+        Ok((vm, serial))
+    }
+
+    /// The API's view of a VM's config.
+    pub fn from_config(vm: &VmConfig, serial: &SerialSink) -> Self {
+        ApiVmConfig {
+            cpus: CpusConfig {
+                boot_vcpus: vm.vcpus,
+                max_vcpus: Some(vm.vcpus),
+            },
+            memory: MemoryConfig {
+                size: vm.memory_bytes,
+            },
+            payload: PayloadConfig {
+                kernel: Some(vm.kernel.clone()),
+                initramfs: vm.initrd.clone(),
+                cmdline: Some(vm.cmdline.clone()),
+            },
+            disks: Some(
+                vm.disks
+                    .iter()
+                    .map(|d| ApiDisk {
+                        path: d.path.clone(),
+                        readonly: d.readonly,
+                        direct: d.direct,
+                        serial: d.serial.clone(),
+                    })
+                    .collect(),
+            ),
+            net: Some(
+                vm.nets
+                    .iter()
+                    .map(|n| ApiNet {
+                        tap: Some(n.tap.clone()),
+                        mac: Some(devices::virtio::net::format_mac(&n.mac)),
+                    })
+                    .collect(),
+            ),
+            serial: Some(match serial {
+                SerialSink::Stdout => ConsoleConfig {
+                    mode: ConsoleMode::Tty,
+                    file: None,
+                },
+                SerialSink::Discard => ConsoleConfig {
+                    mode: ConsoleMode::Null,
+                    file: None,
+                },
+                SerialSink::File(p) => ConsoleConfig {
+                    mode: ConsoleMode::File,
+                    file: Some(p.clone()),
+                },
+            }),
+            console: Some(ConsoleConfig {
+                mode: ConsoleMode::Off,
+                file: None,
+            }),
+        }
+    }
+}
+
+/// The VM's state as Cloud Hypervisor names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApiVmState {
+    Created,
+    Running,
+    Paused,
+    Shutdown,
+}
+
+/// What this VMM is doing about migration, shown in `vm.info`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MigrationRole {
+    /// Listening for a source (`vm.receive-migration`), nothing received yet.
+    Waiting,
+    /// A source is sending the VM here.
+    Receiving,
+    /// This VM is being sent away.
+    Sending,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MigrationInfo {
+    pub role: MigrationRole,
+    /// Where a destination listens, or where a source sends.
+    pub address: String,
+}
+
+/// `GET vm.info`: Cloud Hypervisor's fields, then ours.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiVmInfo {
+    /// Absent while a destination waits for its VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ApiVmConfig>,
+    pub state: ApiVmState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_actual_size: Option<u64>,
+    /// Ours: the VM's name, the VMM's pid, seconds since it started running here.
+    pub name: String,
+    pub pid: u32,
+    #[serde(default)]
+    pub uptime_secs: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationInfo>,
+}
+
+/// `GET vmm.ping`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmmPing {
+    pub build_version: String,
+    pub version: String,
+    pub pid: u32,
+    pub features: Vec<String>,
+}
+
+/// `PUT vm.send-migration`: Cloud Hypervisor's fields, then ours.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendMigration {
+    /// tcp:HOST:PORT or unix:PATH.
+    pub destination_url: String,
+    /// Longest acceptable pause at the switchover, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<u64>,
+    /// Seconds to converge (see `timeout_strategy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<u64>,
+    /// cancel (the guest keeps running here) or ignore (force the switchover).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_strategy: Option<String>,
+    /// Connections that carry the memory, 1 to 128.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u32>,
+    /// Directory of ca-cert.pem, client-cert.pem, client-key.pem (mutual TLS 1.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_dir: Option<String>,
+    /// Ours: the name the destination's certificate must carry, if not the host in the URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_hostname: Option<String>,
+    /// Ours: a pre-shared key file (Noise NNpsk0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_key_file: Option<String>,
+    /// Ours: send without encryption or authentication (the destination must agree).
+    #[serde(default)]
+    pub insecure: bool,
+    /// Ours: bandwidth cap, MiB/s (0 or absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bandwidth: Option<u64>,
+    /// Ours: stop-and-copy.
+    #[serde(default)]
+    pub offline: bool,
+    /// Ours: zstd or zstd:LEVEL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compress: Option<String>,
+    /// Ours: give up converging after this many rounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rounds: Option<u32>,
+    /// Ours: seconds a read or write may make no progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_timeout_s: Option<u64>,
+}
+
+/// `PUT vm.receive-migration`: Cloud Hypervisor's fields, then ours (the grants).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiveMigration {
+    /// tcp:ADDR:PORT or unix:PATH to listen on.
+    pub receiver_url: String,
+    /// Directory of ca-cert.pem, server-cert.pem, server-key.pem (mutual TLS 1.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_dir: Option<String>,
+    /// Ours: a pre-shared key file (Noise NNpsk0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_key_file: Option<String>,
+    /// Ours: accept a source without encryption or authentication over TCP.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Ours: seconds a read or write may make no progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_timeout_s: Option<u64>,
+    /// Ours, the grants: the disks the incoming VM may have (it must name the same ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disks: Option<Vec<ApiDisk>>,
+    /// Ours, the grants: the taps its NICs may use, in order (the MACs must match).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<Vec<ApiNet>>,
+    /// Ours, the grants: the memory size it must have, mapped and faulted in while waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_size: Option<u64>,
+}
+
+/// The outcome of the last migration of this VMM, or where the current one stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MigrationOutcome {
+    /// No migration has been started.
+    None,
+    Active,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MigrationPhase {
+    Connecting,
+    Memory,
+    Done,
+}
+
+/// `GET vm.migration-progress`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MigrationProgress {
+    pub outcome: MigrationOutcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<MigrationPhase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    /// Seconds since the migration started.
+    #[serde(default)]
+    pub elapsed_secs: f64,
+    /// The last round's figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<migration::progress::Progress>,
+    /// At the end of a completed migration: total time, achieved downtime and its breakdown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<migration::progress::Summary>,
+    /// Why a migration failed or was cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl MigrationProgress {
+    pub fn none() -> Self {
+        MigrationProgress {
+            outcome: MigrationOutcome::None,
+            phase: None,
+            destination: None,
+            elapsed_secs: 0.0,
+            progress: None,
+            summary: None,
+            error: None,
+        }
+    }
+}
+
+/// The body of every error answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
