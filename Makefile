@@ -11,7 +11,7 @@ STATIC_TARGET := x86_64-unknown-linux-gnu
 STATIC_VMM := $(ROOT)/target/$(STATIC_TARGET)/release/vmm
 DEB_PACKAGES := binutils qemu-system-x86 busybox-static cpio e2fsprogs gzip kmod iproute2 \
                 linux-source-6.1 bc flex bison make gcc libc6-dev libelf-dev libssl-dev xz-utils \
-                openssl util-linux
+                openssl util-linux python3-yaml python3-jsonschema curl
 
 .PHONY: all deps build vmm-static artifacts rig run test lint fuzz fuzz-check soak unit-test kvm-test rig-test bench clean
 
@@ -56,7 +56,7 @@ unit-test:
 	cargo test --workspace --exclude vmm-tests
 
 kvm-test:
-	cargo test -p vmm-tests --test boot --test lifecycle --test cli_errors --test migration --test migration_faults --test migration_security --test migration_robustness --test migration_netns
+	cargo test -p vmm-tests --test boot --test lifecycle --test cli_errors --test migration --test migration_faults --test migration_security --test migration_robustness --test migration_netns --test api --test api_curl
 	cargo test -p vmm-tests --test migration_soak -- --nocapture
 
 # 500 migrations back and forth; prints failures and the downtime distribution.

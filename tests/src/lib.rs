@@ -5,6 +5,7 @@
 pub mod proxy;
 pub mod rig;
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -182,6 +183,40 @@ impl VmProcess {
 
     /// Like [`Self::start`], behind a prefix command (e.g. `ip netns exec host1`).
     pub fn start_in(prefix: &[&str], dir: &Path, args: &[&str]) -> Self {
+        let mut full = vec![
+            OsStr::new("--runtime-dir"),
+            dir.as_os_str(),
+            OsStr::new("run"),
+        ];
+        full.extend(args.iter().map(OsStr::new));
+        Self::spawn(prefix, &full)
+    }
+
+    /// Starts an empty VMM (`vmm --api-socket SOCKET`) for an API client to drive.
+    pub fn empty(dir: &Path, socket: &Path, extra: &[&str]) -> Self {
+        let mut full = vec![
+            OsStr::new("--runtime-dir"),
+            dir.as_os_str(),
+            OsStr::new("--api-socket"),
+            socket.as_os_str(),
+        ];
+        full.extend(extra.iter().map(OsStr::new));
+        let mut vm = Self::spawn(&[], &full);
+        vm.wait_for_stderr("empty VMM", Duration::from_secs(30));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(socket).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "no API socket at {}",
+                socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        vm
+    }
+
+    /// Runs `vmm ARGS...` (behind `prefix`), collecting its output.
+    fn spawn(prefix: &[&str], args: &[&OsStr]) -> Self {
         let mut cmd = match prefix.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
@@ -191,9 +226,6 @@ impl VmProcess {
             None => Command::new(vmm_bin()),
         };
         let mut child = cmd
-            .arg("--runtime-dir")
-            .arg(dir)
-            .arg("run")
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

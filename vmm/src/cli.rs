@@ -421,7 +421,10 @@ fn cancel_on_signal(api: ApiClient) -> anyhow::Result<()> {
                     _ = int.recv() => "SIGINT",
                     _ = term.recv() => "SIGTERM",
                 };
-                eprintln!("\nvmm: {which}: cancelling the migration of '{}'...", api.name);
+                eprintln!(
+                    "\nvmm: {which}: cancelling the migration of '{}'...",
+                    api.name
+                );
                 let cancel = tokio::task::spawn_blocking(move || {
                     api.put("vm.cancel-migration", None::<&()>, CANCEL_TIMEOUT)
                 });

@@ -12,8 +12,7 @@ use migration::cancel::Canceller;
 
 use crate::api::request::{ApiRequest, ApiResponse};
 use crate::api::types::{
-    ApiVmConfig, ApiVmInfo, ApiVmState, MigrationInfo, MigrationOutcome, MigrationRole,
-    SerialSink,
+    ApiVmConfig, ApiVmInfo, ApiVmState, MigrationInfo, MigrationOutcome, MigrationRole, SerialSink,
 };
 use crate::console::{spawn_stdin_forwarder, RawTerminal};
 use crate::event_loop::EventLoop;
@@ -143,12 +142,14 @@ impl Owner {
         let migrating = self.migration.is_some();
         match request {
             ApiRequest::VmInfo => respond(reply, ApiResponse::json(&self.info())),
-            ApiRequest::VmPause if migrating => {
-                respond(reply, ApiResponse::not_now("cannot pause a VM that is migrating"))
-            }
-            ApiRequest::VmResume if migrating => {
-                respond(reply, ApiResponse::not_now("cannot resume a VM that is migrating"))
-            }
+            ApiRequest::VmPause if migrating => respond(
+                reply,
+                ApiResponse::not_now("cannot pause a VM that is migrating"),
+            ),
+            ApiRequest::VmResume if migrating => respond(
+                reply,
+                ApiResponse::not_now("cannot resume a VM that is migrating"),
+            ),
             ApiRequest::VmPause if self.paused => respond(reply, ApiResponse::no_content()),
             ApiRequest::VmPause => match m.vcpus.pause() {
                 Ok(()) => {
@@ -180,13 +181,15 @@ impl Owner {
                     // A migration is cancelled first: the guest must be back before it stops.
                     Some(active) => match active.canceller.cancel() {
                         Ok(()) => active.then = Some(AfterCancel::Request(reply, end)),
-                        Err(e) => {
-                            respond(reply, ApiResponse::not_now(format!("cannot stop the VM now: {e}")))
-                        }
+                        Err(e) => respond(
+                            reply,
+                            ApiResponse::not_now(format!("cannot stop the VM now: {e}")),
+                        ),
                     },
                 }
             }
-            ApiRequest::VmReboot | ApiRequest::VmDelete if migrating => respond(reply, 
+            ApiRequest::VmReboot | ApiRequest::VmDelete if migrating => respond(
+                reply,
                 ApiResponse::not_now("a migration is running (vm.cancel-migration first)"),
             ),
             ApiRequest::VmReboot => {
@@ -197,16 +200,21 @@ impl Owner {
                 respond(reply, ApiResponse::no_content());
                 return Some(RunEnd::DeleteRequested);
             }
-            ApiRequest::VmCreate(_) => respond(reply, ApiResponse::not_now(
-                "a VM exists in this VMM already (vm.delete first)",
-            )),
+            ApiRequest::VmCreate(_) => respond(
+                reply,
+                ApiResponse::not_now("a VM exists in this VMM already (vm.delete first)"),
+            ),
             ApiRequest::VmBoot => respond(reply, ApiResponse::not_now("the VM is running already")),
-            ApiRequest::ReceiveMigration(_) => respond(reply, ApiResponse::not_now(
-                "a VM runs in this VMM: it cannot receive another",
-            )),
+            ApiRequest::ReceiveMigration(_) => respond(
+                reply,
+                ApiResponse::not_now("a VM runs in this VMM: it cannot receive another"),
+            ),
             ApiRequest::SendMigration(req) => {
                 if migrating {
-                    respond(reply, ApiResponse::not_now("a migration is already running"));
+                    respond(
+                        reply,
+                        ApiResponse::not_now("a migration is already running"),
+                    );
                     return None;
                 }
                 let to = req.destination_url.clone();

@@ -22,8 +22,7 @@ use anyhow::{bail, Context};
 use crate::api::request::{ApiRequest, ApiResponse};
 use crate::api::server::ApiServer;
 use crate::api::types::{
-    ApiVmConfig, ApiVmInfo, ApiVmState, MigrationInfo, MigrationRole, ReceiveMigration,
-    SerialSink,
+    ApiVmConfig, ApiVmInfo, ApiVmState, MigrationInfo, MigrationRole, ReceiveMigration, SerialSink,
 };
 use crate::config::{self, VmConfig};
 use crate::event_loop::EventLoop;
@@ -315,9 +314,10 @@ impl Vmm {
                     respond(reply, ApiResponse::no_content());
                     return Next::Exit(RunEnd::StopRequested);
                 }
-                ApiRequest::VmCreate(_) if self.created.is_some() => respond(reply, ApiResponse::not_now(
-                    "a VM exists in this VMM already (vm.delete first)",
-                )),
+                ApiRequest::VmCreate(_) if self.created.is_some() => respond(
+                    reply,
+                    ApiResponse::not_now("a VM exists in this VMM already (vm.delete first)"),
+                ),
                 ApiRequest::VmCreate(cfg) => match cfg.to_config(&self.opts.name) {
                     Ok(created) => {
                         self.created = Some(created);
@@ -336,15 +336,18 @@ impl Vmm {
                 }
                 ApiRequest::VmInfo if self.created.is_some() => {
                     let (config, serial) = self.created.as_ref().expect("checked");
-                    respond(reply, ApiResponse::json(&ApiVmInfo {
-                        config: Some(ApiVmConfig::from_config(config, serial)),
-                        state: self.api_state(),
-                        memory_actual_size: None,
-                        name: config.name.clone(),
-                        pid: std::process::id(),
-                        uptime_secs: 0.0,
-                        migration: None,
-                    }))
+                    respond(
+                        reply,
+                        ApiResponse::json(&ApiVmInfo {
+                            config: Some(ApiVmConfig::from_config(config, serial)),
+                            state: self.api_state(),
+                            memory_actual_size: None,
+                            name: config.name.clone(),
+                            pid: std::process::id(),
+                            uptime_secs: 0.0,
+                            migration: None,
+                        }),
+                    )
                 }
                 ApiRequest::VmDelete if self.created.is_some() => {
                     self.created = None;
@@ -352,7 +355,8 @@ impl Vmm {
                     self.opts.monitor.emit("vm", "deleted", None);
                     respond(reply, ApiResponse::no_content());
                 }
-                ApiRequest::ReceiveMigration(_) if self.created.is_some() => respond(reply, 
+                ApiRequest::ReceiveMigration(_) if self.created.is_some() => respond(
+                    reply,
                     ApiResponse::not_now("a VM is created in this VMM: it cannot receive another"),
                 ),
                 ApiRequest::ReceiveMigration(req) => {
@@ -365,10 +369,13 @@ impl Vmm {
                     respond(reply, ApiResponse::not_now("no migration is running"))
                 }
                 _ if self.created.is_none() => respond(reply, ApiResponse::no_vm()),
-                _ => respond(reply, ApiResponse::not_now(format!(
-                    "the VM is not running (it is {:?})",
-                    self.api_state()
-                ))),
+                _ => respond(
+                    reply,
+                    ApiResponse::not_now(format!(
+                        "the VM is not running (it is {:?})",
+                        self.api_state()
+                    )),
+                ),
             }
         }
     }
@@ -633,7 +640,9 @@ fn receive(
     mut token: migration::cancel::CancelToken,
     events: Sender<VmEvent>,
 ) -> anyhow::Result<crate::migrate::target::Incoming> {
-    let shown_name = name.clone().unwrap_or_else(|| "any".into());
+    let shown_name = name
+        .as_ref()
+        .map_or_else(|| "a VM".to_string(), |n| format!("VM '{n}'"));
     // With the memory size granted, map and fault the guest's memory in now, while nobody
     // is connected: the migration then writes into memory that is already there.
     let prepared = match spec.grants.memory {
@@ -666,7 +675,7 @@ fn receive(
                 spec.security.clone(),
                 spec.io_timeout,
                 |addr| {
-                    eprintln!("vmm: waiting for VM '{shown_name}' on {addr}");
+                    eprintln!("vmm: waiting for {shown_name} on {addr}");
                     let _ = events.send(VmEvent::IncomingListening(addr.to_string()));
                 },
             )
@@ -690,7 +699,7 @@ fn receive(
             let _ = incoming.machine.vcpus.stop();
         }
         return Err(e.context(format!(
-            "incoming migration of '{shown_name}' failed; nothing was started here"
+            "incoming migration of {shown_name} failed; nothing was started here"
         )));
     }
     builder

@@ -217,9 +217,7 @@ async fn answer(req: hyper::Request<Incoming>, shared: &Shared) -> ApiResponse {
     let body = Limited::new(req.into_body(), MAX_BODY).collect();
     let body = match tokio::time::timeout(REQUEST_TIMEOUT, body).await {
         Err(_) => return ApiResponse::error(408, "the request body did not arrive in time"),
-        Ok(Err(e)) => {
-            return ApiResponse::error(413, format!("cannot read the request body: {e}"))
-        }
+        Ok(Err(e)) => return ApiResponse::error(413, format!("cannot read the request body: {e}")),
         Ok(Ok(collected)) => collected.to_bytes(),
     };
     let request = match request::parse(method, &path, &body) {

@@ -12,8 +12,8 @@ use migration::sender::{OnTimeout, SendOptions};
 
 use super::security::{self, SecurityOptions};
 use super::source::MachineSource;
-use super::transport::{Endpoint, EndpointConnector, DEFAULT_IO_TIMEOUT};
 use super::status::MigrationStatus;
+use super::transport::{Endpoint, EndpointConnector, DEFAULT_IO_TIMEOUT};
 use crate::api::types::SendMigration;
 use crate::event_monitor::EventMonitor;
 use crate::events::VmEvent;
@@ -51,7 +51,12 @@ pub fn start(
     }
     // Cloud Hypervisor's timeout_strategy: Cancel or Ignore (go on to the switchover, which is
     // what our "force" does); our CLI says cancel or force.
-    opts.on_timeout = match req.timeout_strategy.as_deref().map(str::to_ascii_lowercase).as_deref() {
+    opts.on_timeout = match req
+        .timeout_strategy
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         None | Some("force") | Some("ignore") => OnTimeout::Force,
         Some("cancel") => OnTimeout::Cancel,
         Some(other) => {
@@ -175,11 +180,9 @@ fn run(
             opts,
             |p| {
                 reporting.status.round(p);
-                reporting.monitor.emit(
-                    "migration",
-                    "round",
-                    serde_json::to_value(p).ok(),
-                );
+                reporting
+                    .monitor
+                    .emit("migration", "round", serde_json::to_value(p).ok());
             },
             token,
         )
