@@ -37,7 +37,7 @@ fn guest_reaches_its_entry_point_and_prints_on_com1() {
         "a guest reset ends vmm run with 0; stderr: {err}"
     );
     assert!(err.contains("rebooted"), "stderr: {err}");
-    // The control socket and the name lock are gone with the VM.
+    // The API socket and the name lock are gone with the VM.
     assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 0);
 }
 

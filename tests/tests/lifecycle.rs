@@ -1,4 +1,4 @@
-//! The control socket and lifecycle of a running VM: list, info, pause (vCPUs truly stopped),
+//! The API socket and lifecycle of a running VM: list, info, pause (vCPUs truly stopped),
 //! resume, stop, signals, and one name per runtime directory.
 
 use std::time::Duration;

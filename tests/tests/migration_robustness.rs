@@ -123,7 +123,7 @@ fn idle_garbage_and_wrong_key_connections_do_not_keep_the_source_out() {
     let src = start_dirtier(&a.0, "q1", 1, &[]);
     let port = free_port();
     let mut dst = destination(&b, "q1", port);
-    // A waiting destination answers on its control socket.
+    // A waiting destination answers on its API socket.
     let info = info_state(&b, "q1");
     assert_eq!(info["state"], "waiting", "{info}");
     assert_eq!(info["address"], format!("tcp:127.0.0.1:{port}"), "{info}");

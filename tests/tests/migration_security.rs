@@ -446,13 +446,13 @@ fn unix_sockets_answer_only_their_owner_or_root() {
     let (st, out, err) = migrate_retrying(&a.0, &["migrate", "u1", "--to", &to], T);
     assert_moved(st, &out, &err, src, &mut dst);
 
-    // The control socket of the running VM: 0600, and refused to another user even when its
+    // The API socket of the running VM: 0600, and refused to another user even when its
     // mode would let them connect.
     let control = b.0.join("u1.sock");
     assert_eq!(
         mode_of(&control),
         0o600,
-        "the control socket is created 0600"
+        "the API socket is created 0600"
     );
     chmod(&control, 0o666);
     let info = as_nobody(&[s(&vmm_bin()), "--runtime-dir", s(&b.0), "info", "u1"]);

@@ -39,12 +39,12 @@ pub struct Cli {
     /// Directory holding the VMs' API sockets.
     #[arg(long, global = true, value_name = "DIR")]
     runtime_dir: Option<PathBuf>,
-    /// Serve the API on this socket instead of <runtime-dir>/<name>.sock. Without a
-    /// subcommand: start an empty VMM there.
-    #[arg(long, global = true, value_name = "PATH")]
+    /// Start an empty VMM serving the API on this socket (no subcommand then).
+    #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
-    /// Write one JSON object per lifecycle and migration event to path=FILE or fd=N.
-    #[arg(long, global = true, value_name = "path=FILE|fd=N")]
+    /// With --api-socket: write one JSON object per lifecycle and migration event to
+    /// path=FILE or fd=N.
+    #[arg(long, value_name = "path=FILE|fd=N")]
     event_monitor: Option<String>,
     /// With --api-socket alone: the name a VM created through the API gets (the socket's
     /// file name when not given). An empty VMM receives a VM under the source's name.
@@ -85,6 +85,19 @@ enum Command {
     /// Cancel the migration a VM is running (as Ctrl-C on `vmm migrate` does): returns once the
     /// guest is back as it was here. Refused once the migration has committed.
     MigrateCancel { name: String },
+    /// Send one API request and print the JSON answer, e.g.
+    /// `vmm api web PUT vm.receive-migration '{"receiver_url":"tcp:0.0.0.0:4444", ...}'`
+    /// (docs/api.yaml lists the endpoints). Exits 1 with the VMM's message on an error status.
+    Api {
+        /// A VM name (its socket in the runtime directory) or a socket path (containing '/').
+        target: String,
+        /// GET or PUT.
+        method: String,
+        /// The endpoint, e.g. vm.info (the /api/v1/ prefix may be left out).
+        endpoint: String,
+        /// The JSON body, if the endpoint takes one.
+        body: Option<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -150,7 +163,7 @@ struct MigrateArgs {
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// Name of the VM, unique in the runtime directory; names its control socket.
+    /// Name of the VM, unique in the runtime directory; names its API socket.
     #[arg(long)]
     name: String,
     /// Kernel image: a bzImage or an ELF vmlinux (entered in 64-bit mode).
@@ -211,22 +224,38 @@ struct RunArgs {
     /// On a PVM host, start a stock Linux kernel even though it will be emulated (very slow).
     #[arg(long)]
     allow_emulated_kernel: bool,
+    /// Serve the VM's API on this socket instead of <runtime-dir>/<name>.sock.
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+    /// Write one JSON object per lifecycle and migration event to path=FILE or fd=N.
+    #[arg(long, value_name = "path=FILE|fd=N")]
+    event_monitor: Option<String>,
 }
 
 pub fn execute(cli: Cli) -> anyhow::Result<u8> {
     let dir = cli.runtime_dir.unwrap_or_else(paths::runtime_dir);
-    let monitor = match &cli.event_monitor {
-        Some(arg) => EventMonitor::open(arg)?,
-        None => EventMonitor::none(),
+    let monitor = |arg: &Option<String>| match arg {
+        Some(arg) => EventMonitor::open(arg),
+        None => Ok(EventMonitor::none()),
     };
     let Some(command) = cli.command else {
         let socket = cli.api_socket.context(
             "give a subcommand (vmm --help), or --api-socket PATH to start an empty VMM",
         )?;
-        return empty_vmm(socket, cli.vm_name, dir, monitor);
+        return empty_vmm(socket, cli.vm_name, dir, monitor(&cli.event_monitor)?);
     };
+    if cli.api_socket.is_some() || cli.event_monitor.is_some() || cli.vm_name.is_some() {
+        anyhow::bail!(
+            "--api-socket, --event-monitor and --vm-name before a subcommand start an empty VMM; \
+             `vmm run` takes its own --api-socket and --event-monitor"
+        );
+    }
     match command {
-        Command::Run(args) => run_vm(args, dir, cli.api_socket, monitor),
+        Command::Run(args) => {
+            let monitor = monitor(&args.event_monitor)?;
+            let socket = args.api_socket.clone();
+            run_vm(args, dir, socket, monitor)
+        }
         Command::List { json } => list(&dir, json),
         Command::Info { name, json } => {
             let info = query_info(&dir, &name)?;
@@ -241,12 +270,46 @@ pub fn execute(cli: Cli) -> anyhow::Result<u8> {
         Command::Resume { name } => simple(&dir, &name, "vm.resume", "resumed"),
         Command::Stop { name } => simple(&dir, &name, "vmm.shutdown", "stopped"),
         Command::Migrate(args) => migrate(&dir, args),
+        Command::Api {
+            target,
+            method,
+            endpoint,
+            body,
+        } => raw_request(&dir, &target, &method, &endpoint, body),
         Command::MigrateCancel { name } => {
             client(&dir, &name)?.put("vm.cancel-migration", None::<&()>, CANCEL_TIMEOUT)?;
             println!("{name}: migration cancelled; the guest runs on here");
             Ok(0)
         }
     }
+}
+
+/// `vmm api`: one request, its answer printed as JSON.
+fn raw_request(
+    dir: &std::path::Path,
+    target: &str,
+    method: &str,
+    endpoint: &str,
+    body: Option<String>,
+) -> anyhow::Result<u8> {
+    let api = if target.contains('/') {
+        ApiClient::new(std::path::Path::new(target), target)
+    } else {
+        client(dir, target)?
+    };
+    let method = match method.to_ascii_uppercase().as_str() {
+        "GET" => vmm::api::request::Method::Get,
+        "PUT" => vmm::api::request::Method::Put,
+        other => anyhow::bail!("the API uses GET and PUT, not {other}"),
+    };
+    let endpoint = endpoint
+        .trim_start_matches('/')
+        .trim_start_matches("api/v1/");
+    let answer = api.call(method, endpoint, body.map(String::into_bytes), CANCEL_TIMEOUT)?;
+    if let Some(v) = answer {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    Ok(0)
 }
 
 /// `vmm --api-socket PATH`: an empty VMM until the API gives it a VM.

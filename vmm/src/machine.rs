@@ -1,4 +1,4 @@
-//! A running VM as one shareable object: what the owner thread, the control requests and a
+//! A running VM as one shareable object: what the owner thread, the API requests and a
 //! migration worker all act on.
 
 use std::sync::{Arc, Mutex};

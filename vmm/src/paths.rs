@@ -1,4 +1,4 @@
-//! Where a VM's control socket and lock live, and the lock that keeps two VMs of one name
+//! Where a VM's API socket and lock live, and the lock that keeps two VMs of one name
 //! in one runtime directory apart.
 
 use std::fs::{File, OpenOptions};
@@ -13,7 +13,7 @@ pub enum PathsError {
     CreateDir(PathBuf, #[source] std::io::Error),
     #[error("cannot open {0}")]
     Open(PathBuf, #[source] std::io::Error),
-    #[error("the runtime directory {dir} {why}: refusing to put control sockets and locks there (use --runtime-dir DIR, or fix its owner and mode)")]
+    #[error("the runtime directory {dir} {why}: refusing to put API sockets and locks there (use --runtime-dir DIR, or fix its owner and mode)")]
     UnsafeDir { dir: PathBuf, why: String },
     #[error("a VM named '{name}' is already running in {dir} (pid {pid}); choose another --name or stop it with `vmm stop {name}`")]
     NameTaken {
@@ -119,7 +119,7 @@ impl Drop for NameLock {
     }
 }
 
-/// Names of the VMs with a control socket in `dir`, sorted.
+/// Names of the VMs with a API socket in `dir`, sorted.
 pub fn list_sockets(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .into_iter()

@@ -78,7 +78,8 @@ impl ApiClient {
         }
     }
 
-    fn call(
+    /// Sends any request; a 2xx answer's body (if any) is returned.
+    pub fn call(
         &self,
         method: Method,
         endpoint: &str,
