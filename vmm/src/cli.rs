@@ -9,7 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use vmm::api::client::ApiClient;
 use vmm::api::types::{
-    ApiVmInfo, ApiVmState, MigrationOutcome, MigrationProgress, MigrationRole, SendMigration,
+    ApiDisk, ApiNet, ApiVmInfo, ApiVmState, MigrationOutcome, MigrationProgress, MigrationRole,
+    ReceiveMigration, SendMigration,
 };
 use vmm::config::{self, VmConfig, DEFAULT_CMDLINE};
 use vmm::event_monitor::EventMonitor;
@@ -556,32 +557,21 @@ fn run_vm(
         allow_emulated_kernel: args.allow_emulated_kernel,
     };
     let start = if let Some(listen) = &args.incoming {
-        let listen = Endpoint::parse(listen).map_err(anyhow::Error::msg)?;
-        let security = vmm::migrate::security::for_destination(
-            &vmm::migrate::security::SecurityOptions {
-                auth_key_file: args.auth_key_file.clone(),
-                tls_dir: args.tls_dir.clone(),
-                tls_hostname: None,
-                insecure: args.insecure,
-            },
-            &listen,
-        )
-        .map_err(|e| anyhow::anyhow!(vmm::error_chain(&e)))?;
-        if args.insecure {
-            if let Some(w) = vmm::migrate::security::insecure_warning(&listen) {
-                eprintln!("vmm: {w}");
-            }
-        }
-        Start::Receive(Box::new(ReceiveSpec {
-            listen,
-            security,
-            io_timeout: Duration::from_secs(args.io_timeout.max(1)),
-            grants: vmm::migrate::target::Grants {
-                disks,
-                nets,
-                memory: args.memory.as_deref().map(memory_size).transpose()?,
-            },
-        }))
+        // The same request an orchestrator sends as vm.receive-migration.
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        let receive = ReceiveMigration {
+            receiver_url: listen.clone(),
+            tls_dir: path(&args.tls_dir),
+            auth_key_file: path(&args.auth_key_file),
+            insecure: args.insecure,
+            io_timeout_s: Some(args.io_timeout),
+            disks: Some(disks.iter().map(ApiDisk::from).collect()),
+            net: Some(nets.iter().map(ApiNet::from).collect()),
+            memory_size: args.memory.as_deref().map(memory_size).transpose()?,
+        };
+        Start::Receive(Box::new(
+            ReceiveSpec::from_api(&receive, &args.name).map_err(anyhow::Error::msg)?,
+        ))
     } else {
         let memory_bytes = memory_size(args.memory.as_deref().unwrap_or("256M"))?;
         let vcpus = config::validate_vcpus(args.vcpus)?;

@@ -114,3 +114,51 @@ impl EventMonitor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_json_lines_in_cloud_hypervisors_shape() {
+        let path = std::env::temp_dir().join(format!("vmm-events-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let m = EventMonitor::open(&format!("path={}", path.display())).unwrap();
+        m.emit("vm", "booted", None);
+        m.emit(
+            "migration",
+            "finished",
+            Some(serde_json::json!({"downtime_ms": 2.5})),
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["source"], "vm");
+        assert_eq!(lines[0]["event"], "booted");
+        assert!(lines[0]["properties"].is_null());
+        assert!(lines[0]["timestamp"]["secs"].is_u64() && lines[0]["timestamp"]["nanos"].is_u64());
+        assert_eq!(lines[1]["properties"]["downtime_ms"], 2.5);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn bad_arguments_are_errors() {
+        for arg in ["", "file=/x", "path=", "fd=x", "fd=1"] {
+            assert!(
+                matches!(EventMonitor::open(arg), Err(EventMonitorError::Syntax(_))),
+                "{arg}"
+            );
+        }
+        assert!(matches!(
+            EventMonitor::open("fd=987654"),
+            Err(EventMonitorError::BadFd(987654))
+        ));
+        assert!(matches!(
+            EventMonitor::open("path=/nonexistent-dir/events"),
+            Err(EventMonitorError::Open { .. })
+        ));
+    }
+}

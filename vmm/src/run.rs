@@ -91,7 +91,7 @@ impl ReceiveSpec {
         .map_err(|e| crate::error_chain(&e))?;
         if req.insecure {
             if let Some(w) = security::insecure_warning(&listen) {
-                log::warn!("{w}");
+                eprintln!("vmm: {w}");
             }
         }
         // The grants take the same checks as a VM created here.

@@ -235,6 +235,54 @@ fn migrate_runs(t: &Tiny, runs: usize) -> Option<((f64, f64, f64), f64)> {
     Some((spread(mb_s), downtime))
 }
 
+/// Two-vCPU Linux guests under network load in one L1 host, our vmm against QEMU
+/// (resources/rig/scenarios/smp-compare): how many runs of each finish, and how the others
+/// ended. RIG_RUNS (default 3) rounds.
+fn rig_smp_compare(results: &mut Vec<Result>) {
+    if !vmm_tests::rig::require_rig("bench") {
+        return;
+    }
+    let tools = vmm_tests::rig::rig_dir().join("qemu-tools.ext4");
+    assert!(tools.exists(), "{} missing: `make bench` builds it", tools.display());
+    let runs: u32 = std::env::var("RIG_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    let host = vmm_tests::rig::L1Host {
+        scenario: "smp-compare".into(),
+        env: vec![
+            ("RIG_TOOLS".into(), tools.display().to_string()),
+            ("RIG_APPEND".into(), format!("rig.runs={runs}")),
+        ],
+    };
+    let timeout = Duration::from_secs(300 + 1300 * u64::from(runs));
+    let run = vmm_tests::rig::run_hosts("smp-compare", &[host], timeout, &[]);
+    let mut counts: std::collections::BTreeMap<String, f64> = Default::default();
+    for line in &run.lines {
+        let Some((_, rest)) = line.2.split_once("RIG: smp ") else {
+            continue;
+        };
+        eprintln!("bench: smp {rest}");
+        let field = |k: &str| {
+            rest.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .unwrap_or("?")
+                .to_string()
+        };
+        *counts
+            .entry(format!("{}_{}", field("who="), field("outcome=")))
+            .or_default() += 1.0;
+    }
+    for (name, value) in counts {
+        results.push(Result {
+            scenario: "rig-smp".into(),
+            name: name.replace('-', "_"),
+            value,
+            unit: "runs".into(),
+        });
+    }
+}
+
 /// The same Linux guest migrated between two nested-rig L1 hosts by our vmm (key file, then
 /// --insecure like QEMU's plaintext stream: "vmmplain") and by QEMU, at several dirty rates
 /// (resources/rig/scenarios/migrate-bench), with the ratios to QEMU.
@@ -363,6 +411,9 @@ fn main() {
     };
     if wanted("rig-migrate") {
         rig_migration_vs_qemu(&mut results);
+    }
+    if wanted("rig-smp") {
+        rig_smp_compare(&mut results);
     }
     let (loopback, lo_min, lo_max) = spread((0..3).map(|_| loopback_mb_s()).collect());
     for (name, value) in [

@@ -73,6 +73,26 @@ pub struct ApiNet {
     pub mac: Option<String>,
 }
 
+impl From<&DiskConfig> for ApiDisk {
+    fn from(d: &DiskConfig) -> Self {
+        ApiDisk {
+            path: d.path.clone(),
+            readonly: d.readonly,
+            direct: d.direct,
+            serial: d.serial.clone(),
+        }
+    }
+}
+
+impl From<&NetConfig> for ApiNet {
+    fn from(n: &NetConfig) -> Self {
+        ApiNet {
+            tap: Some(n.tap.clone()),
+            mac: Some(devices::virtio::net::format_mac(&n.mac)),
+        }
+    }
+}
+
 /// Where the serial port's output goes (Cloud Hypervisor's `ConsoleConfig`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ConsoleMode {
@@ -245,26 +265,8 @@ impl ApiVmConfig {
                 initramfs: vm.initrd.clone(),
                 cmdline: Some(vm.cmdline.clone()),
             },
-            disks: Some(
-                vm.disks
-                    .iter()
-                    .map(|d| ApiDisk {
-                        path: d.path.clone(),
-                        readonly: d.readonly,
-                        direct: d.direct,
-                        serial: d.serial.clone(),
-                    })
-                    .collect(),
-            ),
-            net: Some(
-                vm.nets
-                    .iter()
-                    .map(|n| ApiNet {
-                        tap: Some(n.tap.clone()),
-                        mac: Some(devices::virtio::net::format_mac(&n.mac)),
-                    })
-                    .collect(),
-            ),
+            disks: Some(vm.disks.iter().map(ApiDisk::from).collect()),
+            net: Some(vm.nets.iter().map(ApiNet::from).collect()),
             serial: Some(match serial {
                 SerialSink::Stdout => ConsoleConfig {
                     mode: ConsoleMode::Tty,
