@@ -449,11 +449,7 @@ fn unix_sockets_answer_only_their_owner_or_root() {
     // The API socket of the running VM: 0600, and refused to another user even when its
     // mode would let them connect.
     let control = b.0.join("u1.sock");
-    assert_eq!(
-        mode_of(&control),
-        0o600,
-        "the API socket is created 0600"
-    );
+    assert_eq!(mode_of(&control), 0o600, "the API socket is created 0600");
     chmod(&control, 0o666);
     let info = as_nobody(&[s(&vmm_bin()), "--runtime-dir", s(&b.0), "info", "u1"]);
     let said = String::from_utf8_lossy(&info.stderr);

@@ -306,7 +306,12 @@ fn raw_request(
     let endpoint = endpoint
         .trim_start_matches('/')
         .trim_start_matches("api/v1/");
-    let answer = api.call(method, endpoint, body.map(String::into_bytes), CANCEL_TIMEOUT)?;
+    let answer = api.call(
+        method,
+        endpoint,
+        body.map(String::into_bytes),
+        CANCEL_TIMEOUT,
+    )?;
     if let Some(v) = answer {
         println!("{}", serde_json::to_string_pretty(&v)?);
     }

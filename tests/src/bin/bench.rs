@@ -243,7 +243,11 @@ fn rig_smp_compare(results: &mut Vec<Result>) {
         return;
     }
     let tools = vmm_tests::rig::rig_dir().join("qemu-tools.ext4");
-    assert!(tools.exists(), "{} missing: `make bench` builds it", tools.display());
+    assert!(
+        tools.exists(),
+        "{} missing: `make bench` builds it",
+        tools.display()
+    );
     let runs: u32 = std::env::var("RIG_RUNS")
         .ok()
         .and_then(|r| r.parse().ok())
@@ -257,6 +261,12 @@ fn rig_smp_compare(results: &mut Vec<Result>) {
     };
     let timeout = Duration::from_secs(300 + 1300 * u64::from(runs));
     let run = vmm_tests::rig::run_hosts("smp-compare", &[host], timeout, &[]);
+    if !run.passed {
+        eprintln!(
+            "bench: smp-compare did not complete ({}); its counts are partial",
+            run.verdict
+        );
+    }
     let mut counts: std::collections::BTreeMap<String, f64> = Default::default();
     for line in &run.lines {
         let Some((_, rest)) = line.2.split_once("RIG: smp ") else {
