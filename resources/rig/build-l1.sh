@@ -19,12 +19,22 @@ if [ -z "$pkg" ]; then
 fi
 [ -n "$pkg" ] || { echo "build-l1: cannot find the linux-image-cloud-amd64 package" >&2; exit 1; }
 # Modules the L1 host loads, in dependency order: KVM; tun for the guests' taps; virtio-pci,
-# virtio-net and the bridge for the network between two L1 hosts; virtio-blk for the shared LUN.
+# virtio-net and the bridge for the network between two L1 hosts; virtio-blk for the shared LUN;
+# the NFS server and client (NFSv4.1), the iSCSI target (LIO) and initiator, for the
+# shared-storage scenarios.
 modules="virt/lib/irqbypass.ko arch/x86/kvm/kvm.ko arch/x86/kvm/kvm-amd.ko drivers/net/tun.ko
   drivers/virtio/virtio_ring.ko drivers/virtio/virtio.ko drivers/virtio/virtio_pci_legacy_dev.ko
   drivers/virtio/virtio_pci_modern_dev.ko drivers/virtio/virtio_pci.ko drivers/block/virtio_blk.ko
   net/core/failover.ko drivers/net/net_failover.ko drivers/net/virtio_net.ko net/llc/llc.ko
-  net/802/stp.ko net/bridge/bridge.ko"
+  net/802/stp.ko net/bridge/bridge.ko
+  net/sunrpc/sunrpc.ko fs/nfs_common/grace.ko net/sunrpc/auth_gss/auth_rpcgss.ko
+  fs/nfs_common/nfs_acl.ko fs/lockd/lockd.ko fs/nfsd/nfsd.ko fs/netfs/netfs.ko fs/fscache/fscache.ko
+  fs/nfs/nfs.ko net/dns_resolver/dns_resolver.ko fs/nfs/nfsv4.ko
+  drivers/scsi/scsi_common.ko drivers/scsi/scsi_mod.ko drivers/scsi/sd_mod.ko
+  drivers/scsi/scsi_transport_iscsi.ko drivers/scsi/libiscsi.ko drivers/scsi/libiscsi_tcp.ko
+  drivers/scsi/iscsi_tcp.ko fs/configfs/configfs.ko drivers/target/target_core_mod.ko
+  drivers/target/target_core_file.ko drivers/target/target_core_iblock.ko
+  drivers/target/iscsi/iscsi_target_mod.ko"
 kdir="$cache/l1-$pkg-$(echo $modules | sha256sum | cut -c1-8)"
 if [ ! -f "$kdir/vmlinuz" ]; then
   echo "build-l1: fetching $pkg" >&2
@@ -53,6 +63,7 @@ gcc -O2 -Wall -static -o "$stage/rig/rig-tools" "$here/tools/rig-tools.c"
 cp "$vmm_bin" "$stage/rig/vmm"
 cp "$kernel_dir/bzImage" "$kernel_dir/vmlinux" "$guestfs_dir/initramfs.cpio.gz" "$stage/rig/guest/"
 cp "$here"/scenarios/* "$stage/rig/scenarios/"
+"$here/storage-tools.sh" "$stage"
 # Certificates for the two-host scenarios' mutual TLS (--tls-dir): one set naming both hosts,
 # made fresh for each build (openssl, in Cloud Hypervisor's file names).
 "$here/../tls/make-certs.sh" "$stage/rig/tls" 10.0.0.1 10.0.0.2

@@ -81,7 +81,7 @@ fn linux_guest_disk_survives_reboot_and_network_carries_64mib() {
 /// A Linux guest with a disk on a shared LUN and a NIC bridged onto the hosts' network moves
 /// from host1 to host2 and back (resources/rig/scenarios/migrate-linux). Always in the rig: it
 /// needs two hosts.
-fn migrate_between_hosts(test: &str, vcpus: u32, first: &str, back: &str) {
+fn migrate_between_hosts(test: &str, storage: &str, vcpus: u32, first: &str, back: &str) {
     if !require_rig(test) {
         return;
     }
@@ -91,9 +91,9 @@ fn migrate_between_hosts(test: &str, vcpus: u32, first: &str, back: &str) {
     let hosts = two_hosts(
         "migrate-linux",
         &lun,
-        &format!("rig.vcpus={vcpus} rig.first={first} rig.back={back}"),
+        &format!("rig.vcpus={vcpus} rig.first={first} rig.back={back} rig.storage={storage}"),
     );
-    let name = format!("migrate-linux-{vcpus}cpu-{first}-{back}");
+    let name = format!("migrate-linux-{storage}-{vcpus}cpu-{first}-{back}");
     let run = run_hosts(
         &name,
         &hosts,
@@ -109,6 +109,14 @@ fn migrate_between_hosts(test: &str, vcpus: u32, first: &str, back: &str) {
     report_and_check(&run, &name, "two nested-rig L1 hosts", 80, |l| {
         l.contains("RIG:") || l.contains("VMM-GUEST:") || l.contains("CONT: CORRUPT")
     });
+    if storage == "nfs" {
+        assert!(
+            run.lines.iter().any(|l| l
+                .2
+                .contains("RIG: a second VMM on host1 is refused the disk on NFS")),
+            "the second-VMM check on NFS did not run"
+        );
+    }
     let clock = clock_report(&run.lines);
     println!(
         "guest clock: stretches (host, heartbeats, min offset ms) {:?}; largest jump {:.0} ms; longest heartbeat gap the guest saw {} ms",
@@ -131,6 +139,7 @@ fn migrate_between_hosts(test: &str, vcpus: u32, first: &str, back: &str) {
 fn linux_guest_one_vcpu_migrates_live_to_host2_and_offline_back() {
     migrate_between_hosts(
         "linux_guest_one_vcpu_migrates_live_to_host2_and_offline_back",
+        "lun",
         1,
         "live",
         "offline",
@@ -141,8 +150,22 @@ fn linux_guest_one_vcpu_migrates_live_to_host2_and_offline_back() {
 fn linux_guest_two_vcpus_migrates_offline_to_host2_and_live_back() {
     migrate_between_hosts(
         "linux_guest_two_vcpus_migrates_offline_to_host2_and_live_back",
+        "lun",
         2,
         "offline",
+        "live",
+    );
+}
+
+/// The guest's disk is a raw image on NFS (host1 serves it; both hosts mount it), opened with
+/// O_DIRECT; a second VMM on host1 is refused the disk while the guest runs on host2.
+#[test]
+fn linux_guest_on_nfs_migrates_live_to_host2_and_live_back() {
+    migrate_between_hosts(
+        "linux_guest_on_nfs_migrates_live_to_host2_and_live_back",
+        "nfs",
+        1,
+        "live",
         "live",
     );
 }
