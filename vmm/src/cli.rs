@@ -1,5 +1,6 @@
 //! Subcommands and their options.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -313,7 +314,8 @@ fn raw_request(
         CANCEL_TIMEOUT,
     )?;
     if let Some(v) = answer {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        // A reader that stops early (`| grep -q`) is not an error.
+        let _ = writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&v)?);
     }
     Ok(0)
 }

@@ -422,7 +422,11 @@ fn main() {
     if wanted("rig-migrate") {
         rig_migration_vs_qemu(&mut results);
     }
-    if wanted("rig-smp") {
+    // Long (minutes per run, runs that hang cost ten): only when asked for by name.
+    if only
+        .as_deref()
+        .is_some_and(|o| o.split(',').any(|w| w == "rig-smp"))
+    {
         rig_smp_compare(&mut results);
     }
     let (loopback, lo_min, lo_max) = spread((0..3).map(|_| loopback_mb_s()).collect());
