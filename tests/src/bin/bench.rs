@@ -235,19 +235,27 @@ fn migrate_runs(t: &Tiny, runs: usize) -> Option<((f64, f64, f64), f64)> {
     Some((spread(mb_s), downtime))
 }
 
-/// Two-vCPU Linux guests under network load in one L1 host, our vmm against QEMU
-/// (resources/rig/scenarios/smp-compare): how many runs of each finish, and how the others
-/// ended. RIG_RUNS (default 3) rounds.
-fn rig_smp_compare(results: &mut Vec<Result>) {
+/// The QEMU image for the L1 hosts, when the rig is built (None: the bench skips, saying why).
+fn rig_with_qemu() -> Option<std::path::PathBuf> {
     if !vmm_tests::rig::require_rig("bench") {
-        return;
+        return None;
     }
     let tools = vmm_tests::rig::rig_dir().join("qemu-tools.ext4");
     assert!(
         tools.exists(),
-        "{} missing: `make bench` builds it",
+        "{} missing: `make bench` builds it (resources/rig/build-qemu-image.sh)",
         tools.display()
     );
+    Some(tools)
+}
+
+/// Two-vCPU Linux guests under network load in one L1 host, our vmm against QEMU
+/// (resources/rig/scenarios/smp-compare): how many runs of each finish, and how the others
+/// ended. RIG_RUNS (default 3) rounds.
+fn rig_smp_compare(results: &mut Vec<Result>) {
+    let Some(tools) = rig_with_qemu() else {
+        return;
+    };
     let runs: u32 = std::env::var("RIG_RUNS")
         .ok()
         .and_then(|r| r.parse().ok())
@@ -297,15 +305,9 @@ fn rig_smp_compare(results: &mut Vec<Result>) {
 /// --insecure like QEMU's plaintext stream: "vmmplain") and by QEMU, at several dirty rates
 /// (resources/rig/scenarios/migrate-bench), with the ratios to QEMU.
 fn rig_migration_vs_qemu(results: &mut Vec<Result>) {
-    if !vmm_tests::rig::require_rig("bench") {
+    let Some(tools) = rig_with_qemu() else {
         return;
-    }
-    let tools = vmm_tests::rig::rig_dir().join("qemu-tools.ext4");
-    assert!(
-        tools.exists(),
-        "{} missing: `make bench` builds it (resources/rig/build-qemu-image.sh)",
-        tools.display()
-    );
+    };
     let dir = vmm_tests::RuntimeDir::new("bench-lun");
     let lun = dir.0.join("lun.img");
     vmm_tests::rig::make_shared_lun(&lun, 16);
