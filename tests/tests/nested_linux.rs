@@ -157,6 +157,19 @@ fn linux_guest_two_vcpus_migrates_offline_to_host2_and_live_back() {
     );
 }
 
+/// The guest's disk is an iSCSI LUN (LIO on host1, open-iscsi on both hosts), under the same
+/// /dev/disk/by-path name on both.
+#[test]
+fn linux_guest_on_iscsi_migrates_live_to_host2_and_offline_back() {
+    migrate_between_hosts(
+        "linux_guest_on_iscsi_migrates_live_to_host2_and_offline_back",
+        "iscsi",
+        1,
+        "live",
+        "offline",
+    );
+}
+
 /// The guest's disk is a raw image on NFS (host1 serves it; both hosts mount it), opened with
 /// O_DIRECT; a second VMM on host1 is refused the disk while the guest runs on host2.
 #[test]
