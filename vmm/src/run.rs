@@ -94,17 +94,9 @@ impl ReceiveSpec {
                 eprintln!("vmm: {w}");
             }
         }
-        // The grants take the same checks as a VM created here.
-        let granted = ApiVmConfig {
-            payload: crate::api::types::PayloadConfig {
-                kernel: Some("/".into()),
-                ..Default::default()
-            },
-            disks: req.disks.clone(),
-            net: req.net.clone(),
-            ..Default::default()
-        };
-        let (vm, _) = granted.to_config(vm_name)?;
+        // The grants take the same checks as the devices of a VM created here.
+        let (disks, nets) =
+            crate::api::types::devices_from_api(req.disks.as_deref(), req.net.as_deref(), vm_name)?;
         if let Some(size) = req.memory_size {
             config::validate_memory(size).map_err(|e| format!("memory_size: {e}"))?;
         }
@@ -116,8 +108,8 @@ impl ReceiveSpec {
                 Some(s) => Duration::from_secs(s.max(1)),
             },
             grants: Grants {
-                disks: vm.disks,
-                nets: vm.nets,
+                disks,
+                nets,
                 memory: req.memory_size,
             },
         })

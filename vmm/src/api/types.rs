@@ -172,41 +172,7 @@ impl ApiVmConfig {
             .kernel
             .clone()
             .ok_or("payload.kernel is required (firmware boot is not supported)")?;
-        let disks = self
-            .disks
-            .iter()
-            .flatten()
-            .map(|d| {
-                if let Some(serial) = &d.serial {
-                    if serial.len() > 20 || !serial.is_ascii() {
-                        return Err("disks[].serial is at most 20 ASCII characters".to_string());
-                    }
-                }
-                Ok(DiskConfig {
-                    path: d.path.clone(),
-                    readonly: d.readonly,
-                    direct: d.direct,
-                    serial: d.serial.clone(),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let nets = self
-            .net
-            .iter()
-            .flatten()
-            .enumerate()
-            .map(|(i, n)| {
-                let tap = n
-                    .tap
-                    .as_deref()
-                    .ok_or("net[].tap is required (this VMM attaches NICs to tap devices)")?;
-                let mut arg = format!("tap={tap}");
-                if let Some(mac) = &n.mac {
-                    arg.push_str(&format!(",mac={mac}"));
-                }
-                NetConfig::parse(&arg, name, i).map_err(|e| format!("net[{i}]: {e}"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let (disks, nets) = devices_from_api(self.disks.as_deref(), self.net.as_deref(), name)?;
         let serial = match &self.serial {
             None => SerialSink::Stdout,
             Some(c) => match c.mode {
@@ -287,6 +253,50 @@ impl ApiVmConfig {
             }),
         }
     }
+}
+
+/// Checks the `disks` and `net` of a request (`vm.create`, or the grants of
+/// `vm.receive-migration`) as `vmm run` checks `--disk` and `--net`; a NIC without a MAC gets
+/// one derived from `vm_name` and its position.
+pub fn devices_from_api(
+    disks: Option<&[ApiDisk]>,
+    nets: Option<&[ApiNet]>,
+    vm_name: &str,
+) -> Result<(Vec<DiskConfig>, Vec<NetConfig>), String> {
+    let disks = disks
+        .unwrap_or_default()
+        .iter()
+        .map(|d| {
+            if let Some(serial) = &d.serial {
+                if serial.len() > 20 || !serial.is_ascii() {
+                    return Err("disks[].serial is at most 20 ASCII characters".to_string());
+                }
+            }
+            Ok(DiskConfig {
+                path: d.path.clone(),
+                readonly: d.readonly,
+                direct: d.direct,
+                serial: d.serial.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let nets = nets
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let tap = n
+                .tap
+                .as_deref()
+                .ok_or("net[].tap is required (this VMM attaches NICs to tap devices)")?;
+            let mut arg = format!("tap={tap}");
+            if let Some(mac) = &n.mac {
+                arg.push_str(&format!(",mac={mac}"));
+            }
+            NetConfig::parse(&arg, vm_name, i).map_err(|e| format!("net[{i}]: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((disks, nets))
 }
 
 /// The VM's state as Cloud Hypervisor names it.
