@@ -56,7 +56,7 @@ unit-test:
 	cargo test --workspace --exclude vmm-tests
 
 kvm-test:
-	cargo test -p vmm-tests --test boot --test lifecycle --test cli_errors --test migration --test migration_faults --test migration_security --test migration_robustness --test migration_netns --test api --test api_curl
+	cargo test -p vmm-tests --test boot --test lifecycle --test cli_errors --test migration --test migration_faults --test migration_security --test migration_robustness --test migration_netns --test migration_commit --test api --test api_curl
 	cargo test -p vmm-tests --test migration_soak -- --nocapture
 
 # 500 migrations back and forth; prints failures and the downtime distribution.

@@ -7,6 +7,7 @@ pub mod channel;
 pub mod deadline;
 pub mod dirty;
 pub mod envelope;
+pub mod faults;
 pub mod key;
 mod lanes;
 pub mod progress;

@@ -139,10 +139,19 @@ pub enum MigrationError {
     NotConverged(String),
     #[error("cancelled before the switchover; the guest runs on at the source")]
     Cancelled,
+    /// The guest reset, powered off or failed while it was being migrated: the migration was
+    /// cancelled and the VM ends as its guest asked.
+    #[error(
+        "the guest ended during the migration ({0}); the migration was cancelled before the commit"
+    )]
+    GuestEnded(String),
     #[error("timed out: the migration was not done within {0} s (--timeout); the guest runs on at the source")]
     TimedOut(u64),
-    #[error("commit was sent but the destination did not confirm the resume: {0}; the source will not resume the guest (two copies would corrupt the disk); check the destination")]
-    AfterCommit(String),
+    /// Commit was sent (or its sending failed half-way) and the destination's Resumed did not
+    /// arrive: the guest may run there. The source keeps it paused, intact, until its operator
+    /// decides (`vmm resume NAME --force` or `vmm stop NAME`).
+    #[error("commit was sent but the destination did not confirm the resume: {0}; the outcome is unknown: the guest stays paused here, intact, and runs nowhere unless the destination has it. Check the destination: if it runs the guest, discard this copy with `vmm stop`; if not, resume it here with `vmm resume --force`")]
+    CommitUnknown(String),
 }
 
 /// Checks a peer's hello.

@@ -6,13 +6,20 @@
 //! task of its own (on the runtime's threads), writing its pages straight into guest memory.
 //! A page always arrives on the same connection (see [`crate::lanes`]), so applying each
 //! connection's frames in order applies every page's copies in order.
+//!
+//! The destination's commit point is reading Commit. Before it, any failure, a cancel (a stop
+//! request, a signal) or a silent source discards the half-built VM. After it nothing
+//! discards it: the disks are taken over (retried for as long as another process holds one,
+//! reported through [`ReceiveEvent::WaitingForDisks`]), the guest resumes, and only then is
+//! the receive over, so a stop that comes in meanwhile waits for a running guest.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
-use crate::channel::{Channel, Reader};
+use crate::cancel::CancelToken;
+use crate::channel::{Channel, Reader, Writer};
 use crate::protocol::{self, Acceptor, Hello, MigrationError};
 use crate::vm::{region_index, RamRegion, TargetBuilder, TargetVm, VmError};
 use crate::wire::{self, FrameKind, Run, WireError, PAGE_SIZE};
@@ -20,32 +27,122 @@ use crate::wire::{self, FrameKind, Run, WireError, PAGE_SIZE};
 /// How long the extra connections may take to arrive and join, all together.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What the destination tells its caller while it receives, besides the result.
+pub enum ReceiveEvent<'a> {
+    /// Commit was read: the VM is this host's now, and nothing discards it any more.
+    Committed,
+    /// After the commit, a disk is still held by another process; the lock is retried.
+    WaitingForDisks(&'a str),
+}
+
+/// First retries of the disk locks after the commit (the source releases them as it sends
+/// Commit); then [`LOCK_RETRY_SLOW`] for as long as it takes.
+const LOCK_RETRY_FAST: Duration = Duration::from_millis(20);
+const LOCK_RETRY_SLOW: Duration = Duration::from_millis(500);
+const LOCK_FAST_FOR: Duration = Duration::from_secs(15);
+
 /// Receives a VM over `primary`, a channel already secured (see [`crate::channel`]), taking
 /// the extra connections the source asks for from `more`. On success the VM runs here. On
-/// failure the half-built VM is dropped (discarded) and the source is told why, if the
-/// connection still works.
+/// failure or cancel before the commit the half-built VM is dropped (discarded) and the
+/// source is told why, if the connection still works; after the commit it always runs here.
 pub async fn receive(
     primary: Channel,
     more: &mut dyn Acceptor,
     builder: &mut (dyn TargetBuilder + Send),
+    mut cancel: CancelToken,
+    events: &mut (dyn FnMut(ReceiveEvent<'_>) + Send),
 ) -> Result<Arc<dyn TargetVm>, MigrationError> {
     let Channel {
         mut reader,
         mut writer,
     } = primary;
-    match receive_inner(&mut reader, &mut writer, more, builder).await {
-        Ok(vm) => Ok(vm),
+    let received = {
+        let work = until_commit(&mut reader, &mut writer, more, builder);
+        tokio::select! {
+            r = work => r,
+            _ = cancel.cancelled() => Err(MigrationError::Protocol(
+                "the destination was stopped before the commit; it discarded the VM".into(),
+            )),
+        }
+    };
+    // The commit point: a cancel that came in before Commit was read wins.
+    let received = received.and_then(|r| {
+        if cancel.commit() {
+            Ok(r)
+        } else {
+            Err(MigrationError::Protocol(
+                "the destination was stopped as the commit arrived; it discarded the VM".into(),
+            ))
+        }
+    });
+    match received {
+        Ok((vm, keep_writers)) => {
+            events(ReceiveEvent::Committed);
+            crate::faults::reached("destination.commit_received");
+            let resume_ms = take_over_and_resume(&vm, events).await;
+            // The guest runs here now; a lost acknowledgement does not change that.
+            let _ = writer
+                .send(FrameKind::Resumed, &resume_ms.to_le_bytes())
+                .await;
+            drop(keep_writers);
+            Ok(vm)
+        }
         Err(e) => {
             if !matches!(e, MigrationError::Wire(WireError::Remote(_))) {
-                let _ = writer
-                    .send(FrameKind::Error, crate::error_chain(&e).as_bytes())
-                    .await;
-                writer.shutdown().await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    let _ = writer
+                        .send(FrameKind::Error, crate::error_chain(&e).as_bytes())
+                        .await;
+                    writer.shutdown().await;
+                })
+                .await;
                 reader.drain().await;
             }
             Err(e)
         }
     }
+}
+
+/// After the commit: takes the disks over, retrying while another process holds one (each
+/// attempt on the blocking pool), then resumes the guest; returns how long it took, in ms.
+async fn take_over_and_resume(
+    vm: &Arc<dyn TargetVm>,
+    events: &mut (dyn FnMut(ReceiveEvent<'_>) + Send),
+) -> u32 {
+    let t = Instant::now();
+    let mut last_report: Option<Instant> = None;
+    loop {
+        let attempt = vm.clone();
+        let why = match tokio::task::spawn_blocking(move || attempt.acquire()).await {
+            Ok(Ok(())) => break,
+            Ok(Err(e)) => crate::error_chain(&e),
+            Err(e) => e.to_string(),
+        };
+        let waited = t.elapsed();
+        if waited >= Duration::from_secs(1)
+            && last_report.is_none_or(|at| at.elapsed() >= Duration::from_secs(5))
+        {
+            log::warn!(
+                "committed VM waits for its disks ({:.0} s so far): {why}",
+                waited.as_secs_f64()
+            );
+            events(ReceiveEvent::WaitingForDisks(&why));
+            last_report = Some(Instant::now());
+        }
+        tokio::time::sleep(if waited < LOCK_FAST_FOR {
+            LOCK_RETRY_FAST
+        } else {
+            LOCK_RETRY_SLOW
+        })
+        .await;
+    }
+    crate::faults::reached("destination.disks_acquired");
+    if let Err(e) = vm.resume() {
+        // Resuming sets flags on parked threads and cannot really fail; say so if it does.
+        log::error!("resuming the received guest: {}", crate::error_chain(&e));
+    }
+    crate::faults::reached("destination.resumed");
+    t.elapsed().as_millis().min(u32::MAX as u128) as u32
 }
 
 /// Writes the runs of a `Pages` frame into guest memory, checking every range.
@@ -186,17 +283,20 @@ async fn join_lanes(
     Ok(lanes.into_iter().flatten().collect())
 }
 
-async fn receive_inner(
+/// Everything up to and including reading Commit; returns the VM and the extra connections'
+/// writers (kept open until the guest runs).
+async fn until_commit(
     reader: &mut Reader,
-    writer: &mut crate::channel::Writer,
+    writer: &mut Writer,
     more: &mut dyn Acceptor,
     builder: &mut (dyn TargetBuilder + Send),
-) -> Result<Arc<dyn TargetVm>, MigrationError> {
+) -> Result<(Arc<dyn TargetVm>, Vec<Writer>), MigrationError> {
     let hello = protocol::check_hello(reader.expect(FrameKind::Hello).await?)?;
     writer
         .send(FrameKind::Hello, &crate::envelope::seal(&Hello::new())?)
         .await?;
     let config = reader.expect(FrameKind::Config).await?;
+    crate::faults::reached("destination.config_received");
     let vm: Arc<dyn TargetVm> = Arc::from(builder.build(config).map_err(|e| match e {
         VmError::Refused(_) => MigrationError::Refused(e),
         other => MigrationError::Target(other),
@@ -263,22 +363,15 @@ async fn receive_inner(
     while let Some(done) = lanes.join_next().await {
         done.map_err(|e| MigrationError::Protocol(format!("a connection's task failed: {e}")))??;
     }
+    crate::faults::reached("destination.state_received");
     let t = Instant::now();
     vm.restore_state(&state).map_err(MigrationError::Target)?;
     let restore_ms = t.elapsed().as_millis().min(u32::MAX as u128) as u32;
     writer
         .send(FrameKind::Ready, &restore_ms.to_le_bytes())
         .await?;
+    crate::faults::reached("destination.ready_sent");
     // Nothing runs here until the source commits: it may still resume the guest itself.
     reader.expect(FrameKind::Commit).await?;
-    let t = Instant::now();
-    vm.acquire().map_err(MigrationError::Target)?;
-    vm.resume().map_err(MigrationError::Target)?;
-    let resume_ms = t.elapsed().as_millis().min(u32::MAX as u128) as u32;
-    // The guest runs here now; a lost acknowledgement does not change that.
-    let _ = writer
-        .send(FrameKind::Resumed, &resume_ms.to_le_bytes())
-        .await;
-    drop(keep_writers);
-    Ok(vm)
+    Ok((vm, keep_writers))
 }

@@ -14,7 +14,7 @@ use crate::dirty::DirtyBitmap;
 use crate::lanes::{self, RoundPlan, SharedWriter};
 use crate::progress::{DowntimeBreakdown, Progress, RoundStats, Summary};
 use crate::protocol::{self, Connector, Hello, MigrationError};
-use crate::vm::{RamRegion, SourceVm};
+use crate::vm::{RamRegion, SourceVm, VmError, VmResult};
 use crate::wire::{FrameKind, WireError, PAGE_SIZE};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +40,8 @@ pub struct SendOptions {
     pub connections: u32,
     /// zstd level for page frames, None for no compression.
     pub compress: Option<i32>,
+    /// How long to wait for the destination's Resumed before reporting the outcome unknown.
+    pub confirm_timeout: Duration,
 }
 
 impl Default for SendOptions {
@@ -54,6 +56,7 @@ impl Default for SendOptions {
             auto_converge: true,
             connections: 1,
             compress: None,
+            confirm_timeout: CONFIRM_TIMEOUT,
         }
     }
 }
@@ -74,22 +77,38 @@ const TELL_DESTINATION: Duration = Duration::from_secs(2);
 /// How long a cancelled or timed-out migration may take to stop at a frame boundary (so the
 /// destination reads the reason rather than half a record) before it is cut short.
 const STOP_GRACE: Duration = Duration::from_secs(2);
+/// How long the source waits for the destination's Resumed before it reports the outcome as
+/// unknown (it goes on waiting for a late one while the connection lasts).
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the source tells its caller while it runs, besides the final result.
+pub enum SendEvent<'a> {
+    /// A dirty round ended.
+    Round(&'a Progress),
+    /// Commit is about to be sent: from here the source never resumes the guest on its own.
+    Committed,
+    /// The destination's Resumed did not come in time: the outcome is unknown (the guest may
+    /// run there); the source goes on waiting for a late Resumed while the connection lasts.
+    Unconfirmed(&'a str),
+}
 
 /// Sends `vm` over `primary` (a channel already secured, see [`crate::channel`]) and as many
 /// more connections as [`SendOptions::connections`] asks, opened with `more`, until done,
 /// failed, cancelled through `cancel`, or past [`SendOptions::hard_limit`]. On any of those
 /// before commit, the guest is back as it was (running, or paused if it was) when this
-/// returns.
+/// returns. After commit the guest stays paused whatever happens: the result is a summary
+/// once the destination confirms, or [`MigrationError::CommitUnknown`] when the connection
+/// ended without a confirmation or the operator decided through [`crate::cancel::Canceller::abandon`].
 pub async fn send<F>(
     primary: Channel,
     more: &dyn Connector,
     vm: Arc<dyn SourceVm>,
     opts: &SendOptions,
-    mut progress: F,
+    mut events: F,
     mut cancel: CancelToken,
 ) -> Result<Summary, MigrationError>
 where
-    F: FnMut(&Progress),
+    F: FnMut(SendEvent<'_>),
 {
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
@@ -102,17 +121,19 @@ where
         regions: Arc::new(Vec::new()),
         summary: Summary::default(),
         paused_at: None,
+        pausing: None,
         stop: stop.clone(),
     };
     let limit = opts.hard_limit();
     let outcome = {
+        let mut progress = |p: &Progress| events(SendEvent::Round(p));
         let work = run.precopy_and_switch(more, &mut progress, started);
         tokio::pin!(work);
         // A cancel or the hard limit asks the lanes to stop at their next frame boundary, so
         // the destination can still read why; past a grace period the work is cut short.
         let interrupted = tokio::select! {
             r = &mut work => Ok(r),
-            _ = cancel.cancelled() => Err(MigrationError::Cancelled),
+            _ = cancel.cancelled() => Err(cancel_error(&cancel)),
             _ = tokio::time::sleep(limit) => Err(MigrationError::TimedOut(limit.as_secs())),
         };
         match interrupted {
@@ -129,31 +150,27 @@ where
         if cancel.commit() {
             Ok(())
         } else {
-            Err(MigrationError::Cancelled)
+            Err(cancel_error(&cancel))
         }
     });
     if let Err(e) = outcome {
         return Err(run.give_up(e).await);
     }
-    // Point of no return: from here the source never runs the guest again.
+    // Point of no return: from here the source never runs the guest again on its own. Every
+    // failure below leaves it paused, intact, for the operator to decide.
+    events(SendEvent::Committed);
+    crate::faults::reached("source.before_commit");
     let commit_at = Instant::now();
-    run.lanes[0]
-        .lock()
-        .await
-        .send(FrameKind::Commit, &[])
-        .await
-        .map_err(|e| MigrationError::AfterCommit(crate::error_chain(&e)))?;
+    let sent = run.lanes[0].lock().await.send(FrameKind::Commit, &[]).await;
+    // The disks were flushed when the guest paused; the destination takes them over now.
+    // Released even when the send failed: the Commit may still have gone out.
     run.vm.release();
-    let resumed = tokio::time::timeout(
-        Duration::from_secs(60),
-        run.reader.expect(FrameKind::Resumed),
-    )
-    .await;
-    let resume_ms = match resumed {
-        Ok(Ok(p)) => millis(p),
-        Ok(Err(e)) => return Err(MigrationError::AfterCommit(crate::error_chain(&e))),
-        Err(_) => return Err(MigrationError::AfterCommit("no answer within 60 s".into())),
-    };
+    sent.map_err(|e| {
+        MigrationError::CommitUnknown(format!("sending commit failed: {}", crate::error_chain(&e)))
+    })?;
+    crate::faults::reached("source.commit_sent");
+    let resume_ms = run.await_resumed(&mut events, &mut cancel).await?;
+    crate::faults::reached("source.resumed_received");
     let mut summary = run.summary;
     summary.downtime_breakdown.commit_ms = ms(commit_at.elapsed());
     summary.downtime_breakdown.destination_resume_ms = resume_ms;
@@ -168,6 +185,27 @@ where
     summary.throughput_bytes_per_sec = summary.page_bytes_uncompressed as f64 / secs;
     summary.wire_bytes_per_sec = summary.page_bytes_sent as f64 / secs;
     Ok(summary)
+}
+
+/// The error a fired cancel token stands for.
+fn cancel_error(cancel: &CancelToken) -> MigrationError {
+    match cancel.reason() {
+        Some(why) => MigrationError::GuestEnded(why),
+        None => MigrationError::Cancelled,
+    }
+}
+
+/// Whether a read failed only because the peer was silent for the I/O timeout (the
+/// connection itself may still deliver), not because it is gone.
+fn only_silent(e: &WireError) -> bool {
+    let stalled = |io: &std::io::Error| {
+        io.get_ref()
+            .is_some_and(|i| i.is::<crate::deadline::Stalled>())
+    };
+    match e {
+        WireError::Stalled(io) | WireError::Io(io) => stalled(io),
+        _ => false,
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -194,6 +232,9 @@ struct Run<'a> {
     regions: Arc<Vec<RamRegion>>,
     summary: Summary,
     paused_at: Option<Instant>,
+    /// A pause of the vCPUs running on the blocking pool: a give-up waits for it (it is
+    /// bounded) so that a guest paused after the migration gave up is resumed too.
+    pausing: Option<tokio::task::JoinHandle<VmResult<()>>>,
     /// Set by a cancel or the hard limit: lanes stop at their next frame boundary.
     stop: Arc<AtomicBool>,
 }
@@ -214,7 +255,13 @@ impl Run<'_> {
             }
             other => other,
         };
-        // The guest first: it must not wait on a stalled connection.
+        // The guest first: it must not wait on a stalled connection. A pause still under way
+        // is waited for (it is bounded): the guest it stops must run again too.
+        if let Some(pausing) = self.pausing.take() {
+            if let Ok(Ok(())) = pausing.await {
+                self.paused_at.get_or_insert_with(Instant::now);
+            }
+        }
         self.vm.stop_dirty_log();
         self.vm.throttle(0);
         let resumed = match self.paused_at.take() {
@@ -266,6 +313,7 @@ impl Run<'_> {
             let config = self.vm.config().map_err(MigrationError::Source)?;
             w.send(FrameKind::Config, &config).await?;
         }
+        crate::faults::reached("source.config_sent");
         self.reader.expect(FrameKind::Accept).await?;
         for index in 1..connections {
             let mut ch = more.connect().await?;
@@ -317,6 +365,7 @@ impl Run<'_> {
                 "round {round} acknowledged as {ack:?}"
             )));
         }
+        crate::faults::reached("source.round_acknowledged");
         let secs = t0.elapsed().as_secs_f64().max(1e-6);
         self.summary.pages_sent += stats.data_pages;
         self.summary.zero_pages_skipped += stats.zero_pages;
@@ -359,7 +408,7 @@ impl Run<'_> {
             ms(t.elapsed())
         );
         if self.opts.offline {
-            self.pause()?;
+            self.pause().await?;
             self.summary.switchover = "offline".into();
         }
         // Round 0: everything that is not zero.
@@ -436,7 +485,7 @@ impl Run<'_> {
                 }
                 .into();
                 self.stopped()?;
-                self.pause()?;
+                self.pause().await?;
                 // The last writes before the pause, and any the VMM made while pausing.
                 let t = Instant::now();
                 let last = self.vm.take_dirty().map_err(MigrationError::Source)?;
@@ -456,7 +505,8 @@ impl Run<'_> {
         }
         self.vm.throttle(0);
         let t = Instant::now();
-        let state = self.vm.save_state().map_err(MigrationError::Source)?;
+        let vm = self.vm.clone();
+        let state = blocking(move || vm.save_state()).await?;
         self.summary.downtime_breakdown.state_capture_ms = ms(t.elapsed());
         // Devices wrote guest memory while the last round was sent (or, offline, while all
         // of memory was), and capturing their state may write more: one more dirty pass.
@@ -477,6 +527,7 @@ impl Run<'_> {
             .await
             .send(FrameKind::State, &state)
             .await?;
+        crate::faults::reached("source.state_sent");
         let restore_ms = millis(self.reader.expect(FrameKind::Ready).await?);
         self.summary.downtime_breakdown.state_transfer_ms = ms(t.elapsed());
         self.summary.downtime_breakdown.destination_restore_ms = restore_ms;
@@ -484,14 +535,90 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn pause(&mut self) -> Result<(), MigrationError> {
+    /// Pauses the guest and flushes its disks, on the blocking pool, so that a cancel or the
+    /// time limit can still end the migration while a vCPU is slow to stop or a flush
+    /// hangs (a stalled NFS server). A flush that fails or never ends counts as no pause:
+    /// the give-up resumes the guest (the flush may finish later; nothing depends on it).
+    async fn pause(&mut self) -> Result<(), MigrationError> {
         let t = Instant::now();
-        self.vm.pause().map_err(MigrationError::Source)?;
+        let vm = self.vm.clone();
+        let pausing = self
+            .pausing
+            .insert(tokio::task::spawn_blocking(move || vm.pause()));
+        let paused = pausing.await;
+        self.pausing = None;
+        paused
+            .map_err(|e| MigrationError::Source(VmError::Pause(e.to_string().into())))?
+            .map_err(MigrationError::Source)?;
         self.paused_at = Some(t);
         self.summary.downtime_breakdown = DowntimeBreakdown {
             pause_ms: ms(t.elapsed()),
             ..Default::default()
         };
+        let vm = self.vm.clone();
+        blocking(move || vm.flush()).await?;
+        self.summary.downtime_breakdown.pause_ms = ms(t.elapsed());
+        crate::faults::reached("source.paused");
         Ok(())
     }
+
+    /// After Commit: waits for the destination's Resumed. Silence past [`CONFIRM_TIMEOUT`]
+    /// is reported as unknown and the wait goes on (a late Resumed is a success); the
+    /// connection ending, anything but Resumed, or the operator deciding ends it with
+    /// [`MigrationError::CommitUnknown`]. The guest stays paused in every case.
+    async fn await_resumed<F>(
+        &mut self,
+        events: &mut F,
+        cancel: &mut CancelToken,
+    ) -> Result<f64, MigrationError>
+    where
+        F: FnMut(SendEvent<'_>),
+    {
+        let confirm_by = tokio::time::sleep(self.opts.confirm_timeout);
+        tokio::pin!(confirm_by);
+        let mut reported = false;
+        loop {
+            let frame = tokio::select! {
+                f = self.reader.recv() => f,
+                _ = &mut confirm_by, if !reported => {
+                    reported = true;
+                    let why = format!("no answer within {} s", self.opts.confirm_timeout.as_secs());
+                    events(SendEvent::Unconfirmed(&why));
+                    continue;
+                }
+                _ = cancel.cancelled() => {
+                    return Err(MigrationError::CommitUnknown(
+                        "the operator decided before the destination confirmed".into(),
+                    ))
+                }
+            };
+            match frame {
+                Ok(f) if f.kind == FrameKind::Resumed => return Ok(millis(f.payload)),
+                Ok(f) => {
+                    return Err(MigrationError::CommitUnknown(format!(
+                        "the destination answered {:?} instead of Resumed",
+                        f.kind
+                    )))
+                }
+                Err(e) if only_silent(&e) => {
+                    if !reported {
+                        reported = true;
+                        events(SendEvent::Unconfirmed(&crate::error_chain(&e)));
+                    }
+                }
+                Err(e) => return Err(MigrationError::CommitUnknown(crate::error_chain(&e))),
+            }
+        }
+    }
+}
+
+/// Runs a VM call that may block (pause, flush, state capture) on the blocking pool, so the
+/// migration's deadlines and its cancel stay in force while it runs.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> VmResult<T> + Send + 'static,
+) -> Result<T, MigrationError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| MigrationError::Source(VmError::Save(e.to_string().into())))?
+        .map_err(MigrationError::Source)
 }

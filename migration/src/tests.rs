@@ -160,6 +160,10 @@ struct Shared {
     mem: Vec<u8>,
     state: Vec<u8>,
     resumed: bool,
+    /// Another process holds the disk: acquire fails while set.
+    locked: bool,
+    /// Failed acquire attempts.
+    lock_attempts: u32,
 }
 
 struct FakeTarget(Arc<Mutex<Shared>>);
@@ -184,6 +188,13 @@ impl TargetVm for FakeTarget {
         Ok(())
     }
     fn acquire(&self) -> VmResult<()> {
+        let mut s = self.0.lock().unwrap();
+        if s.locked {
+            s.lock_attempts += 1;
+            return Err(crate::vm::VmError::Acquire(
+                "held by another process".into(),
+            ));
+        }
         Ok(())
     }
     fn resume(&self) -> VmResult<()> {
@@ -292,7 +303,15 @@ async fn destination<S: Transport + 'static>(
     mut builder: Builder,
 ) -> Result<(), MigrationError> {
     let ch = secure_destination(boxed(stream), &security).await?;
-    receive(ch, &mut more, &mut builder).await.map(|_| ())
+    receive(
+        ch,
+        &mut more,
+        &mut builder,
+        CancelToken::never(),
+        &mut |_| {},
+    )
+    .await
+    .map(|_| ())
 }
 
 /// The source: secures the first connection, then sends; the guest runs on if securing fails.
@@ -796,4 +815,101 @@ async fn pages_written_again_during_a_round_wait_for_the_next() {
         .map(|r| r.redirtied_pages_skipped)
         .sum();
     assert!(skipped > 0, "{:?}", summary.rounds_detail);
+}
+
+/// After the commit neither side gives the guest up on its own: a destination that cannot
+/// take the disk keeps retrying (and says so) instead of discarding a VM the source already
+/// handed over; the source, without Resumed, reports the outcome unknown, keeps the guest
+/// paused and waits, until the operator decides (abandon) or a late Resumed arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_commit_neither_side_discards_the_guest() {
+    for late_resumed in [false, true] {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let src = Arc::new(FakeSource::new(4));
+        let (sec_src, sec_dst) = psk();
+        let (connector, acceptor) = links(sec_src.clone(), sec_dst.clone());
+        let (builder, shared) = builder(None);
+        shared.lock().unwrap().locked = true;
+        let (dst_cancel, dst_token) = cancel_pair();
+        let waiting = Arc::new(AtomicU32::new(0));
+        let target = tokio::spawn({
+            let waiting = waiting.clone();
+            async move {
+                let ch = secure_destination(boxed(b), &sec_dst).await?;
+                let (mut more, mut builder) = (acceptor, builder);
+                let mut events = |e: crate::receiver::ReceiveEvent<'_>| {
+                    if let crate::receiver::ReceiveEvent::WaitingForDisks(_) = e {
+                        waiting.fetch_add(1, Ordering::SeqCst);
+                    }
+                };
+                receive(ch, &mut more, &mut builder, dst_token, &mut events)
+                    .await
+                    .map(|_| ())
+            }
+        });
+        let opts = SendOptions {
+            confirm_timeout: Duration::from_millis(300),
+            ..Default::default()
+        };
+        let (canceller, token) = cancel_pair();
+        let unconfirmed = Arc::new(AtomicBool::new(false));
+        let ch = secure_source(boxed(a), &sec_src).await.unwrap();
+        let sending = tokio::spawn({
+            let (src, unconfirmed) = (src.clone(), unconfirmed.clone());
+            async move {
+                send(
+                    ch,
+                    &connector,
+                    src,
+                    &opts,
+                    |e| {
+                        if let crate::sender::SendEvent::Unconfirmed(_) = e {
+                            unconfirmed.store(true, Ordering::SeqCst)
+                        }
+                    },
+                    token,
+                )
+                .await
+            }
+        });
+        // The source reports the outcome unknown; its guest stays paused, its disks released.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !unconfirmed.load(Ordering::SeqCst) {
+            assert!(std::time::Instant::now() < deadline, "no Unconfirmed event");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!src.running.load(Ordering::SeqCst));
+        assert!(src.released.load(Ordering::SeqCst));
+        // The destination has committed: a stop is refused, and it keeps trying the disk.
+        assert!(dst_cancel.cancel().is_err());
+        while waiting.load(Ordering::SeqCst) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no WaitingForDisks event"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!shared.lock().unwrap().resumed);
+        if late_resumed {
+            // The disk comes free: the destination resumes, and its late Resumed makes the
+            // migration a success on the source.
+            shared.lock().unwrap().locked = false;
+            let sent = sending.await.unwrap();
+            assert!(sent.is_ok(), "{:?}", sent.err());
+            target.await.unwrap().unwrap();
+            assert!(shared.lock().unwrap().resumed);
+        } else {
+            // The operator decides on the source: the wait ends, the guest is still paused.
+            canceller.abandon();
+            let sent = sending.await.unwrap();
+            assert!(
+                matches!(sent, Err(MigrationError::CommitUnknown(_))),
+                "{:?}",
+                sent.err()
+            );
+            assert!(!src.running.load(Ordering::SeqCst));
+            assert!(shared.lock().unwrap().lock_attempts > 1);
+            target.abort();
+        }
+    }
 }

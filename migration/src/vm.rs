@@ -72,9 +72,15 @@ pub trait SourceVm: Send + Sync {
     fn peek_dirty(&self, _region: usize) -> VmResult<Option<DirtyBitmap>> {
         Ok(None)
     }
-    /// Stops the guest: vCPUs out of guest mode, devices frozen, disks flushed. On failure
+    /// Stops the guest: vCPUs out of guest mode, devices frozen; bounded in time. On failure
     /// the guest runs as before.
     fn pause(&self) -> VmResult<()>;
+    /// Flushes the paused guest's disks to stable storage (before the destination may open
+    /// them). May block for as long as the storage does (the migration runs it where its
+    /// deadlines still fire).
+    fn flush(&self) -> VmResult<()> {
+        Ok(())
+    }
     /// Lets the guest run again (a migration that failed before commit), or leaves it paused
     /// if its user had paused it before the migration.
     fn resume(&self) -> VmResult<()>;
@@ -95,7 +101,8 @@ pub trait TargetVm: Send + Sync {
     /// Makes `len` bytes at `gpa` zero.
     fn zero_memory(&self, gpa: u64, len: usize) -> VmResult<()>;
     fn restore_state(&self, state: &[u8]) -> VmResult<()>;
-    /// Takes over what the source released (disk locks, page caches dropped).
+    /// Takes over what the source released (disk locks, page caches dropped): one attempt,
+    /// which fails while another process still holds a disk; the receiver retries.
     fn acquire(&self) -> VmResult<()>;
     /// Starts the guest (devices re-signalled, clock notified, MAC announced).
     fn resume(&self) -> VmResult<()>;

@@ -222,7 +222,9 @@ def main():
 
         # The destination listens; its info says it waits.
         mig = os.path.join(work, "migration.sock")
-        c.call(dst, "PUT", "vm.receive-migration", {"receiver_url": "unix:" + mig, "memory_size": 64 << 20}, expect=204)
+        # The payload is a grant: what the received VM boots here when it reboots.
+        c.call(dst, "PUT", "vm.receive-migration", {"receiver_url": "unix:" + mig, "memory_size": 64 << 20,
+                                                    "payload": {"kernel": kernel}}, expect=204)
         _, info = c.call(dst, "GET", "vm.info", expect=200)
         assert info.get("migration", {}).get("role") == "waiting", info
         c.call(dst, "PUT", "vm.pause", expect=405)
@@ -250,7 +252,9 @@ def main():
         if src_proc.wait(timeout=30) != 0:
             fail(f"the source VMM exited with {src_proc.returncode}")
 
-        # The rest of the life on the destination.
+        # The rest of the life on the destination: it boots the kernel granted here.
+        _, info = c.call(dst, "GET", "vm.info", expect=200)
+        assert info["config"]["payload"].get("kernel") == kernel, info
         c.call(dst, "PUT", "vm.reboot", expect=204)
         wait_until("the VM running after the reboot",
                    lambda: c.call(dst, "GET", "vm.info")[1]["state"] == "Running")

@@ -35,8 +35,19 @@ pub fn vmm_bin() -> PathBuf {
             return PathBuf::from(p);
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        // With the protocol's named failure points (inert unless FAILPOINTS names them): the
+        // fault tests use them; a release build never has them.
         let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "vmm", "--bin", "vmm"])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "vmm",
+                "--bin",
+                "vmm",
+                "--features",
+                "failpoints",
+            ])
             .current_dir(workspace_root())
             .status()
             .expect("run cargo build");
@@ -183,13 +194,18 @@ impl VmProcess {
 
     /// Like [`Self::start`], behind a prefix command (e.g. `ip netns exec host1`).
     pub fn start_in(prefix: &[&str], dir: &Path, args: &[&str]) -> Self {
+        Self::start_env(prefix, &[], dir, args)
+    }
+
+    /// Like [`Self::start_in`], with environment variables (e.g. `FAILPOINTS`).
+    pub fn start_env(prefix: &[&str], env: &[(&str, &str)], dir: &Path, args: &[&str]) -> Self {
         let mut full = vec![
             OsStr::new("--runtime-dir"),
             dir.as_os_str(),
             OsStr::new("run"),
         ];
         full.extend(args.iter().map(OsStr::new));
-        Self::spawn(prefix, &full)
+        Self::spawn(prefix, env, &full)
     }
 
     /// Starts an empty VMM (`vmm --api-socket SOCKET`) for an API client to drive.
@@ -201,7 +217,7 @@ impl VmProcess {
             socket.as_os_str(),
         ];
         full.extend(extra.iter().map(OsStr::new));
-        let mut vm = Self::spawn(&[], &full);
+        let mut vm = Self::spawn(&[], &[], &full);
         vm.wait_for_stderr("empty VMM", Duration::from_secs(30));
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::os::unix::net::UnixStream::connect(socket).is_err() {
@@ -216,7 +232,7 @@ impl VmProcess {
     }
 
     /// Runs `vmm ARGS...` (behind `prefix`), collecting its output.
-    fn spawn(prefix: &[&str], args: &[&OsStr]) -> Self {
+    fn spawn(prefix: &[&str], env: &[(&str, &str)], args: &[&OsStr]) -> Self {
         let mut cmd = match prefix.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
@@ -227,6 +243,7 @@ impl VmProcess {
         };
         let mut child = cmd
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -372,6 +389,17 @@ impl Drop for VmProcess {
 /// Starts the dirtier guest (128 MiB) with `extra` options and waits until every vCPU has
 /// made progress.
 pub fn start_dirtier(dir: &Path, name: &str, vcpus: u8, extra: &[&str]) -> VmProcess {
+    start_dirtier_env(dir, &[], name, vcpus, extra)
+}
+
+/// [`start_dirtier`] with environment variables for the VMM (e.g. `FAILPOINTS`).
+pub fn start_dirtier_env(
+    dir: &Path,
+    env: &[(&str, &str)],
+    name: &str,
+    vcpus: u8,
+    extra: &[&str],
+) -> VmProcess {
     let g = guest("dirtier");
     let v = vcpus.to_string();
     let mut args = vec![
@@ -385,7 +413,7 @@ pub fn start_dirtier(dir: &Path, name: &str, vcpus: u8, extra: &[&str]) -> VmPro
         &v,
     ];
     args.extend_from_slice(extra);
-    let mut vm = VmProcess::start(dir, &args);
+    let mut vm = VmProcess::start_env(&[], env, dir, &args);
     let needles: Vec<String> = (0..vcpus)
         .map(|cpu| format!("cpu{cpu} pass 16 ok"))
         .collect();

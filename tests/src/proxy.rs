@@ -159,3 +159,118 @@ fn relay(
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// What a [`Relay`] does with the bytes it is handed, switched while it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Link {
+    Forward,
+    /// Nothing gets through either way any more, and nothing is closed: a partition. Bytes are
+    /// read and dropped, so each sender sees its writes succeed and its reads wait.
+    Silent,
+    /// Every connection is reset (RST) at once, and new ones too.
+    Reset,
+}
+
+/// A relay for every connection of a migration (the extra ones too) between a source and a
+/// destination on loopback, whose link the test switches at a chosen moment.
+pub struct Relay {
+    pub port: u16,
+    link: Arc<Mutex<Link>>,
+    streams: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Relay {
+    pub fn start(target: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let link = Arc::new(Mutex::new(Link::Forward));
+        let streams: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        let (l, s) = (link.clone(), streams.clone());
+        std::thread::spawn(move || {
+            for src in listener.incoming() {
+                let Ok(src) = src else { break };
+                if *l.lock().unwrap() == Link::Reset {
+                    reset(&src);
+                    continue;
+                }
+                let Ok(dst) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                {
+                    let mut all = s.lock().unwrap();
+                    all.push(src.try_clone().unwrap());
+                    all.push(dst.try_clone().unwrap());
+                }
+                for (from, to) in [
+                    (src.try_clone().unwrap(), dst.try_clone().unwrap()),
+                    (dst, src),
+                ] {
+                    let l = l.clone();
+                    std::thread::spawn(move || pump(from, to, l));
+                }
+            }
+        });
+        Relay {
+            port,
+            link,
+            streams,
+        }
+    }
+
+    pub fn set(&self, link: Link) {
+        *self.link.lock().unwrap() = link;
+        if link == Link::Reset {
+            for s in self.streams.lock().unwrap().drain(..) {
+                reset(&s);
+            }
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.set(Link::Reset);
+    }
+}
+
+/// Closes a connection with a reset: SO_LINGER of zero, then shutdown.
+fn reset(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket we hold, reading a linger struct that lives for the call.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    let _ = s.shutdown(Shutdown::Both);
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream, link: Arc<Mutex<Link>>) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        match *link.lock().unwrap() {
+            Link::Forward => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Link::Silent => {}
+            Link::Reset => break,
+        }
+    }
+    if *link.lock().unwrap() == Link::Forward {
+        let _ = to.shutdown(Shutdown::Write);
+    }
+}

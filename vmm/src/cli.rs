@@ -75,8 +75,15 @@ enum Command {
     },
     /// Stop a VM's vCPUs (returns once none is executing guest code).
     Pause { name: String },
-    /// Let a paused VM's vCPUs run again.
-    Resume { name: String },
+    /// Let a paused VM's vCPUs run again. With --force: resume a guest whose migration
+    /// committed without the destination's confirmation (its outcome is unknown): only when
+    /// the destination does not run it. The disks are taken back first, and the resume is
+    /// refused while another process (the destination) holds one.
+    Resume {
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
     /// Stop a VM: its `vmm run` process exits.
     Stop { name: String },
     /// Move a running VM to another host (live pre-copy; --offline for stop-and-copy). The
@@ -174,7 +181,9 @@ struct RunArgs {
     /// Start empty and wait for this VM to arrive by migration on tcp:ADDR:PORT or unix:PATH.
     /// The VM may have only the disks and NICs given here with --disk and --net (its
     /// config must match them); a Unix socket accepts only this user or root.
-    #[arg(long, value_name = "ENDPOINT", conflicts_with_all = ["kernel", "initrd"])]
+    /// With --incoming, --kernel (and --initrd, --cmdline) grant what the received VM boots
+    /// when it reboots; without them it cannot reboot here (the source's paths are never used).
+    #[arg(long, value_name = "ENDPOINT")]
     incoming: Option<String>,
     /// With --incoming: accept only a source holding this pre-shared key file (at least 16
     /// bytes, at most 4 KiB); the whole stream is encrypted and authenticated.
@@ -269,7 +278,16 @@ pub fn execute(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Pause { name } => simple(&dir, &name, "vm.pause", "paused"),
-        Command::Resume { name } => simple(&dir, &name, "vm.resume", "resumed"),
+        Command::Resume { name, force: false } => simple(&dir, &name, "vm.resume", "resumed"),
+        Command::Resume { name, force: true } => {
+            client(&dir, &name)?.put(
+                "vm.resume",
+                Some(&serde_json::json!({ "force": true })),
+                CLIENT_TIMEOUT,
+            )?;
+            println!("{name}: resumed here (forced)");
+            Ok(0)
+        }
         Command::Stop { name } => simple(&dir, &name, "vmm.shutdown", "stopped"),
         Command::Migrate(args) => migrate(&dir, args),
         Command::Api {
@@ -427,6 +445,17 @@ fn migrate(dir: &std::path::Path, args: MigrateArgs) -> anyhow::Result<u8> {
     if tty && last_round.is_some() {
         eprintln!();
     }
+    if outcome.outcome == MigrationOutcome::Unknown {
+        let why = outcome.error.unwrap_or_default();
+        eprintln!(
+            "vmm: the migration of '{0}' committed but the destination did not confirm it ({why}).\n\
+             vmm: the outcome is unknown: the guest is paused here, intact, and its disks are released.\n\
+             vmm: check the destination: if it runs '{0}', discard this copy with `vmm stop {0}`;\n\
+             vmm: if it does not, resume it here with `vmm resume {0} --force`.",
+            args.name
+        );
+        return Ok(3);
+    }
     if outcome.outcome != MigrationOutcome::Completed {
         let why = outcome
             .error
@@ -575,6 +604,14 @@ fn run_vm(
             disks: Some(disks.iter().map(ApiDisk::from).collect()),
             net: Some(nets.iter().map(ApiNet::from).collect()),
             memory_size: args.memory.as_deref().map(memory_size).transpose()?,
+            payload: args
+                .kernel
+                .as_ref()
+                .map(|k| vmm::api::types::PayloadConfig {
+                    kernel: Some(k.clone()),
+                    initramfs: args.initrd.clone(),
+                    cmdline: Some(args.cmdline.clone()),
+                }),
         };
         Start::Receive(Box::new(
             ReceiveSpec::from_api(&receive, &args.name).map_err(anyhow::Error::msg)?,
@@ -603,7 +640,8 @@ fn run_vm(
 struct VmSummary {
     name: String,
     pid: u32,
-    /// running, paused, migrating, waiting (a destination), created, shutdown.
+    /// running, paused, migrating, waiting (a destination), receiving, created, shutdown,
+    /// or "paused (migration outcome unknown)" on a source whose commit was not confirmed.
     state: &'static str,
     memory_mib: u64,
     vcpus: u8,
@@ -618,7 +656,11 @@ struct VmSummary {
 impl VmSummary {
     fn from_api(i: ApiVmInfo) -> Self {
         let state = match (&i.migration, i.state) {
+            (Some(m), _) if m.outcome.as_deref() == Some("unknown") => {
+                "paused (migration outcome unknown)"
+            }
             (Some(m), _) if m.role == MigrationRole::Sending => "migrating",
+            (Some(m), _) if m.role == MigrationRole::Receiving => "receiving",
             (Some(_), _) => "waiting",
             (None, ApiVmState::Running) => "running",
             (None, ApiVmState::Paused) => "paused",

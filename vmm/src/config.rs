@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 /// i8042 (which ends `vmm run`), panic ends the VM, no PCI probing.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
 
+/// Why a received VM cannot boot again on this host.
+pub const NO_KERNEL_GRANTED: &str = "this VM arrived by migration and this host granted no kernel to boot it with (the source's paths are never opened here): grant one with `payload` on vm.receive-migration or --kernel [--initrd --cmdline] on `vmm run --incoming`";
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmConfig {
     pub name: String,
@@ -21,6 +24,13 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     #[serde(default)]
     pub nets: Vec<NetConfig>,
+}
+
+impl VmConfig {
+    /// Whether there is a kernel to boot (a received VM has one only when this host granted it).
+    pub fn has_kernel(&self) -> bool {
+        !self.kernel.as_os_str().is_empty()
+    }
 }
 
 /// A `--net tap=NAME[,mac=MAC]` argument.

@@ -16,7 +16,12 @@ pub fn respond(reply: Responder, answer: ApiResponse) {
 pub enum VmEvent {
     /// An API request and where to send its answer.
     Api(ApiRequest, Responder),
-    /// The migration worker finished (the VM left, or it failed and the guest runs here again).
+    /// The outgoing migration is about to send Commit: the guest no longer runs here on its own.
+    MigrationCommitted,
+    /// The destination did not confirm the commit in time: the outcome is unknown.
+    MigrationUnconfirmed(String),
+    /// The migration worker finished (the VM left, it failed before the commit and the guest
+    /// runs here again, or it committed without a confirmation and the guest stays paused).
     MigrationFinished(Result<migration::progress::Summary, migration::MigrationError>),
     /// The guest wrote the reset command to the i8042 controller.
     GuestReset,
@@ -30,6 +35,10 @@ pub enum VmEvent {
     IncomingListening(String),
     /// A source connected and authenticated: the VM is being received.
     IncomingStarted(String),
+    /// The incoming VM was committed: it is this host's now, whatever happens.
+    IncomingCommitted,
+    /// The committed VM waits for a disk another process still holds.
+    IncomingWaitingForDisks(String),
     /// A waiting destination's receive ended: the VM it received, or why nothing was started.
     IncomingFinished(Box<Result<crate::migrate::target::Incoming, anyhow::Error>>),
 }

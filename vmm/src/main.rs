@@ -10,6 +10,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_millis()
         .init();
+    migration::faults::setup();
     let args = cli::Cli::parse();
     match cli::execute(args) {
         Ok(code) => ExitCode::from(code),

@@ -1,5 +1,10 @@
 //! The thread that owns a running VM: it answers API requests, runs at most one migration at a
 //! time (through the migration worker, which it can cancel), and decides when the VM ends.
+//!
+//! An outgoing migration that has committed hands the decision over: the guest stays paused
+//! here and nothing but the destination's confirmation (the VM then ends here) or an explicit
+//! operator request ends that: `vm.resume` with `force` (the disks re-taken first) or a stop
+//! (this copy discarded). Signals and the console escape do not discard it.
 //! Concurrency: one plain thread draining the VMM's event channel; everything that must not
 //! block it (the migration, the API socket's I/O) runs on other threads and reports back as
 //! events.
@@ -28,7 +33,8 @@ use crate::vcpu::VcpuOutcome;
 enum AfterCancel {
     /// `vmm.shutdown` or `vm.shutdown`: answered once the guest is back, then the VM ends so.
     Request(Responder, RunEnd),
-    Signal(&'static str),
+    /// A signal, or the guest itself (reset, power-off, failure, the console escape).
+    End(RunEnd),
 }
 
 /// A migration in progress.
@@ -40,6 +46,17 @@ struct Active {
     /// `vm.cancel-migration` requests, answered once the guest is back.
     cancel_waiters: Vec<Responder>,
     then: Option<AfterCancel>,
+    /// Commit is being sent or was: the guest no longer runs here on its own.
+    committed: bool,
+    /// The destination did not confirm the commit in time (the worker still listens).
+    unconfirmed: Option<String>,
+}
+
+/// A migration that committed without the destination's confirmation: the guest is paused
+/// here, intact, its disks released, until the operator decides.
+struct Unknown {
+    to: String,
+    why: String,
 }
 
 /// What the owner needs besides the VM: where events go and where a migration reports.
@@ -56,6 +73,7 @@ struct Owner {
     started: Instant,
     ctx: OwnerContext,
     migration: Option<Active>,
+    unknown: Option<Unknown>,
 }
 
 /// Owns the running VM until it ends.
@@ -75,6 +93,7 @@ pub(crate) fn own(
         started: Instant::now(),
         ctx,
         migration: None,
+        unknown: None,
     };
     let end = loop {
         let Ok(event) = rx.recv() else {
@@ -85,12 +104,21 @@ pub(crate) fn own(
         }
     };
     drop(raw_terminal);
-    if let Err(e) = machine.vcpus.stop() {
-        log::error!("{e}");
-    }
+    let stopped = machine.vcpus.stop();
     drop(event_loop);
-    // A vCPU stuck in the kernel may still touch guest memory: keep it mapped until exit.
-    std::mem::forget(machine);
+    drop(owner);
+    match stopped {
+        // Every vCPU thread is joined: the devices (disk locks, taps) are closed and guest
+        // memory unmapped as the last reference goes (a migration's stuck flush may hold one
+        // a while longer).
+        Ok(()) => drop(machine),
+        Err(e) => {
+            // A vCPU stuck in the kernel may still touch guest memory: keep it mapped, and
+            // its devices open, until the process exits.
+            log::error!("{e}; the VM's memory and devices stay allocated until this process exits");
+            std::mem::forget(machine);
+        }
+    }
     end
 }
 
@@ -98,46 +126,194 @@ impl Owner {
     fn handle(&mut self, event: VmEvent) -> Option<RunEnd> {
         match event {
             VmEvent::Api(request, reply) => self.request(request, reply),
+            VmEvent::MigrationCommitted => {
+                if let Some(m) = &mut self.migration {
+                    m.committed = true;
+                }
+                None
+            }
+            VmEvent::MigrationUnconfirmed(why) => {
+                if let Some(m) = &mut self.migration {
+                    eprintln!(
+                        "vmm: the migration to {} committed but is not confirmed ({why}): the outcome is unknown; the guest stays paused here until the destination confirms or you decide",
+                        m.to
+                    );
+                    m.unconfirmed = Some(why);
+                }
+                None
+            }
             VmEvent::MigrationFinished(result) => self.migration_finished(result),
-            VmEvent::GuestReset => Some(RunEnd::Rebooted),
-            VmEvent::VcpuExited { outcome, .. } => Some(match outcome {
+            VmEvent::GuestReset => self.guest_ended(RunEnd::Rebooted),
+            VmEvent::VcpuExited { outcome, .. } => self.guest_ended(match outcome {
                 VcpuOutcome::Reset => RunEnd::Rebooted,
                 VcpuOutcome::PowerOff => RunEnd::PoweredOff,
                 VcpuOutcome::Failed(msg) => RunEnd::Failed(msg),
             }),
-            VmEvent::Signal(name) => match &mut self.migration {
-                None => Some(RunEnd::Signal(name)),
-                Some(m) => {
-                    match m.canceller.cancel() {
-                        Ok(()) => {
-                            log::warn!(
-                                "{name}: cancelling the migration to {}, then stopping",
-                                m.to
-                            );
-                            m.then = Some(AfterCancel::Signal(name));
-                        }
-                        Err(e) => log::warn!("{name} ignored: {e}"),
-                    }
-                    None
-                }
-            },
-            VmEvent::ConsoleQuit => Some(RunEnd::ConsoleQuit),
+            VmEvent::Signal(name) => self.guest_ended(RunEnd::Signal(name)),
+            VmEvent::ConsoleQuit => self.guest_ended(RunEnd::ConsoleQuit),
             // Events of a receive that is over are not for a running VM.
             VmEvent::IncomingFinished(_)
             | VmEvent::IncomingListening(_)
-            | VmEvent::IncomingStarted(_) => None,
+            | VmEvent::IncomingStarted(_)
+            | VmEvent::IncomingCommitted
+            | VmEvent::IncomingWaitingForDisks(_) => None,
+        }
+    }
+
+    /// Where a migration's commit stands, if it has committed: the destination is asked to
+    /// confirm (`Some(None)`), or did not in time (`Some(Some(why))`).
+    fn commit_pending(&self) -> Option<Option<&str>> {
+        if let Some(u) = &self.unknown {
+            return Some(Some(&u.why));
+        }
+        match &self.migration {
+            Some(m) if m.committed => Some(m.unconfirmed.as_deref()),
+            _ => None,
+        }
+    }
+
+    /// The guest, a signal or the console ends the VM. During a migration before its commit
+    /// the migration is cancelled first (with that reason) and the VM ends once the worker has
+    /// given the guest back; after the commit nothing but the operator's request ends it.
+    fn guest_ended(&mut self, end: RunEnd) -> Option<RunEnd> {
+        if self.commit_pending().is_some() {
+            let to = self
+                .migration
+                .as_ref()
+                .map(|m| m.to.clone())
+                .or_else(|| self.unknown.as_ref().map(|u| u.to.clone()))
+                .unwrap_or_default();
+            eprintln!(
+                "vmm: {} ignored: the migration to {to} has committed and the guest is paused here; `vmm stop {}` discards this copy once the destination runs the guest, `vmm resume {} --force` resumes it here if the destination does not",
+                end.describe(&self.machine.config.name),
+                self.machine.config.name,
+                self.machine.config.name
+            );
+            return None;
+        }
+        let Some(m) = &mut self.migration else {
+            return Some(end);
+        };
+        let reason = end.describe(&self.machine.config.name);
+        match m.canceller.cancel_because(reason.clone()) {
+            Ok(()) => {
+                log::warn!(
+                    "{reason}: cancelling the migration to {}, then stopping",
+                    m.to
+                );
+                if m.then.is_none() {
+                    m.then = Some(AfterCancel::End(end));
+                }
+                None
+            }
+            Err(e) => {
+                log::warn!("{reason}: ignored: {e}");
+                None
+            }
         }
     }
 
     fn state(&self) -> ApiVmState {
-        if self.paused {
+        if self.paused || self.commit_pending().is_some() {
             ApiVmState::Paused
         } else {
             ApiVmState::Running
         }
     }
 
+    /// Requests while a migration has committed: only the operator's explicit decision (a
+    /// forced resume, or a stop once the outcome is unknown) changes anything.
+    fn request_after_commit(
+        &mut self,
+        request: ApiRequest,
+        reply: Responder,
+        unconfirmed: bool,
+    ) -> Option<RunEnd> {
+        let name = self.machine.config.name.clone();
+        let waiting = format!(
+            "the migration has committed and waits for the destination's confirmation; if none comes, `vmm resume {name} --force` or `vmm stop {name}` decide"
+        );
+        match request {
+            ApiRequest::VmInfo => respond(reply, ApiResponse::json(&self.info())),
+            ApiRequest::VmPause => respond(reply, ApiResponse::no_content()),
+            ApiRequest::VmResume { force: true } if unconfirmed => match self.force_resume() {
+                Ok(()) => respond(reply, ApiResponse::no_content()),
+                Err(e) => respond(reply, ApiResponse::not_now(e)),
+            },
+            ApiRequest::VmResume { .. } if unconfirmed => respond(
+                reply,
+                ApiResponse::not_now(format!(
+                    "the migration committed and its outcome is unknown: the guest may run at the destination. Check it there; if it does not run, resume it here with `vmm resume {name} --force` (vm.resume with {{\"force\": true}}), which takes the disks back first and is refused while another process holds them"
+                )),
+            ),
+            ApiRequest::VmmShutdown | ApiRequest::VmShutdown if unconfirmed => {
+                // The operator's decision: the destination has the guest; this copy goes.
+                if let Some(m) = self.migration.take() {
+                    m.canceller.abandon();
+                }
+                eprintln!("vmm: the paused copy of '{name}' is discarded on request (its migration committed)");
+                self.ctx.status.finish(
+                    MigrationOutcome::Completed,
+                    None,
+                    Some("the operator discarded the source's copy after an unconfirmed commit".into()),
+                );
+                respond(reply, ApiResponse::no_content());
+                return Some(if request == ApiRequest::VmmShutdown {
+                    RunEnd::StopRequested
+                } else {
+                    RunEnd::ShutdownRequested
+                });
+            }
+            _ => respond(reply, ApiResponse::not_now(waiting)),
+        }
+        None
+    }
+
+    /// `vm.resume` with `force` after an unconfirmed commit: takes every disk back (refused,
+    /// and the disks let go again, while another process holds one: the destination has the
+    /// guest), stops the worker's wait, and runs the guest here again.
+    fn force_resume(&mut self) -> Result<(), String> {
+        let mut refused = None;
+        self.machine.each_transport(|t| {
+            if refused.is_none() {
+                if let Err(e) = t.device_mut().acquire_backend() {
+                    refused = Some(crate::error_chain(&e));
+                }
+            }
+        });
+        if let Some(why) = refused {
+            self.machine
+                .each_transport(|t| t.device_mut().release_backend());
+            return Err(format!(
+                "not resumed: {why}; another process holds the disk, so the destination most likely runs the guest: discard this copy with `vmm stop {}`",
+                self.machine.config.name
+            ));
+        }
+        if let Some(m) = self.migration.take() {
+            m.canceller.abandon();
+        }
+        let to = self.unknown.take().map(|u| u.to).unwrap_or_default();
+        self.machine.resume_all();
+        self.paused = false;
+        eprintln!(
+            "vmm: guest '{}' resumed here on request after its unconfirmed migration to {to}",
+            self.machine.config.name
+        );
+        self.ctx.status.finish(
+            MigrationOutcome::Failed,
+            None,
+            Some(format!(
+                "committed to {to} without a confirmation; the operator resumed the guest on the source"
+            )),
+        );
+        self.ctx.monitor.emit("vm", "resumed", None);
+        Ok(())
+    }
+
     fn request(&mut self, request: ApiRequest, reply: Responder) -> Option<RunEnd> {
+        if let Some(unconfirmed) = self.commit_pending().map(|u| u.is_some()) {
+            return self.request_after_commit(request, reply, unconfirmed);
+        }
         let m = &self.machine;
         let migrating = self.migration.is_some();
         match request {
@@ -146,7 +322,7 @@ impl Owner {
                 reply,
                 ApiResponse::not_now("cannot pause a VM that is migrating"),
             ),
-            ApiRequest::VmResume if migrating => respond(
+            ApiRequest::VmResume { .. } if migrating => respond(
                 reply,
                 ApiResponse::not_now("cannot resume a VM that is migrating"),
             ),
@@ -159,8 +335,10 @@ impl Owner {
                 }
                 Err(e) => respond(reply, ApiResponse::error(500, format!("pause failed: {e}"))),
             },
-            ApiRequest::VmResume if !self.paused => respond(reply, ApiResponse::no_content()),
-            ApiRequest::VmResume => {
+            ApiRequest::VmResume { .. } if !self.paused => {
+                respond(reply, ApiResponse::no_content())
+            }
+            ApiRequest::VmResume { .. } => {
                 let _ = m.vcpus.on_each(|_, fd| fd.kvmclock_ctrl());
                 m.vcpus.resume();
                 self.paused = false;
@@ -191,6 +369,10 @@ impl Owner {
             ApiRequest::VmReboot | ApiRequest::VmDelete if migrating => respond(
                 reply,
                 ApiResponse::not_now("a migration is running (vm.cancel-migration first)"),
+            ),
+            ApiRequest::VmReboot if !m.config.has_kernel() => respond(
+                reply,
+                ApiResponse::not_now(crate::config::NO_KERNEL_GRANTED),
             ),
             ApiRequest::VmReboot => {
                 respond(reply, ApiResponse::no_content());
@@ -236,6 +418,8 @@ impl Owner {
                             paused_before: self.paused,
                             cancel_waiters: Vec::new(),
                             then: None,
+                            committed: false,
+                            unconfirmed: None,
                         });
                         respond(reply, ApiResponse::no_content());
                     }
@@ -290,7 +474,10 @@ impl Owner {
             }
             Err(e) => {
                 let message = crate::error_chain(&e);
-                let cancelled = matches!(e, migration::MigrationError::Cancelled);
+                let cancelled = matches!(
+                    e,
+                    migration::MigrationError::Cancelled | migration::MigrationError::GuestEnded(_)
+                );
                 let (outcome, event) = if cancelled {
                     (MigrationOutcome::Cancelled, "cancelled")
                 } else {
@@ -301,10 +488,25 @@ impl Owner {
                     event,
                     Some(serde_json::json!({ "destination": active.to, "error": message })),
                 );
-                status.finish(outcome, None, Some(message));
-                if matches!(e, migration::MigrationError::AfterCommit(_)) {
-                    return Some(RunEnd::Failed(e.to_string()));
+                if let migration::MigrationError::CommitUnknown(why) = &e {
+                    // Never discarded: paused and intact until the operator decides.
+                    status.finish(MigrationOutcome::Unknown, None, Some(message.clone()));
+                    monitor.emit(
+                        "migration",
+                        "unknown",
+                        Some(serde_json::json!({ "destination": active.to, "error": message })),
+                    );
+                    eprintln!("vmm: {message}");
+                    for w in active.cancel_waiters {
+                        let _ = w.send(ApiResponse::not_now("the migration has committed"));
+                    }
+                    self.unknown = Some(Unknown {
+                        to: active.to,
+                        why: why.clone(),
+                    });
+                    return None;
                 }
+                status.finish(outcome, None, Some(message));
                 log::warn!("migration failed, the guest stays here: {e}");
                 self.paused = active.paused_before;
                 for w in active.cancel_waiters {
@@ -316,7 +518,7 @@ impl Owner {
                         let _ = r.send(ApiResponse::no_content());
                         Some(end)
                     }
-                    Some(AfterCancel::Signal(name)) => Some(RunEnd::Signal(name)),
+                    Some(AfterCancel::End(end)) => Some(end),
                 }
             }
         }
@@ -331,10 +533,25 @@ impl Owner {
             name: c.name.clone(),
             pid: std::process::id(),
             uptime_secs: self.started.elapsed().as_secs_f64(),
-            migration: self.migration.as_ref().map(|m| MigrationInfo {
-                role: MigrationRole::Sending,
-                address: m.to.clone(),
-            }),
+            migration: match (&self.migration, &self.unknown) {
+                (_, Some(u)) => Some(MigrationInfo {
+                    role: MigrationRole::Sending,
+                    address: u.to.clone(),
+                    outcome: Some("unknown".into()),
+                    detail: Some(u.why.clone()),
+                }),
+                (Some(m), None) => Some(MigrationInfo {
+                    role: MigrationRole::Sending,
+                    address: m.to.clone(),
+                    outcome: match (m.committed, &m.unconfirmed) {
+                        (_, Some(_)) => Some("unknown".into()),
+                        (true, None) => Some("committed".into()),
+                        (false, None) => None,
+                    },
+                    detail: m.unconfirmed.clone(),
+                }),
+                (None, None) => None,
+            },
         }
     }
 }

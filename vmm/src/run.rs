@@ -100,6 +100,22 @@ impl ReceiveSpec {
         if let Some(size) = req.memory_size {
             config::validate_memory(size).map_err(|e| format!("memory_size: {e}"))?;
         }
+        let payload = match &req.payload {
+            None => None,
+            Some(p) => {
+                let kernel = p.kernel.clone().ok_or(
+                    "payload: a granted payload needs its kernel (the initramfs and cmdline are optional)",
+                )?;
+                Some(crate::migrate::target::Payload {
+                    kernel,
+                    initrd: p.initramfs.clone(),
+                    cmdline: p
+                        .cmdline
+                        .clone()
+                        .unwrap_or_else(|| config::DEFAULT_CMDLINE.to_string()),
+                })
+            }
+        };
         Ok(ReceiveSpec {
             listen,
             security,
@@ -111,6 +127,7 @@ impl ReceiveSpec {
                 disks,
                 nets,
                 memory: req.memory_size,
+                payload,
             },
         })
     }
@@ -321,6 +338,10 @@ impl Vmm {
                 },
                 ApiRequest::VmBoot if self.created.is_some() => {
                     let config = &self.created.as_ref().expect("checked").0;
+                    if !config.has_kernel() {
+                        respond(reply, ApiResponse::not_now(config::NO_KERNEL_GRANTED));
+                        continue;
+                    }
                     match refuse_emulated_linux(config, self.opts.allow_emulated_kernel) {
                         Ok(()) => return Next::Boot(Some(reply)),
                         Err(e) => respond(reply, ApiResponse::bad_request(format!("{e:#}"))),
@@ -430,14 +451,24 @@ impl Vmm {
             monitor: self.opts.monitor.clone(),
             serial,
         };
+        let bootable = machine.config.has_kernel();
         let end = crate::owner::own(machine, event_loop, ctx, &self.rx);
         let monitor = &self.opts.monitor;
+        if !bootable && matches!(end, RunEnd::Rebooted) && !self.exit_with_vm {
+            // A received VM boots only what this host's operator granted (nothing was).
+            eprintln!("vmm: {}", config::NO_KERNEL_GRANTED);
+            monitor.emit(
+                "vm",
+                "boot-failed",
+                Some(serde_json::json!({ "error": config::NO_KERNEL_GRANTED })),
+            );
+        }
         match &end {
             RunEnd::RebootRequested => {
                 monitor.emit("vm", "rebooting", None);
                 return Next::Boot(None);
             }
-            RunEnd::Rebooted if !self.exit_with_vm => {
+            RunEnd::Rebooted if !self.exit_with_vm && bootable => {
                 monitor.emit("vm", "rebooting", None);
                 return Next::Boot(None);
             }
@@ -483,7 +514,17 @@ impl Vmm {
         let _ = receiver.join();
         let monitor = self.opts.monitor.clone();
         match waited {
-            Waited::Received(incoming) => {
+            Waited::Received(incoming, stop) => {
+                // A stop that came after the commit is an ordinary stop of the running VM.
+                match stop {
+                    Some((Some(r), _)) => {
+                        let _ = self.tx.send(VmEvent::Api(ApiRequest::VmmShutdown, r));
+                    }
+                    Some((None, RunEnd::Signal(s))) => {
+                        let _ = self.tx.send(VmEvent::Signal(s));
+                    }
+                    _ => {}
+                }
                 monitor.emit(
                     "receive",
                     "finished",
@@ -522,7 +563,11 @@ impl Vmm {
         mut reply: Option<Responder>,
     ) -> Waited {
         let mut ending: Option<RunEnd> = None;
+        // A stop that came after the commit: carried out once the guest runs here.
+        let mut stop_when_running: Option<(Option<Responder>, RunEnd)> = None;
         let mut role = MigrationRole::Waiting;
+        let mut committed = false;
+        let mut detail: Option<String> = None;
         let mut address = address.to_string();
         loop {
             let Ok(event) = self.rx.recv() else {
@@ -551,10 +596,15 @@ impl Vmm {
                         Some(serde_json::json!({ "source": peer })),
                     );
                 }
+                VmEvent::IncomingCommitted => committed = true,
+                VmEvent::IncomingWaitingForDisks(why) => {
+                    eprintln!("vmm: the committed VM waits for its disks: {why}");
+                    detail = Some(why);
+                }
                 VmEvent::IncomingFinished(result) => {
                     return match (*result, ending) {
                         (_, Some(end)) => Waited::Ended(end),
-                        (Ok(incoming), None) => Waited::Received(incoming),
+                        (Ok(incoming), None) => Waited::Received(incoming, stop_when_running),
                         (Err(e), None) => {
                             if let Some(r) = reply.take() {
                                 let _ = r.send(ApiResponse::bad_request(format!("{e:#}")));
@@ -574,24 +624,36 @@ impl Vmm {
                         migration: Some(MigrationInfo {
                             role,
                             address: address.clone(),
+                            outcome: committed.then(|| "committed".into()),
+                            detail: detail.clone(),
                         }),
                     }));
                 }
-                VmEvent::Api(ApiRequest::VmmShutdown, r) => {
-                    let _ = canceller.cancel();
-                    let _ = r.send(ApiResponse::no_content());
-                    ending.get_or_insert(RunEnd::StopRequested);
-                }
+                VmEvent::Api(ApiRequest::VmmShutdown, r) => match canceller.cancel() {
+                    Ok(()) => {
+                        let _ = r.send(ApiResponse::no_content());
+                        ending.get_or_insert(RunEnd::StopRequested);
+                    }
+                    Err(_) => {
+                        eprintln!("vmm: stop requested after the commit: the VM is this host's now; it stops once it runs");
+                        stop_when_running = Some((Some(r), RunEnd::StopRequested));
+                    }
+                },
                 VmEvent::Api(_, r) => {
                     let _ = r.send(ApiResponse::not_now(format!(
                         "VM '{}' has not arrived yet: this VMM waits for it on {address}",
                         self.opts.name
                     )));
                 }
-                VmEvent::Signal(s) => {
-                    let _ = canceller.cancel();
-                    ending.get_or_insert(RunEnd::Signal(s));
-                }
+                VmEvent::Signal(s) => match canceller.cancel() {
+                    Ok(()) => {
+                        ending.get_or_insert(RunEnd::Signal(s));
+                    }
+                    Err(_) => {
+                        eprintln!("vmm: {s} after the commit: the VM is this host's now; it stops once it runs");
+                        stop_when_running.get_or_insert((None, RunEnd::Signal(s)));
+                    }
+                },
                 // Events of a VM being received (it is not running yet) are not for us.
                 _ => {}
             }
@@ -619,7 +681,11 @@ impl Vmm {
 }
 
 enum Waited {
-    Received(crate::migrate::target::Incoming),
+    /// The VM runs here; with a stop to carry out at once, if one came after the commit.
+    Received(
+        crate::migrate::target::Incoming,
+        Option<(Option<Responder>, RunEnd)>,
+    ),
     Ended(RunEnd),
     Failed(anyhow::Error),
 }
@@ -629,7 +695,7 @@ enum Waited {
 fn receive(
     spec: ReceiveSpec,
     name: Option<String>,
-    mut token: migration::cancel::CancelToken,
+    token: migration::cancel::CancelToken,
     events: Sender<VmEvent>,
 ) -> anyhow::Result<crate::migrate::target::Incoming> {
     let shown_name = name
@@ -661,6 +727,7 @@ fn receive(
         .enable_all()
         .build()?;
     let outcome = runtime.block_on(async {
+        let mut token = token;
         let work = async {
             let mut listener = crate::migrate::transport::MigrationListener::bind(
                 &spec.listen,
@@ -673,18 +740,30 @@ fn receive(
             )
             .await
             .with_context(|| format!("cannot listen on {}", spec.listen))?;
-            let (channel, peer) = listener.next().await?;
+            let (channel, peer) = tokio::select! {
+                next = listener.next() => next?,
+                _ = token.cancelled() => anyhow::bail!("stopped while waiting"),
+            };
             eprintln!("vmm: migration source {peer} connected");
             let _ = events.send(VmEvent::IncomingStarted(peer.to_string()));
-            migration::receiver::receive(channel, &mut listener, &mut builder)
+            let mut told = |e: migration::receiver::ReceiveEvent<'_>| {
+                let _ = events.send(match e {
+                    migration::receiver::ReceiveEvent::Committed => VmEvent::IncomingCommitted,
+                    migration::receiver::ReceiveEvent::WaitingForDisks(why) => {
+                        VmEvent::IncomingWaitingForDisks(why.to_string())
+                    }
+                });
+            };
+            // From here the receiver watches the token itself: before the commit a stop
+            // discards the VM, after it a stop waits for the guest to run.
+            migration::receiver::receive(channel, &mut listener, &mut builder, token, &mut told)
                 .await
                 .map_err(anyhow::Error::from)
         };
-        tokio::select! {
-            r = work => r,
-            _ = token.cancelled() => Err(anyhow::anyhow!("stopped while waiting")),
-        }
+        work.await
     });
+    // A flush or lock attempt stuck in the storage must not hold the VM up.
+    runtime.shutdown_background();
     if let Err(e) = outcome {
         // The half-built VM (if any) is dropped here: nothing of it survives.
         if let Some(incoming) = builder.result.take() {

@@ -20,7 +20,11 @@ pub enum ApiRequest {
     VmBoot,
     VmInfo,
     VmPause,
-    VmResume,
+    /// `force`: resume a guest whose migration committed without a confirmation (ours; an
+    /// optional body `{"force": true}`, which Cloud Hypervisor's clients never send).
+    VmResume {
+        force: bool,
+    },
     VmShutdown,
     VmReboot,
     VmDelete,
@@ -158,7 +162,12 @@ pub fn parse(method: Method, path: &str, body: &[u8]) -> Result<ApiRequest, ApiR
         "vm.boot" => ApiRequest::VmBoot,
         "vm.info" => ApiRequest::VmInfo,
         "vm.pause" => ApiRequest::VmPause,
-        "vm.resume" => ApiRequest::VmResume,
+        "vm.resume" if body.iter().all(u8::is_ascii_whitespace) => {
+            ApiRequest::VmResume { force: false }
+        }
+        "vm.resume" => ApiRequest::VmResume {
+            force: decode::<ResumeBody>(name, body)?.force,
+        },
         "vm.shutdown" => ApiRequest::VmShutdown,
         "vm.reboot" => ApiRequest::VmReboot,
         "vm.delete" => ApiRequest::VmDelete,
@@ -168,6 +177,13 @@ pub fn parse(method: Method, path: &str, body: &[u8]) -> Result<ApiRequest, ApiR
         "vm.receive-migration" => ApiRequest::ReceiveMigration(Box::new(decode(name, body)?)),
         _ => unreachable!("every endpoint in ENDPOINTS is matched"),
     })
+}
+
+/// The optional body of `vm.resume`.
+#[derive(serde::Deserialize)]
+struct ResumeBody {
+    #[serde(default)]
+    force: bool,
 }
 
 fn decode<T: DeserializeOwned>(name: &str, body: &[u8]) -> Result<T, ApiResponse> {

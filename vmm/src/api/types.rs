@@ -325,6 +325,13 @@ pub struct MigrationInfo {
     pub role: MigrationRole,
     /// Where a destination listens, or where a source sends.
     pub address: String,
+    /// Once committed: `committed` while the other side confirms, `unknown` on a source whose
+    /// destination never confirmed (its guest stays paused here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// What the migration waits for, when it waits (a disk held by another process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// `GET vm.info`: Cloud Hypervisor's fields, then ours.
@@ -426,6 +433,11 @@ pub struct ReceiveMigration {
     /// Ours, the grants: the memory size it must have, mapped and faulted in while waiting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_size: Option<u64>,
+    /// Ours, the grants: what the received VM boots when it reboots (kernel, initramfs,
+    /// cmdline on this host). Without it a received VM cannot reboot here: nothing the
+    /// source names is ever opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<PayloadConfig>,
 }
 
 /// The outcome of the last migration of this VMM, or where the current one stands.
@@ -438,6 +450,9 @@ pub enum MigrationOutcome {
     Completed,
     Failed,
     Cancelled,
+    /// Commit was sent and the destination did not confirm: the guest may run there; it stays
+    /// paused here until the operator resumes it (`vm.resume` with `force`) or discards it.
+    Unknown,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -445,6 +460,8 @@ pub enum MigrationOutcome {
 pub enum MigrationPhase {
     Connecting,
     Memory,
+    /// Commit sent: waiting for the destination's confirmation.
+    Committed,
     Done,
 }
 

@@ -50,8 +50,15 @@ impl SourceVm for MachineSource {
                     .map_err(|e| VmError::Config(e.into()))?,
             );
         }
+        // The payload stays here: the destination boots only what its operator grants.
+        let vm = crate::config::VmConfig {
+            kernel: Default::default(),
+            initrd: None,
+            cmdline: String::new(),
+            ..m.config.clone()
+        };
         let cfg = MigrationConfig {
-            vm: m.config.clone(),
+            vm,
             cpuid: m.cpuids[0].as_slice().to_vec(),
             disk_sizes,
         };
@@ -172,22 +179,27 @@ impl SourceVm for MachineSource {
     }
 
     fn pause(&self) -> VmResult<()> {
-        let m = self.m();
-        let mut result: Result<(), Cause> = m.pause_all().map_err(Into::into);
-        if result.is_ok() {
-            m.each_transport(|t| {
+        if let Err(e) = self.m().pause_all() {
+            // A pause that did not complete (a vCPU that did not stop in time) counts as no
+            // pause: nothing is lost yet, the guest runs on.
+            let _ = self.resume();
+            return Err(VmError::Pause(e.into()));
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> VmResult<()> {
+        let mut result: Result<(), Cause> = Ok(());
+        // Each disk's flush runs under its transport's lock, one at a time; the sender runs
+        // this on its blocking pool, so a flush that hangs does not hold the deadlines up.
+        self.m().each_transport(|t| {
+            if result.is_ok() {
                 if let Err(e) = t.device_mut().flush_backend() {
                     result = Err(e.into());
                 }
-            });
-        }
-        if let Err(e) = result {
-            // A pause that did not complete (a vCPU that did not stop in time, a flush that
-            // failed) counts as no pause: nothing is lost yet, the guest runs on.
-            let _ = self.resume();
-            return Err(VmError::Pause(e));
-        }
-        Ok(())
+            }
+        });
+        result.map_err(VmError::Pause)
     }
 
     fn resume(&self) -> VmResult<()> {

@@ -54,6 +54,18 @@ impl MigrationStatus {
         s.progress.progress = Some(p.clone());
     }
 
+    /// Commit is being sent.
+    pub fn committed(&self) {
+        self.lock().progress.phase = Some(MigrationPhase::Committed);
+    }
+
+    /// The destination did not confirm the commit: the outcome is unknown (still waited for).
+    pub fn unconfirmed(&self, why: &str) {
+        let mut s = self.lock();
+        s.progress.outcome = MigrationOutcome::Unknown;
+        s.progress.error = Some(why.to_string());
+    }
+
     /// The migration ended.
     pub fn finish(
         &self,

@@ -7,7 +7,6 @@
 
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use migration::vm::{RamRegion, TargetBuilder, TargetVm, VmError, VmResult};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
@@ -33,6 +32,16 @@ pub struct Grants {
     /// The VM's memory size, when the operator gave it (`--memory`): the memory is then mapped
     /// and faulted in while the destination waits, and a VM of another size is refused.
     pub memory: Option<u64>,
+    /// What the VM boots here when it reboots, when the operator granted it.
+    pub payload: Option<Payload>,
+}
+
+/// A kernel, initrd and command line on this host, granted for a received VM's reboots.
+#[derive(Clone, Debug)]
+pub struct Payload {
+    pub kernel: std::path::PathBuf,
+    pub initrd: Option<std::path::PathBuf>,
+    pub cmdline: String,
 }
 
 pub struct IncomingBuilder {
@@ -250,13 +259,19 @@ impl IncomingBuilder {
         Ok(())
     }
 
-    /// The VM as it will run here: the source's shape, this operator's devices.
+    /// The VM as it will run here: the source's shape, this operator's devices and payload
+    /// (the source's kernel, initrd and command line are never used: a reboot boots what
+    /// this host granted, or nothing).
     fn local_config(&self, theirs: &VmConfig) -> VmConfig {
+        let payload = self.grants.payload.clone();
         VmConfig {
             name: theirs.name.clone(),
-            kernel: theirs.kernel.clone(),
-            initrd: theirs.initrd.clone(),
-            cmdline: theirs.cmdline.clone(),
+            kernel: payload
+                .as_ref()
+                .map(|p| p.kernel.clone())
+                .unwrap_or_default(),
+            initrd: payload.as_ref().and_then(|p| p.initrd.clone()),
+            cmdline: payload.map(|p| p.cmdline).unwrap_or_default(),
             memory_bytes: theirs.memory_bytes,
             vcpus: theirs.vcpus,
             disks: self.grants.disks.clone(),
@@ -349,17 +364,13 @@ impl TargetVm for MachineTarget {
     }
 
     fn acquire(&self) -> VmResult<()> {
-        // The source releases its disk locks right after sending commit: wait for that.
-        let deadline = Instant::now() + Duration::from_secs(15);
+        // One attempt per disk (the source releases its locks as it sends commit); the
+        // receiver retries for as long as another process holds one.
         for t in &self.machine.transports {
             let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
-            loop {
-                match t.device_mut().acquire_backend() {
-                    Ok(()) => break,
-                    Err(e) if Instant::now() > deadline => return Err(VmError::Acquire(e.into())),
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
+            t.device_mut()
+                .acquire_backend()
+                .map_err(|e| VmError::Acquire(e.into()))?;
         }
         Ok(())
     }

@@ -1,14 +1,17 @@
-//! The migration worker: a thread that owns the VM while a migration runs, connects to the
+//! The migration worker: a thread that runs one outgoing migration of the VM, connects to the
 //! destination, runs the sender, records each round in the shared [`MigrationStatus`] (read by
-//! `vm.migration-progress`) and the event monitor, and reports back to the VM's owner thread. Concurrency: the worker runs its own current-thread tokio runtime;
-//! the owner thread cancels it through a [`Canceller`].
+//! `vm.migration-progress`) and the event monitor, and reports back to the VM's owner thread
+//! (the commit, an unconfirmed commit, the end). Concurrency: the worker thread drives a
+//! multi-thread tokio runtime of its own (one worker per core, for the lanes, and its
+//! blocking pool for the pause and the disk flush); the owner thread cancels it, or after
+//! the commit abandons it, through a [`Canceller`].
 
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Duration;
 
 use migration::cancel::{cancel_pair, Canceller};
-use migration::sender::{OnTimeout, SendOptions};
+use migration::sender::{OnTimeout, SendEvent, SendOptions};
 
 use super::security::{self, SecurityOptions};
 use super::source::MachineSource;
@@ -38,7 +41,9 @@ pub fn start(
         opts.downtime_budget = Duration::from_millis(ms);
     }
     if let Some(mib) = req.max_bandwidth {
-        opts.max_bandwidth = mib << 20;
+        opts.max_bandwidth = mib
+            .checked_mul(1 << 20)
+            .ok_or_else(|| format!("max_bandwidth {mib} MiB/s is out of range"))?;
     }
     if let Some(s) = req.timeout_s {
         if s == 0 {
@@ -70,6 +75,7 @@ pub fn start(
         Some(0) => return Err("the I/O timeout must be at least 1 second".into()),
         Some(s) => Duration::from_secs(s),
     };
+    opts.confirm_timeout = io_timeout;
     let security = security::for_source(
         &SecurityOptions {
             auth_key_file: req.auth_key_file.as_ref().map(Into::into),
@@ -115,7 +121,7 @@ pub fn start(
     std::thread::Builder::new()
         .name("migration".into())
         .spawn(move || {
-            let result = run(source, &connector, &opts, token, &reporting);
+            let result = run(source, &connector, &opts, token, &reporting, &events);
             let _ = events.send(VmEvent::MigrationFinished(result));
         })
         .map_err(|e| format!("cannot start the migration thread: {e}"))?;
@@ -156,13 +162,14 @@ fn run(
     opts: &SendOptions,
     token: migration::cancel::CancelToken,
     reporting: &Reporting,
+    owner: &Sender<VmEvent>,
 ) -> Result<migration::progress::Summary, migration::MigrationError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(data_threads())
         .enable_all()
         .build()
         .map_err(migration::MigrationError::Runtime)?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         // Connecting and the handshake count against the same limit as the rest.
         let connect = tokio::time::timeout(opts.hard_limit(), connector.connect());
         let primary = match connect.await {
@@ -178,14 +185,34 @@ fn run(
             connector,
             source,
             opts,
-            |p| {
-                reporting.status.round(p);
-                reporting
-                    .monitor
-                    .emit("migration", "round", serde_json::to_value(p).ok());
+            |event| match event {
+                SendEvent::Round(p) => {
+                    reporting.status.round(p);
+                    reporting
+                        .monitor
+                        .emit("migration", "round", serde_json::to_value(p).ok());
+                }
+                SendEvent::Committed => {
+                    reporting.status.committed();
+                    reporting.monitor.emit("migration", "committed", None);
+                    let _ = owner.send(VmEvent::MigrationCommitted);
+                }
+                SendEvent::Unconfirmed(why) => {
+                    reporting.status.unconfirmed(why);
+                    reporting.monitor.emit(
+                        "migration",
+                        "unconfirmed",
+                        Some(serde_json::json!({ "error": why })),
+                    );
+                    let _ = owner.send(VmEvent::MigrationUnconfirmed(why.to_string()));
+                }
             },
             token,
         )
         .await
-    })
+    });
+    // A flush stuck in the storage (the migration gave up on it) must not keep this thread:
+    // its blocking task is left to finish on its own.
+    runtime.shutdown_background();
+    result
 }
