@@ -1,6 +1,6 @@
 //! The pre-shared key of `--auth-key-file`: read from a file with a size limit, never shorter
 //! than [`MIN_KEY_LEN`] bytes, and turned into the 32-byte Noise PSK with HKDF-SHA256, so a key
-//! of any length (a passphrase, 32 random bytes in hex) gives a uniformly random PSK.
+//! of any length (32 random bytes in base64 or hex) gives a uniformly random PSK.
 
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use hkdf::Hkdf;
 use sha2::Sha256;
 
-/// Keys shorter than this are refused: they would be guessable.
-pub const MIN_KEY_LEN: usize = 16;
+/// Keys shorter than this are refused, at least 32 bytes: the first handshake message lets anyone who records it test guesses of
+/// the key offline, so a short passphrase would be found; 32 random bytes (44 in base64) are not.
+pub const MIN_KEY_LEN: usize = 32;
 /// Key files larger than this are refused before they are read (a key file of `/dev/zero`
 /// must be an error, not an out-of-memory abort).
 pub const MAX_KEY_FILE_LEN: u64 = 4096;
@@ -101,16 +102,17 @@ mod tests {
 
     #[test]
     fn key_files_are_bounded_and_checked() {
-        let good = temp("good", b"correct horse battery staple\n");
+        let good = temp("good", b"correct horse battery staple, stapled\n");
         let k = Key::from_file(&good).unwrap();
-        assert_eq!(k.0, b"correct horse battery staple");
+        assert_eq!(k.0, b"correct horse battery staple, stapled");
         assert!(matches!(
             Key::from_file(Path::new("/dev/zero")),
             Err(KeyError::NotAFile(_))
         ));
         let big = temp("big", &vec![b'k'; MAX_KEY_FILE_LEN as usize + 1]);
         assert!(matches!(Key::from_file(&big), Err(KeyError::TooLarge(_))));
-        let short = temp("short", b"short\n");
+        // A passphrase of fewer than 32 bytes is guessable offline from a recorded handshake.
+        let short = temp("short", b"correct horse battery staple\n");
         assert!(matches!(Key::from_file(&short), Err(KeyError::Short(_))));
         assert!(matches!(
             Key::from_file(Path::new("/nonexistent/key")),
@@ -124,8 +126,8 @@ mod tests {
 
     #[test]
     fn different_keys_give_different_psks() {
-        let a = Key::new(b"0123456789abcdef".to_vec()).unwrap();
-        let b = Key::new(b"0123456789abcdeF".to_vec()).unwrap();
+        let a = Key::new(b"0123456789abcdef0123456789abcdef".to_vec()).unwrap();
+        let b = Key::new(b"0123456789abcdef0123456789abcdeF".to_vec()).unwrap();
         assert_ne!(a.noise_psk(), b.noise_psk());
         assert_eq!(a.noise_psk(), a.clone().noise_psk());
     }

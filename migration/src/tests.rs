@@ -224,7 +224,7 @@ fn key(s: &str) -> Key {
 }
 
 fn psk() -> (SourceSecurity, DestinationSecurity) {
-    let k = key("0123456789abcdef-test-key");
+    let k = key("0123456789abcdef-test-key-of-32-bytes");
     (SourceSecurity::Psk(k.clone()), DestinationSecurity::Psk(k))
 }
 

@@ -136,7 +136,7 @@ struct MigrateArgs {
     /// When the guest does not converge in time: cancel (it keeps running here) or force a stop-and-copy.
     #[arg(long, value_name = "cancel|force", default_value = "force")]
     on_timeout: String,
-    /// Pre-shared key file (at least 16 bytes, at most 4 KiB): the destination needs the same.
+    /// Pre-shared key file (at least 32 bytes, at most 4 KiB): the destination needs the same.
     /// The whole stream is then encrypted and authenticated (Noise NNpsk0, AES-GCM).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["tls_dir", "insecure"])]
     auth_key_file: Option<PathBuf>,
@@ -185,7 +185,7 @@ struct RunArgs {
     /// when it reboots; without them it cannot reboot here (the source's paths are never used).
     #[arg(long, value_name = "ENDPOINT")]
     incoming: Option<String>,
-    /// With --incoming: accept only a source holding this pre-shared key file (at least 16
+    /// With --incoming: accept only a source holding this pre-shared key file (at least 32
     /// bytes, at most 4 KiB); the whole stream is encrypted and authenticated.
     #[arg(long, value_name = "FILE", requires = "incoming", conflicts_with_all = ["tls_dir", "insecure"])]
     auth_key_file: Option<PathBuf>,

@@ -7,10 +7,42 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 
+/// Whether whatever is at `path` may be replaced by a new socket: nothing, or a stale socket
+/// of ours (a socket file owned by this user that nobody listens on). Anything else, a regular
+/// file (a typo like `unix:/etc/hosts`), a directory, a symbolic link, another user's socket,
+/// a socket something still answers on, is refused and left alone.
+fn check_replaceable(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let refuse = |why: &str| {
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists and {why}; it is left alone", path.display()),
+        ))
+    };
+    if !meta.file_type().is_socket() {
+        return refuse("is not a socket");
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if meta.uid() != unsafe { libc::geteuid() } {
+        return refuse("is another user's socket");
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return refuse("is a socket in use (a process answers on it)");
+    }
+    Ok(())
+}
+
 /// Binds a listening socket at `path`, mode 0600. The socket is made in a fresh 0700
 /// directory beside `path` and renamed into place, so no other user can reach it while its
-/// mode is still the default; a file already at `path` (a stale socket) is replaced.
+/// mode is still the default; only a stale socket of ours at `path` is replaced (see
+/// [`check_replaceable`]).
 pub fn bind_private(path: &Path) -> io::Result<UnixListener> {
+    check_replaceable(path)?;
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -69,11 +101,21 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     #[test]
-    fn a_private_socket_is_0600_and_replaces_a_stale_one() {
+    fn a_private_socket_is_0600_and_replaces_only_a_stale_socket_of_ours() {
         let dir = std::env::temp_dir().join(format!("vmm-sock-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("x.sock");
-        std::fs::write(&path, b"stale").unwrap();
+        // A regular file (a typo like unix:/etc/hosts) is never clobbered.
+        std::fs::write(&path, b"not a socket").unwrap();
+        let err = bind_private(&path).unwrap_err();
+        assert!(err.to_string().contains("is not a socket"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"not a socket");
+        std::fs::remove_file(&path).unwrap();
+        // A socket something answers on is in use; once nobody listens it is stale.
+        let live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let err = bind_private(&path).unwrap_err();
+        assert!(err.to_string().contains("in use"), "{err}");
+        drop(live);
         let _l = bind_private(&path).unwrap();
         let meta = std::fs::symlink_metadata(&path).unwrap();
         assert_eq!(meta.mode() & 0o777, 0o600);

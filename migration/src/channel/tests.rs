@@ -28,7 +28,7 @@ async fn pair(
 
 #[tokio::test]
 async fn a_psk_channel_carries_frames_both_ways() {
-    let k = key("0123456789abcdef");
+    let k = key("0123456789abcdef0123456789abcdef");
     let (s, d) = pair(SourceSecurity::Psk(k.clone()), DestinationSecurity::Psk(k)).await;
     let (mut s, mut d) = (s.unwrap(), d.unwrap());
     let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
@@ -45,8 +45,8 @@ async fn a_psk_channel_carries_frames_both_ways() {
 #[tokio::test]
 async fn a_wrong_key_fails_on_both_ends() {
     let (s, d) = pair(
-        SourceSecurity::Psk(key("0123456789abcdef")),
-        DestinationSecurity::Psk(key("0123456789abcdeF")),
+        SourceSecurity::Psk(key("0123456789abcdef0123456789abcdef")),
+        DestinationSecurity::Psk(key("0123456789abcdef0123456789abcdeF")),
     )
     .await;
     assert!(matches!(s, Err(ChannelError::KeyMismatch)), "{:?}", s.err());
@@ -55,7 +55,7 @@ async fn a_wrong_key_fails_on_both_ends() {
 
 #[tokio::test]
 async fn different_modes_are_refused_with_a_message_on_both_ends() {
-    let k = key("0123456789abcdef");
+    let k = key("0123456789abcdef0123456789abcdef");
     let (s, d) = pair(
         SourceSecurity::Insecure,
         DestinationSecurity::Psk(k.clone()),
@@ -73,7 +73,7 @@ async fn different_modes_are_refused_with_a_message_on_both_ends() {
 #[tokio::test]
 async fn a_foreign_peer_gets_nothing_but_a_preface() {
     let (mut a, b) = duplex(1 << 16);
-    let k = key("0123456789abcdef");
+    let k = key("0123456789abcdef0123456789abcdef");
     let d =
         tokio::spawn(
             async move { secure_destination(boxed(b), &DestinationSecurity::Psk(k)).await },
@@ -113,7 +113,7 @@ type RecordTamper = fn(Vec<Vec<u8>>) -> Vec<Vec<u8>>;
 /// A pipe through a relay that hands the source's records to `tamper` (after the prefaces
 /// and the handshake, which pass untouched); returns what the destination read.
 async fn tampered(tamper: RecordTamper) -> Result<Vec<Vec<u8>>, WireError> {
-    let k = key("0123456789abcdef");
+    let k = key("0123456789abcdef0123456789abcdef");
     let (a, mut a_far) = duplex(1 << 20);
     let (mut b_far, b) = duplex(1 << 20);
     let relay = tokio::spawn(async move {
@@ -150,7 +150,7 @@ async fn tampered(tamper: RecordTamper) -> Result<Vec<Vec<u8>>, WireError> {
             }
         }
     });
-    let mut s = secure_source(boxed(a), &SourceSecurity::Psk(key("0123456789abcdef")))
+    let mut s = secure_source(boxed(a), &SourceSecurity::Psk(key("0123456789abcdef0123456789abcdef")))
         .await
         .unwrap();
     for i in 0..4u8 {

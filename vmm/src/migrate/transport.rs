@@ -98,7 +98,8 @@ fn tune_tcp(s: &TcpStream, io_timeout: Duration) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     s.set_nodelay(true)?;
     let fd = s.as_raw_fd();
-    let user_timeout = io_timeout.as_millis().min(u32::MAX as u128) as libc::c_int;
+    // TCP_USER_TIMEOUT is a c_int of milliseconds: clamped, never wrapped negative.
+    let user_timeout = libc::c_int::try_from(io_timeout.as_millis()).unwrap_or(libc::c_int::MAX);
     for (level, name, value) in [
         (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
         (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 10),
