@@ -230,6 +230,8 @@ pub struct FrameReader<R> {
     header_filled: usize,
     buf: Vec<u8>,
     rest_filled: usize,
+    /// A frame read ahead (see [`FrameReader::push_back`]), returned by the next read.
+    pushed_back: Option<(FrameKind, Vec<u8>)>,
     /// Bytes read so far, records included.
     pub bytes: u64,
 }
@@ -249,8 +251,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             header_filled: 0,
             buf: Vec::new(),
             rest_filled: 0,
+            pushed_back: None,
             bytes: 0,
         }
+    }
+
+    /// Puts a frame already read back in front of the stream: the next [`Self::recv`]
+    /// returns it (a listener reads a connection's first frame to know the peer holds the
+    /// session's keys, then hands the connection on).
+    pub fn push_back(&mut self, kind: FrameKind, payload: Vec<u8>) {
+        self.pushed_back = Some((kind, payload));
     }
 
     /// Reads into `buf[*filled..want]` until full; progress is kept in `filled`, so a read
@@ -270,6 +280,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Cancel-safe: a call dropped before it completes leaves the reader where it was, and
     /// the next call goes on with the same record.
     pub async fn recv(&mut self) -> Result<Frame<'_>, WireError> {
+        if let Some((kind, payload)) = self.pushed_back.take() {
+            self.buf = payload;
+            return Ok(Frame {
+                kind,
+                payload: &self.buf,
+            });
+        }
         Self::fill(&mut self.io, &mut self.header, &mut self.header_filled).await?;
         let header = self.header;
         let body_len = u32::from_le_bytes(header) as usize;

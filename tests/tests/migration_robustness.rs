@@ -286,3 +286,44 @@ fn a_guest_paused_by_its_user_stays_paused_when_its_migration_is_cancelled() {
     assert!(st.success(), "{err}");
     assert_source_intact(&a.0, &mut src, "p1");
 }
+
+#[test]
+fn many_idle_connections_and_a_replayed_recording_do_not_keep_the_source_out() {
+    if !require_kvm("many_idle_connections_and_a_replayed_recording_do_not_keep_the_source_out") {
+        return;
+    }
+    let (a, b, c) = (
+        RuntimeDir::new("host1"),
+        RuntimeDir::new("host2"),
+        RuntimeDir::new("host3"),
+    );
+    let src = start_dirtier(&a.0, "r1", 1, &[]);
+    // A first migration, host1 -> host2, recorded on the path.
+    let port_b = free_port();
+    let mut dst_b = destination(&b, "r1", port_b);
+    let proxy = Proxy::start(port_b, Tamper::None);
+    let (code, err, _) = finish(spawn_migrate(&a, "r1", proxy.port, &[]), T);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(src.wait_exit(T).0.code(), Some(0));
+    dst_b.wait_for("pass", T);
+    let recording = proxy.join();
+    assert!(recording.len() > 1 << 20, "{} bytes recorded", recording.len());
+    // A new destination holding the same key: idle connections, more than a small cap...
+    let port_c = free_port();
+    let mut dst_c = destination(&c, "r1", port_c);
+    let idle: Vec<TcpStream> = (0..20)
+        .map(|_| TcpStream::connect(("127.0.0.1", port_c)).unwrap())
+        .collect();
+    // ...and the recording replayed: its handshake message is accepted, its records are not.
+    let mut replay = TcpStream::connect(("127.0.0.1", port_c)).unwrap();
+    let _ = replay.write_all(&recording);
+    dst_c.wait_for_stderr("did not decrypt", T);
+    let info = info_state(&c, "r1");
+    assert_eq!(info["state"], "waiting", "{info}");
+    // The real source (the guest now runs on host2) still gets through.
+    let (code, err, _) = finish(spawn_migrate(&b, "r1", port_c, &[]), T);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(dst_b.wait_exit(T).0.code(), Some(0));
+    dst_c.wait_for("pass", T);
+    drop(idle);
+}

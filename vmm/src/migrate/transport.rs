@@ -18,10 +18,12 @@ use tokio::task::JoinSet;
 /// Default for how long a read or write on a migration connection may make no progress.
 pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long an accepted connection has to complete its handshake.
+/// How long an accepted connection has to complete its handshake and its first frame.
 pub const PRE_AUTH_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; a connection beyond them is closed at once.
-pub const MAX_PENDING_HANDSHAKES: usize = 4;
+/// Handshakes in progress at once (each a task and a socket: a few KiB). A connection beyond
+/// them evicts the oldest one still unauthenticated, so idle connections kept open cannot keep
+/// a real source out: the source's handshake takes milliseconds, a squatter's never ends.
+pub const MAX_PENDING_HANDSHAKES: usize = 256;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Endpoint {
@@ -243,6 +245,8 @@ pub struct MigrationListener {
     security: DestinationSecurity,
     io_timeout: Duration,
     handshakes: JoinSet<Handshake>,
+    /// The pending handshakes, oldest first, to evict from.
+    pending: std::collections::VecDeque<tokio::task::AbortHandle>,
 }
 
 impl MigrationListener {
@@ -260,6 +264,7 @@ impl MigrationListener {
             security,
             io_timeout,
             handshakes: JoinSet::new(),
+            pending: std::collections::VecDeque::new(),
         })
     }
 
@@ -280,15 +285,19 @@ impl MigrationListener {
                             continue;
                         }
                     };
-                    if self.handshakes.len() >= MAX_PENDING_HANDSHAKES {
-                        log::warn!("migration connection from {peer} closed: {MAX_PENDING_HANDSHAKES} handshakes already in progress");
-                        continue;
+                    self.pending.retain(|h| !h.is_finished());
+                    if self.pending.len() >= MAX_PENDING_HANDSHAKES {
+                        if let Some(oldest) = self.pending.pop_front() {
+                            log::warn!("{MAX_PENDING_HANDSHAKES} migration handshakes pending: the oldest is closed for the connection from {peer}");
+                            oldest.abort();
+                        }
                     }
                     let security = self.security.clone();
-                    self.handshakes.spawn(async move {
-                        let r = tokio::time::timeout(PRE_AUTH_TIMEOUT, channel::secure_destination(stream, &security)).await;
+                    let handle = self.handshakes.spawn(async move {
+                        let r = tokio::time::timeout(PRE_AUTH_TIMEOUT, authenticate(stream, &security)).await;
                         (peer, r)
                     });
+                    self.pending.push_back(handle);
                 }
                 Some(done) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
                     match done {
@@ -302,12 +311,40 @@ impl MigrationListener {
                         Ok((peer, Err(_))) => {
                             log::warn!("migration connection from {peer} closed: no handshake within {} s", PRE_AUTH_TIMEOUT.as_secs());
                         }
+                        Err(e) if e.is_cancelled() => {}
                         Err(e) => log::warn!("a migration handshake task failed: {e}"),
                     }
                 }
             }
         }
     }
+}
+
+/// Secures an accepted connection and reads its first frame: only a frame that decrypts with
+/// this session's keys proves the peer holds the key now. (With a pre-shared key the
+/// handshake's first message can be replayed from a recording, and the handshake then
+/// "completes" here; the replayed records after it do not decrypt, so such a connection is
+/// refused here, on its own, and the listener keeps waiting.) The frame is put back for
+/// the receiver.
+async fn authenticate(
+    stream: Box<dyn Transport>,
+    security: &DestinationSecurity,
+) -> Result<Channel, channel::ChannelError> {
+    let mut ch = channel::secure_destination(stream, security).await?;
+    let (kind, payload) = match ch.reader.recv().await {
+        Ok(f) => (f.kind, f.payload.to_vec()),
+        Err(e) => {
+            return Err(channel::ChannelError::Handshake(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "its first frame did not decrypt with this session's keys ({}): a replayed recording or a wrong key",
+                    migration::error_chain(&e)
+                ),
+            )))
+        }
+    };
+    ch.reader.push_back(kind, payload);
+    Ok(ch)
 }
 
 impl Acceptor for MigrationListener {
