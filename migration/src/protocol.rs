@@ -20,8 +20,22 @@
 //!   Commit ----------------------------------->  takes the disks, resumes the guest
 //!   <------------------------------------ Resumed (its resume time)
 //! ```
-//! Before Commit any failure resumes the guest on the source; after Commit the source never
-//! runs it again.
+//! Exactly one copy of the guest, whatever is lost:
+//!
+//! ```text
+//! source:       Running --pause--> Paused --send Commit--> Committed --Resumed--> Gone (success)
+//!                  ^                  |                        |
+//!                  +---any failure----+      no Resumed within io-timeout / connection ended
+//!                  (resumed as it was)                         v
+//!                                   Unknown (paused, intact, disks released; a late Resumed
+//!                                   still succeeds) --operator: resume --force (disks re-taken
+//!                                   first, refused while held) | stop (discard)-->
+//! destination:  Waiting --Hello..State--> Restored --read Commit--> Committed --disks taken
+//!                  |                         |                      (retried)--> Running
+//!                  +---any failure, stop-----+--> discarded         a stop waits for Running
+//! ```
+//! Before Commit any failure resumes the guest on the source; after sending Commit the source
+//! never runs it again on its own; after reading Commit the destination never discards it.
 
 use serde::{Deserialize, Serialize};
 

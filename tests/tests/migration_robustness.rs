@@ -307,7 +307,11 @@ fn many_idle_connections_and_a_replayed_recording_do_not_keep_the_source_out() {
     assert_eq!(src.wait_exit(T).0.code(), Some(0));
     dst_b.wait_for("pass", T);
     let recording = proxy.join();
-    assert!(recording.len() > 1 << 20, "{} bytes recorded", recording.len());
+    assert!(
+        recording.len() > 1 << 20,
+        "{} bytes recorded",
+        recording.len()
+    );
     // A new destination holding the same key: idle connections, more than a small cap...
     let port_c = free_port();
     let mut dst_c = destination(&c, "r1", port_c);

@@ -461,3 +461,54 @@ fn unix_sockets_answer_only_their_owner_or_root() {
     let (st, out, _) = vmm_cli(&b.0, &["info", "u1"], T);
     assert!(st.success() && out.contains("running"), "{out}");
 }
+
+/// A received VM never opens the source's kernel: without a granted payload a reboot is
+/// refused with the way to grant one; with one it boots the kernel granted on this host.
+#[test]
+fn a_received_vm_reboots_only_into_a_kernel_its_destination_granted() {
+    if !require_kvm("a_received_vm_reboots_only_into_a_kernel_its_destination_granted") {
+        return;
+    }
+    let (a, b, c) = (
+        RuntimeDir::new("host1"),
+        RuntimeDir::new("host2"),
+        RuntimeDir::new("host3"),
+    );
+    let key = test_key(&a.0);
+    let src = start_dirtier(&a.0, "g1", 1, &[]);
+    let source_kernel = vmm_tests::guest("dirtier");
+    // No payload granted on host2.
+    let port = free_port();
+    let mut dst = incoming(&b, "g1", port, &["--auth-key-file", s(&key)]);
+    let (st, out, err) = migrate(&a, "g1", port, &["--auth-key-file", s(&key)]);
+    assert_moved(st, &out, &err, src, &mut dst);
+    let (st, out, _) = vmm_cli(&b.0, &["api", "g1", "GET", "vm.info"], T);
+    assert!(st.success(), "{out}");
+    assert!(
+        !out.contains(source_kernel.to_str().unwrap()),
+        "the source's kernel path reached the destination: {out}"
+    );
+    let (st, _, err) = vmm_cli(&b.0, &["api", "g1", "PUT", "vm.reboot"], T);
+    assert!(
+        !st.success(),
+        "a reboot without a granted kernel was accepted"
+    );
+    assert!(err.contains("granted no kernel"), "{err}");
+    // host3 grants a kernel of its own (a copy at another path): the reboot boots it.
+    let granted = c.0.join("granted-kernel");
+    std::fs::copy(&source_kernel, &granted).unwrap();
+    let port = free_port();
+    let mut dst3 = incoming(
+        &c,
+        "g1",
+        port,
+        &["--auth-key-file", s(&key), "--kernel", s(&granted)],
+    );
+    let (st, out, err) = migrate(&b, "g1", port, &["--auth-key-file", s(&key)]);
+    assert_moved(st, &out, &err, dst, &mut dst3);
+    let (st, out, err) = vmm_cli(&c.0, &["api", "g1", "PUT", "vm.reboot"], T);
+    assert!(st.success(), "{out}{err}");
+    dst3.wait_for("cpu0 pass 16 ok", T);
+    let (_, out, _) = vmm_cli(&c.0, &["api", "g1", "GET", "vm.info"], T);
+    assert!(out.contains(granted.to_str().unwrap()), "{out}");
+}

@@ -150,9 +150,12 @@ async fn tampered(tamper: RecordTamper) -> Result<Vec<Vec<u8>>, WireError> {
             }
         }
     });
-    let mut s = secure_source(boxed(a), &SourceSecurity::Psk(key("0123456789abcdef0123456789abcdef")))
-        .await
-        .unwrap();
+    let mut s = secure_source(
+        boxed(a),
+        &SourceSecurity::Psk(key("0123456789abcdef0123456789abcdef")),
+    )
+    .await
+    .unwrap();
     for i in 0..4u8 {
         s.writer.send(FrameKind::Config, &[i; 100]).await.unwrap();
     }
