@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
         let (mut peer, ours) = tokio::io::duplex(1 << 20);
         peer.write_all(&data).await.unwrap();
         peer.shutdown().await.unwrap();
-        let key = Key::new(b"fuzzing-key-0123456789".to_vec()).unwrap();
+        let key = Key::new(b"fuzzing-key-0123456789-of-32-bytes".to_vec()).unwrap();
         let secured = tokio::time::timeout(
             std::time::Duration::from_secs(1),
             secure_destination(Box::new(ours), &DestinationSecurity::Psk(key)),
