@@ -506,7 +506,7 @@ impl Run<'_> {
         self.vm.throttle(0);
         let t = Instant::now();
         let vm = self.vm.clone();
-        let state = blocking(move || vm.save_state()).await?;
+        let state = blocking(VmError::Save, move || vm.save_state()).await?;
         self.summary.downtime_breakdown.state_capture_ms = ms(t.elapsed());
         // Devices wrote guest memory while the last round was sent (or, offline, while all
         // of memory was), and capturing their state may write more: one more dirty pass.
@@ -550,14 +550,14 @@ impl Run<'_> {
         paused
             .map_err(|e| MigrationError::Source(VmError::Pause(e.to_string().into())))?
             .map_err(MigrationError::Source)?;
+        // Paused from here: a flush that fails leaves the give-up to resume the guest.
         self.paused_at = Some(t);
+        let vm = self.vm.clone();
+        blocking(VmError::Pause, move || vm.flush()).await?;
         self.summary.downtime_breakdown = DowntimeBreakdown {
             pause_ms: ms(t.elapsed()),
             ..Default::default()
         };
-        let vm = self.vm.clone();
-        blocking(move || vm.flush()).await?;
-        self.summary.downtime_breakdown.pause_ms = ms(t.elapsed());
         crate::faults::reached("source.paused");
         Ok(())
     }
@@ -612,13 +612,15 @@ impl Run<'_> {
     }
 }
 
-/// Runs a VM call that may block (pause, flush, state capture) on the blocking pool, so the
-/// migration's deadlines and its cancel stay in force while it runs.
+/// Runs a VM call that may block (flush, state capture) on the blocking pool, so the
+/// migration's deadlines and its cancel stay in force while it runs; a call that panicked is
+/// reported as the step `step` names.
 async fn blocking<T: Send + 'static>(
+    step: fn(crate::vm::Cause) -> VmError,
     f: impl FnOnce() -> VmResult<T> + Send + 'static,
 ) -> Result<T, MigrationError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| MigrationError::Source(VmError::Save(e.to_string().into())))?
+        .map_err(|e| MigrationError::Source(step(e.to_string().into())))?
         .map_err(MigrationError::Source)
 }

@@ -29,10 +29,17 @@ struct Pair {
     name: &'static str,
 }
 
-fn failpoint(point: Option<&str>) -> Vec<(&'static str, String)> {
-    point
-        .map(|p| vec![("FAILPOINTS", format!("{p}=sleep(2500)"))])
-        .unwrap_or_default()
+/// The `FAILPOINTS` value that holds a process 2.5 s at `point`.
+fn failpoint(point: Option<&str>) -> Option<String> {
+    point.map(|p| format!("{p}=sleep(2500)"))
+}
+
+/// The environment that sets `failpoints`, if any.
+fn env(failpoints: &Option<String>) -> Vec<(&'static str, &str)> {
+    failpoints
+        .iter()
+        .map(|v| ("FAILPOINTS", v.as_str()))
+        .collect()
 }
 
 /// A dirtier guest with a writable disk on "host1", a destination granting the same disk on
@@ -41,16 +48,19 @@ fn pair(name: &'static str, src_point: Option<&str>, dst_point: Option<&str>) ->
     let (a, b) = (RuntimeDir::new("host1"), RuntimeDir::new("host2"));
     let disk = a.0.join("shared.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-    let env = failpoint(src_point);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let src = start_dirtier_env(&a.0, &env, name, 1, &["--disk", disk.to_str().unwrap()]);
+    let (src_fp, dst_fp) = (failpoint(src_point), failpoint(dst_point));
+    let src = start_dirtier_env(
+        &a.0,
+        &env(&src_fp),
+        name,
+        1,
+        &["--disk", disk.to_str().unwrap()],
+    );
     let port = free_port();
     let key = test_key(&b.0);
-    let env = failpoint(dst_point);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut dst = VmProcess::start_env(
         &[],
-        &env,
+        &env(&dst_fp),
         &b.0,
         &[
             "--name",

@@ -16,8 +16,6 @@ pub fn respond(reply: Responder, answer: ApiResponse) {
 pub enum VmEvent {
     /// An API request and where to send its answer.
     Api(ApiRequest, Responder),
-    /// The outgoing migration is about to send Commit: the guest no longer runs here on its own.
-    MigrationCommitted,
     /// The destination did not confirm the commit in time: the outcome is unknown.
     MigrationUnconfirmed(String),
     /// The migration worker finished (the VM left, it failed before the commit and the guest

@@ -53,6 +53,23 @@ impl Machine {
         Ok(())
     }
 
+    /// Takes the devices' host resources (disk locks) over, in device order; stops at the first
+    /// that another process holds and returns its error (those already taken stay taken).
+    pub fn acquire_backends(&self) -> Result<(), devices::virtio::BackendError> {
+        for t in &self.transports {
+            t.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .device_mut()
+                .acquire_backend()?;
+        }
+        Ok(())
+    }
+
+    /// Lets go of the devices' host resources (disk locks), for another VMM to take over.
+    pub fn release_backends(&self) {
+        self.each_transport(|t| t.device_mut().release_backend());
+    }
+
     /// Lets the devices run again (their queues re-run), vCPUs left as they are.
     pub fn thaw_devices(&self) {
         self.each_transport(|t| t.thaw());

@@ -46,8 +46,6 @@ struct Active {
     /// `vm.cancel-migration` requests, answered once the guest is back.
     cancel_waiters: Vec<Responder>,
     then: Option<AfterCancel>,
-    /// Commit is being sent or was: the guest no longer runs here on its own.
-    committed: bool,
     /// The destination did not confirm the commit in time (the worker still listens).
     unconfirmed: Option<String>,
 }
@@ -126,12 +124,6 @@ impl Owner {
     fn handle(&mut self, event: VmEvent) -> Option<RunEnd> {
         match event {
             VmEvent::Api(request, reply) => self.request(request, reply),
-            VmEvent::MigrationCommitted => {
-                if let Some(m) = &mut self.migration {
-                    m.committed = true;
-                }
-                None
-            }
             VmEvent::MigrationUnconfirmed(why) => {
                 if let Some(m) = &mut self.migration {
                     eprintln!(
@@ -167,8 +159,17 @@ impl Owner {
             return Some(Some(&u.why));
         }
         match &self.migration {
-            Some(m) if m.committed => Some(m.unconfirmed.as_deref()),
+            Some(m) if m.canceller.is_committed() => Some(m.unconfirmed.as_deref()),
             _ => None,
+        }
+    }
+
+    /// Where the migration that committed went (its worker may be gone already).
+    fn committed_to(&self) -> String {
+        match (&self.unknown, &self.migration) {
+            (Some(u), _) => u.to.clone(),
+            (None, Some(m)) => m.to.clone(),
+            (None, None) => String::new(),
         }
     }
 
@@ -177,12 +178,7 @@ impl Owner {
     /// given the guest back; after the commit nothing but the operator's request ends it.
     fn guest_ended(&mut self, end: RunEnd) -> Option<RunEnd> {
         if self.commit_pending().is_some() {
-            let to = self
-                .migration
-                .as_ref()
-                .map(|m| m.to.clone())
-                .or_else(|| self.unknown.as_ref().map(|u| u.to.clone()))
-                .unwrap_or_default();
+            let to = self.committed_to();
             eprintln!(
                 "vmm: {} ignored: the migration to {to} has committed and the guest is paused here; `vmm stop {}` discards this copy once the destination runs the guest, `vmm resume {} --force` resumes it here if the destination does not",
                 end.describe(&self.machine.config.name),
@@ -273,26 +269,19 @@ impl Owner {
     /// and the disks let go again, while another process holds one: the destination has the
     /// guest), stops the worker's wait, and runs the guest here again.
     fn force_resume(&mut self) -> Result<(), String> {
-        let mut refused = None;
-        self.machine.each_transport(|t| {
-            if refused.is_none() {
-                if let Err(e) = t.device_mut().acquire_backend() {
-                    refused = Some(crate::error_chain(&e));
-                }
-            }
-        });
-        if let Some(why) = refused {
-            self.machine
-                .each_transport(|t| t.device_mut().release_backend());
+        if let Err(e) = self.machine.acquire_backends() {
+            self.machine.release_backends();
             return Err(format!(
-                "not resumed: {why}; another process holds the disk, so the destination most likely runs the guest: discard this copy with `vmm stop {}`",
+                "not resumed: {}; another process holds the disk, so the destination most likely runs the guest: discard this copy with `vmm stop {}`",
+                crate::error_chain(&e),
                 self.machine.config.name
             ));
         }
+        let to = self.committed_to();
         if let Some(m) = self.migration.take() {
             m.canceller.abandon();
         }
-        let to = self.unknown.take().map(|u| u.to).unwrap_or_default();
+        self.unknown = None;
         self.machine.resume_all();
         self.paused = false;
         eprintln!(
@@ -418,7 +407,6 @@ impl Owner {
                             paused_before: self.paused,
                             cancel_waiters: Vec::new(),
                             then: None,
-                            committed: false,
                             unconfirmed: None,
                         });
                         respond(reply, ApiResponse::no_content());
@@ -543,7 +531,7 @@ impl Owner {
                 (Some(m), None) => Some(MigrationInfo {
                     role: MigrationRole::Sending,
                     address: m.to.clone(),
-                    outcome: match (m.committed, &m.unconfirmed) {
+                    outcome: match (m.canceller.is_committed(), &m.unconfirmed) {
                         (_, Some(_)) => Some("unknown".into()),
                         (true, None) => Some("committed".into()),
                         (false, None) => None,

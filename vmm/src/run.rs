@@ -515,15 +515,13 @@ impl Vmm {
         let monitor = self.opts.monitor.clone();
         match waited {
             Waited::Received(incoming, stop) => {
-                // A stop that came after the commit is an ordinary stop of the running VM.
-                match stop {
-                    Some((Some(r), _)) => {
-                        let _ = self.tx.send(VmEvent::Api(ApiRequest::VmmShutdown, r));
-                    }
-                    Some((None, RunEnd::Signal(s))) => {
-                        let _ = self.tx.send(VmEvent::Signal(s));
-                    }
-                    _ => {}
+                // A stop that came after the commit is an ordinary stop of the running VM:
+                // posted again, for the owner to carry out first thing.
+                if let Some(stop) = stop {
+                    let _ = self.tx.send(match stop {
+                        LateStop::Request(r) => VmEvent::Api(ApiRequest::VmmShutdown, r),
+                        LateStop::Signal(s) => VmEvent::Signal(s),
+                    });
                 }
                 monitor.emit(
                     "receive",
@@ -564,7 +562,7 @@ impl Vmm {
     ) -> Waited {
         let mut ending: Option<RunEnd> = None;
         // A stop that came after the commit: carried out once the guest runs here.
-        let mut stop_when_running: Option<(Option<Responder>, RunEnd)> = None;
+        let mut stop_when_running: Option<LateStop> = None;
         let mut role = MigrationRole::Waiting;
         let mut committed = false;
         let mut detail: Option<String> = None;
@@ -636,7 +634,7 @@ impl Vmm {
                     }
                     Err(_) => {
                         eprintln!("vmm: stop requested after the commit: the VM is this host's now; it stops once it runs");
-                        stop_when_running = Some((Some(r), RunEnd::StopRequested));
+                        stop_when_running = Some(LateStop::Request(r));
                     }
                 },
                 VmEvent::Api(_, r) => {
@@ -651,7 +649,7 @@ impl Vmm {
                     }
                     Err(_) => {
                         eprintln!("vmm: {s} after the commit: the VM is this host's now; it stops once it runs");
-                        stop_when_running.get_or_insert((None, RunEnd::Signal(s)));
+                        stop_when_running.get_or_insert(LateStop::Signal(s));
                     }
                 },
                 // Events of a VM being received (it is not running yet) are not for us.
@@ -680,12 +678,16 @@ impl Vmm {
     }
 }
 
+/// A stop that reached a destination after its commit, carried out once the guest runs.
+enum LateStop {
+    /// `vmm.shutdown`, answered when it is done.
+    Request(Responder),
+    Signal(&'static str),
+}
+
 enum Waited {
     /// The VM runs here; with a stop to carry out at once, if one came after the commit.
-    Received(
-        crate::migrate::target::Incoming,
-        Option<(Option<Responder>, RunEnd)>,
-    ),
+    Received(crate::migrate::target::Incoming, Option<LateStop>),
     Ended(RunEnd),
     Failed(anyhow::Error),
 }
@@ -695,7 +697,7 @@ enum Waited {
 fn receive(
     spec: ReceiveSpec,
     name: Option<String>,
-    token: migration::cancel::CancelToken,
+    mut token: migration::cancel::CancelToken,
     events: Sender<VmEvent>,
 ) -> anyhow::Result<crate::migrate::target::Incoming> {
     let shown_name = name
@@ -727,40 +729,36 @@ fn receive(
         .enable_all()
         .build()?;
     let outcome = runtime.block_on(async {
-        let mut token = token;
-        let work = async {
-            let mut listener = crate::migrate::transport::MigrationListener::bind(
-                &spec.listen,
-                spec.security.clone(),
-                spec.io_timeout,
-                |addr| {
-                    eprintln!("vmm: waiting for {shown_name} on {addr}");
-                    let _ = events.send(VmEvent::IncomingListening(addr.to_string()));
-                },
-            )
-            .await
-            .with_context(|| format!("cannot listen on {}", spec.listen))?;
-            let (channel, peer) = tokio::select! {
-                next = listener.next() => next?,
-                _ = token.cancelled() => anyhow::bail!("stopped while waiting"),
-            };
-            eprintln!("vmm: migration source {peer} connected");
-            let _ = events.send(VmEvent::IncomingStarted(peer.to_string()));
-            let mut told = |e: migration::receiver::ReceiveEvent<'_>| {
-                let _ = events.send(match e {
-                    migration::receiver::ReceiveEvent::Committed => VmEvent::IncomingCommitted,
-                    migration::receiver::ReceiveEvent::WaitingForDisks(why) => {
-                        VmEvent::IncomingWaitingForDisks(why.to_string())
-                    }
-                });
-            };
-            // From here the receiver watches the token itself: before the commit a stop
-            // discards the VM, after it a stop waits for the guest to run.
-            migration::receiver::receive(channel, &mut listener, &mut builder, token, &mut told)
-                .await
-                .map_err(anyhow::Error::from)
+        let mut listener = crate::migrate::transport::MigrationListener::bind(
+            &spec.listen,
+            spec.security.clone(),
+            spec.io_timeout,
+            |addr| {
+                eprintln!("vmm: waiting for {shown_name} on {addr}");
+                let _ = events.send(VmEvent::IncomingListening(addr.to_string()));
+            },
+        )
+        .await
+        .with_context(|| format!("cannot listen on {}", spec.listen))?;
+        let (channel, peer) = tokio::select! {
+            next = listener.next() => next?,
+            _ = token.cancelled() => anyhow::bail!("stopped while waiting"),
         };
-        work.await
+        eprintln!("vmm: migration source {peer} connected");
+        let _ = events.send(VmEvent::IncomingStarted(peer.to_string()));
+        let mut told = |e: migration::receiver::ReceiveEvent<'_>| {
+            let _ = events.send(match e {
+                migration::receiver::ReceiveEvent::Committed => VmEvent::IncomingCommitted,
+                migration::receiver::ReceiveEvent::WaitingForDisks(why) => {
+                    VmEvent::IncomingWaitingForDisks(why.to_string())
+                }
+            });
+        };
+        // From here the receiver watches the token itself: before the commit a stop
+        // discards the VM, after it a stop waits for the guest to run.
+        migration::receiver::receive(channel, &mut listener, &mut builder, token, &mut told)
+            .await
+            .map_err(anyhow::Error::from)
     });
     // A flush or lock attempt stuck in the storage must not hold the VM up.
     runtime.shutdown_background();

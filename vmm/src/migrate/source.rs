@@ -245,8 +245,7 @@ impl SourceVm for MachineSource {
     }
 
     fn release(&self) {
-        self.m()
-            .each_transport(|t| t.device_mut().release_backend());
+        self.m().release_backends();
     }
 
     fn throttle(&self, percent: u8) {

@@ -366,13 +366,9 @@ impl TargetVm for MachineTarget {
     fn acquire(&self) -> VmResult<()> {
         // One attempt per disk (the source releases its locks as it sends commit); the
         // receiver retries for as long as another process holds one.
-        for t in &self.machine.transports {
-            let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
-            t.device_mut()
-                .acquire_backend()
-                .map_err(|e| VmError::Acquire(e.into()))?;
-        }
-        Ok(())
+        self.machine
+            .acquire_backends()
+            .map_err(|e| VmError::Acquire(e.into()))
     }
 
     fn resume(&self) -> VmResult<()> {

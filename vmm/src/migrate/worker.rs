@@ -195,7 +195,6 @@ fn run(
                 SendEvent::Committed => {
                     reporting.status.committed();
                     reporting.monitor.emit("migration", "committed", None);
-                    let _ = owner.send(VmEvent::MigrationCommitted);
                 }
                 SendEvent::Unconfirmed(why) => {
                     reporting.status.unconfirmed(why);
