@@ -28,7 +28,8 @@ pub struct Canceller {
     tx: Arc<watch::Sender<bool>>,
 }
 
-/// What the migration watches.
+/// What the migration watches (a clone watches the same migration).
+#[derive(Clone)]
 pub struct CancelToken {
     phase: Arc<Mutex<Phase>>,
     rx: watch::Receiver<bool>,
@@ -104,6 +105,11 @@ impl CancelToken {
             // The canceller is gone: nobody can cancel any more.
             std::future::pending::<()>().await;
         }
+    }
+
+    /// Whether a cancel (before commit) or an abandon (after it) has come in.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(*lock(&self.phase), Phase::Cancelled(_) | Phase::Abandoned)
     }
 
     /// Why the migration was cancelled, when it was not a request (the guest ended).

@@ -15,7 +15,7 @@ pub const POINTS: &[&str] = &[
     "source.paused",
     "source.state_sent",
     "destination.state_received",
-    "destination.ready_sent",
+    "destination.state_restored",
     "source.before_commit",
     "source.commit_sent",
     "destination.commit_received",

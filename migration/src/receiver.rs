@@ -57,7 +57,7 @@ pub async fn receive(
         mut writer,
     } = primary;
     let received = {
-        let work = until_commit(&mut reader, &mut writer, more, builder);
+        let work = until_commit(&mut reader, &mut writer, more, builder, cancel.clone());
         tokio::select! {
             r = work => r,
             _ = cancel.cancelled() => Err(MigrationError::Protocol(
@@ -290,6 +290,7 @@ async fn until_commit(
     writer: &mut Writer,
     more: &mut dyn Acceptor,
     builder: &mut (dyn TargetBuilder + Send),
+    cancel: CancelToken,
 ) -> Result<(Arc<dyn TargetVm>, Vec<Writer>), MigrationError> {
     let hello = protocol::check_hello(reader.expect(FrameKind::Hello).await?)?;
     writer
@@ -367,10 +368,19 @@ async fn until_commit(
     let t = Instant::now();
     vm.restore_state(&state).map_err(MigrationError::Target)?;
     let restore_ms = t.elapsed().as_millis().min(u32::MAX as u128) as u32;
+    // (Once Ready is sent the source commits at its own pace: the window between the two is
+    // the source's `source.before_commit`.)
+    crate::faults::reached("destination.state_restored");
+    // Ready lets the source commit: a destination stopped during the (blocking) restore must
+    // not say it, or the source commits to a VM about to be discarded.
+    if cancel.is_cancelled() {
+        return Err(MigrationError::Protocol(
+            "the destination was stopped before it was ready; it discarded the VM".into(),
+        ));
+    }
     writer
         .send(FrameKind::Ready, &restore_ms.to_le_bytes())
         .await?;
-    crate::faults::reached("destination.ready_sent");
     // Nothing runs here until the source commits: it may still resume the guest itself.
     reader.expect(FrameKind::Commit).await?;
     Ok((vm, keep_writers))

@@ -2,6 +2,8 @@
 //! that watches the console, and the rule for tests that need /dev/kvm (fail in CI, skip with a
 //! reason on a developer's machine).
 
+pub mod curl;
+pub mod pair;
 pub mod proxy;
 pub mod rig;
 
@@ -297,6 +299,11 @@ impl VmProcess {
                 ),
             }
         }
+    }
+
+    /// Whether the process has exited (it is reaped then).
+    pub fn has_exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
     }
 
     pub fn pid(&self) -> u32 {

@@ -4,139 +4,16 @@
 //! that the source keeps exactly one paused copy, flagged unknown, which resumes on an
 //! explicit `vmm resume --force` with its memory intact.
 
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use vmm_tests::proxy::{Link, Relay};
-use vmm_tests::{
-    assert_source_intact, free_port, require_kvm, start_dirtier_env, test_key, vmm_cli, RuntimeDir,
-    VmProcess,
-};
+use vmm_tests::pair::{hold, hold_lock, state, wait_state, Pair, T, UNKNOWN};
+use vmm_tests::proxy::Link;
+use vmm_tests::{assert_source_intact, require_kvm, vmm_cli};
 
-const T: Duration = Duration::from_secs(120);
-/// Both ends' I/O timeout: how long a lost message takes to notice.
-const IO_TIMEOUT: &str = "3";
-
-struct Pair {
-    a: RuntimeDir,
-    b: RuntimeDir,
-    src: VmProcess,
-    dst: VmProcess,
-    relay: Relay,
-    disk: PathBuf,
-    name: &'static str,
+/// A pair whose source (`src`) or destination (`dst`) is held 2.5 s at a fault point.
+fn pair(name: &'static str, src: Option<&str>, dst: Option<&str>) -> Pair {
+    Pair::start(name, src.map(|p| hold(p, 2500)), dst.map(|p| hold(p, 2500)))
 }
-
-/// The `FAILPOINTS` value that holds a process 2.5 s at `point`.
-fn failpoint(point: Option<&str>) -> Option<String> {
-    point.map(|p| format!("{p}=sleep(2500)"))
-}
-
-/// The environment that sets `failpoints`, if any.
-fn env(failpoints: &Option<String>) -> Vec<(&'static str, &str)> {
-    failpoints
-        .iter()
-        .map(|v| ("FAILPOINTS", v.as_str()))
-        .collect()
-}
-
-/// A dirtier guest with a writable disk on "host1", a destination granting the same disk on
-/// "host2", a relay between them; `src_point` / `dst_point` hold that side at a step.
-fn pair(name: &'static str, src_point: Option<&str>, dst_point: Option<&str>) -> Pair {
-    let (a, b) = (RuntimeDir::new("host1"), RuntimeDir::new("host2"));
-    let disk = a.0.join("shared.img");
-    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
-    let (src_fp, dst_fp) = (failpoint(src_point), failpoint(dst_point));
-    let src = start_dirtier_env(
-        &a.0,
-        &env(&src_fp),
-        name,
-        1,
-        &["--disk", disk.to_str().unwrap()],
-    );
-    let port = free_port();
-    let key = test_key(&b.0);
-    let mut dst = VmProcess::start_env(
-        &[],
-        &env(&dst_fp),
-        &b.0,
-        &[
-            "--name",
-            name,
-            "--incoming",
-            &format!("tcp:127.0.0.1:{port}"),
-            "--auth-key-file",
-            key.to_str().unwrap(),
-            "--disk",
-            disk.to_str().unwrap(),
-            "--io-timeout",
-            IO_TIMEOUT,
-        ],
-    );
-    dst.wait_for_stderr("waiting for VM", T);
-    let relay = Relay::start(port);
-    Pair {
-        a,
-        b,
-        src,
-        dst,
-        relay,
-        disk,
-        name,
-    }
-}
-
-impl Pair {
-    /// Starts `vmm migrate` through the relay; its exit status and stderr when it ends.
-    fn migrate(&self) -> JoinHandle<(Option<i32>, String)> {
-        let dir = self.a.0.clone();
-        let key = test_key(&dir);
-        let (name, to) = (self.name, format!("tcp:127.0.0.1:{}", self.relay.port));
-        std::thread::spawn(move || {
-            let (st, _, err) = vmm_cli(
-                &dir,
-                &[
-                    "migrate",
-                    name,
-                    "--to",
-                    &to,
-                    "--auth-key-file",
-                    key.to_str().unwrap(),
-                    "--io-timeout",
-                    IO_TIMEOUT,
-                ],
-                T,
-            );
-            (st.code(), err)
-        })
-    }
-}
-
-/// `vmm info NAME --json` on a host: its state, or None when no VM answers there.
-fn state(dir: &Path, name: &str) -> Option<String> {
-    let (st, out, _) = vmm_cli(dir, &["info", name, "--json"], T);
-    if !st.success() {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-    v["state"].as_str().map(str::to_string)
-}
-
-fn wait_state(dir: &Path, name: &str, want: &str) {
-    let deadline = Instant::now() + T;
-    loop {
-        let s = state(dir, name);
-        if s.as_deref() == Some(want) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "state {s:?}, waited for {want}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-const UNKNOWN: &str = "paused (migration outcome unknown)";
 
 #[test]
 fn a_lost_commit_leaves_one_paused_copy_that_resumes_on_request() {
@@ -197,31 +74,6 @@ fn a_lost_resumed_leaves_the_guest_at_the_destination_and_the_source_refuses_to_
     let (st, err) = p.src.wait_exit(T);
     assert_eq!(st.code(), Some(0), "{err}");
     assert_source_intact(&p.b.0, &mut p.dst, p.name);
-}
-
-/// Holds an OFD write lock on `path`, as another VMM would.
-fn hold_lock(path: &Path) -> std::fs::File {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        // SAFETY: flock is plain data; zeroed is a valid value to fill in.
-        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-        fl.l_type = libc::F_WRLCK as libc::c_short;
-        fl.l_whence = libc::SEEK_SET as libc::c_short;
-        // SAFETY: F_OFD_SETLK with a valid descriptor and a live flock struct.
-        if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &fl) } == 0 {
-            return f;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the source never released the disk"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]
