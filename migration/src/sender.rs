@@ -112,6 +112,7 @@ where
 {
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
+    let awaiting_peer = Arc::new(AtomicBool::new(false));
     let mut run = Run {
         vm,
         opts,
@@ -123,6 +124,7 @@ where
         paused_at: None,
         pausing: None,
         stop: stop.clone(),
+        awaiting_peer: awaiting_peer.clone(),
     };
     let limit = opts.hard_limit();
     let outcome = {
@@ -140,7 +142,10 @@ where
             Ok(r) => r,
             Err(why) => {
                 stop.store(true, Ordering::SeqCst);
-                let _ = tokio::time::timeout(STOP_GRACE, &mut work).await;
+                // The work is suspended: waiting for the peer, it has nothing to finish.
+                if !awaiting_peer.load(Ordering::SeqCst) {
+                    let _ = tokio::time::timeout(STOP_GRACE, &mut work).await;
+                }
                 Err(why)
             }
         }
@@ -237,6 +242,9 @@ struct Run<'a> {
     pausing: Option<tokio::task::JoinHandle<VmResult<()>>>,
     /// Set by a cancel or the hard limit: lanes stop at their next frame boundary.
     stop: Arc<AtomicBool>,
+    /// True while the work waits for the destination's next frame: nothing is half-written
+    /// then (every read follows a finished write), so a cancel need not wait for a boundary.
+    awaiting_peer: Arc<AtomicBool>,
 }
 
 impl Run<'_> {
@@ -285,6 +293,14 @@ impl Run<'_> {
         }
     }
 
+    /// The destination's next frame, which must be `kind` (see [`Run::awaiting_peer`]).
+    async fn expect(&mut self, kind: FrameKind) -> Result<Vec<u8>, MigrationError> {
+        self.awaiting_peer.store(true, Ordering::SeqCst);
+        let frame = self.reader.expect(kind).await.map(<[u8]>::to_vec);
+        self.awaiting_peer.store(false, Ordering::SeqCst);
+        Ok(frame?)
+    }
+
     fn stopped(&self) -> Result<(), MigrationError> {
         if self.stop.load(Ordering::SeqCst) {
             // The caller reports why (cancel or time limit); this only ends the work.
@@ -305,16 +321,20 @@ impl Run<'_> {
             compress: self.opts.compress,
             ..Hello::new()
         };
-        {
-            let mut w = self.lanes[0].lock().await;
-            w.send(FrameKind::Hello, &crate::envelope::seal(&hello)?)
-                .await?;
-            protocol::check_hello(self.reader.expect(FrameKind::Hello).await?)?;
-            let config = self.vm.config().map_err(MigrationError::Source)?;
-            w.send(FrameKind::Config, &config).await?;
-        }
+        self.lanes[0]
+            .lock()
+            .await
+            .send(FrameKind::Hello, &crate::envelope::seal(&hello)?)
+            .await?;
+        protocol::check_hello(&self.expect(FrameKind::Hello).await?)?;
+        let config = self.vm.config().map_err(MigrationError::Source)?;
+        self.lanes[0]
+            .lock()
+            .await
+            .send(FrameKind::Config, &config)
+            .await?;
         crate::faults::reached("source.config_sent");
-        self.reader.expect(FrameKind::Accept).await?;
+        self.expect(FrameKind::Accept).await?;
         for index in 1..connections {
             let mut ch = more.connect().await?;
             ch.writer
@@ -359,7 +379,7 @@ impl Run<'_> {
         // The round counts as sent when the destination has it all (it acknowledges each
         // round): its time then measures the link end to end, not how fast the local socket
         // buffers filled, and nothing is left queued when the guest is paused.
-        let ack = self.reader.expect(FrameKind::RoundAck).await?;
+        let ack = self.expect(FrameKind::RoundAck).await?;
         if ack != round.to_le_bytes() {
             return Err(MigrationError::Protocol(format!(
                 "round {round} acknowledged as {ack:?}"
@@ -528,7 +548,7 @@ impl Run<'_> {
             .send(FrameKind::State, &state)
             .await?;
         crate::faults::reached("source.state_sent");
-        let restore_ms = millis(self.reader.expect(FrameKind::Ready).await?);
+        let restore_ms = millis(&self.expect(FrameKind::Ready).await?);
         self.summary.downtime_breakdown.state_transfer_ms = ms(t.elapsed());
         self.summary.downtime_breakdown.destination_restore_ms = restore_ms;
         self.summary.rounds = round + 1;

@@ -6,6 +6,7 @@ pub mod curl;
 pub mod pair;
 pub mod proxy;
 pub mod rig;
+pub mod stalling_disk;
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read};

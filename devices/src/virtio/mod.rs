@@ -128,11 +128,16 @@ pub trait VirtioDevice: Send {
     }
     /// Tell the network where this device now is (after a migration): RARP from its MAC.
     fn announce(&mut self) {}
-    /// Make completed writes durable (disk flush before the final migration state).
-    fn flush_backend(&mut self) -> Result<(), BackendError> {
-        Ok(())
+    /// A flush of the backend (the disk before the final migration state) that runs apart
+    /// from the device: it makes the writes completed so far durable, and may take as long
+    /// as the storage does (a stalled NFS server) without holding the device's lock.
+    fn backend_flush(&self) -> Result<Option<BackendFlush>, BackendError> {
+        Ok(None)
     }
 }
+
+/// See [`VirtioDevice::backend_flush`].
+pub type BackendFlush = Box<dyn FnOnce() -> Result<(), BackendError> + Send>;
 
 /// A device's host backend failed a migration step.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES;
 use migration::dirty::DirtyBitmap;
-use migration::vm::{Cause, RamRegion, SourceVm, VmError, VmResult};
+use migration::vm::{RamRegion, SourceVm, VmError, VmResult};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::state::{MigrationConfig, MigrationState};
@@ -189,17 +189,26 @@ impl SourceVm for MachineSource {
     }
 
     fn flush(&self) -> VmResult<()> {
-        let mut result: Result<(), Cause> = Ok(());
-        // Each disk's flush runs under its transport's lock, one at a time; the sender runs
-        // this on its blocking pool, so a flush that hangs does not hold the deadlines up.
+        // Each disk's flush is taken out of its device under the transport's lock (a quick
+        // step), then run with no lock held: a flush that hangs (the sender runs this on its
+        // blocking pool, so the deadlines still fire) leaves the devices free for the give-up
+        // to thaw and the guest to run on.
+        let mut flushes = Vec::new();
+        let mut taken: Result<(), devices::virtio::BackendError> = Ok(());
         self.m().each_transport(|t| {
-            if result.is_ok() {
-                if let Err(e) = t.device_mut().flush_backend() {
-                    result = Err(e.into());
+            if taken.is_ok() {
+                match t.device().backend_flush() {
+                    Ok(Some(f)) => flushes.push(f),
+                    Ok(None) => {}
+                    Err(e) => taken = Err(e),
                 }
             }
         });
-        result.map_err(VmError::Pause)
+        taken.map_err(|e| VmError::Pause(e.into()))?;
+        for flush in flushes {
+            flush().map_err(|e| VmError::Pause(e.into()))?;
+        }
+        Ok(())
     }
 
     fn resume(&self) -> VmResult<()> {

@@ -7,11 +7,11 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use super::disk::Disk;
 use super::request::{self, MAX_REQUEST_BYTES};
 use super::SECTOR_SIZE;
-use crate::virtio::BackendError;
 use crate::virtio::{
     read_config_bytes, ActivateError, GuestMemoryMmap, VirtioDevice, VirtioInterrupt, TYPE_BLOCK,
     VIRTIO_F_VERSION_1,
 };
+use crate::virtio::{BackendError, BackendFlush};
 
 const VIRTIO_BLK_F_SIZE_MAX: u64 = 1 << 1;
 const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
@@ -167,10 +167,17 @@ impl VirtioDevice for Block {
         Ok(())
     }
 
-    fn flush_backend(&mut self) -> Result<(), BackendError> {
-        self.disk
-            .flush()
-            .map_err(|e| BackendError::Flush(self.disk.path().to_path_buf(), e))
+    fn backend_flush(&self) -> Result<Option<BackendFlush>, BackendError> {
+        let path = self.disk.path().to_path_buf();
+        // The same open file (a duplicate descriptor): its sync covers every write the device
+        // completed, and the device stays free meanwhile.
+        let file = self
+            .disk
+            .duplicate()
+            .map_err(|e| BackendError::Flush(path.clone(), e))?;
+        Ok(Some(Box::new(move || {
+            file.sync_data().map_err(|e| BackendError::Flush(path, e))
+        })))
     }
 }
 

@@ -147,9 +147,15 @@ impl Disk {
         self.file.write_all_at(data, offset)
     }
 
-    /// Makes every completed write durable (the guest's FLUSH; also before migration switchover).
+    /// Makes every completed write durable (the guest's FLUSH).
     pub fn flush(&self) -> std::io::Result<()> {
         self.file.sync_data()
+    }
+
+    /// Another descriptor of the same open file (its offset, locks and writes shared): for a
+    /// flush that must not hold the device (see `VirtioDevice::backend_flush`).
+    pub fn duplicate(&self) -> std::io::Result<File> {
+        self.file.try_clone()
     }
 }
 
