@@ -3,8 +3,6 @@
 .intel_syntax noprefix
 .code64
 
-.set TICK_SHIFT, 28
-
 .text
 .global _start
 _start:
@@ -19,13 +17,7 @@ cpu_main:
     xor r13, r13                  # tick count
     call tsc
     mov r12, rax                  # next deadline
-1:  mov rcx, 1
-    shl rcx, TICK_SHIFT
-    add r12, rcx
-2:  pause
-    call tsc
-    cmp rax, r12
-    jb 2b
+1:  call next_tick
     inc r13
     call lock_print
     lea rsi, [rip + s_cpu]

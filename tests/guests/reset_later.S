@@ -3,7 +3,6 @@
 .intel_syntax noprefix
 .code64
 
-.set TICK_SHIFT, 28
 .set LAST_TICK, 30
 
 .text
@@ -12,13 +11,7 @@ _start:
     xor r13, r13                  # tick count
     call tsc
     mov r12, rax                  # next deadline
-1:  mov rcx, 1
-    shl rcx, TICK_SHIFT
-    add r12, rcx
-2:  pause
-    call tsc
-    cmp rax, r12
-    jb 2b
+1:  call next_tick
     inc r13
     lea rsi, [rip + s_tick]
     call puts
