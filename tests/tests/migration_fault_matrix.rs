@@ -91,6 +91,9 @@ impl Outcome {
 enum Phase {
     /// Before the source commits: the source owns the guest.
     BeforeCommit,
+    /// The state is sent; the destination, not held, restores it and sends Ready, which may
+    /// reach the source before the fault does (the source then commits).
+    StateSent,
     /// The source has committed (it will not resume on its own), the Commit is not sent.
     SourceCommitted,
     /// The Commit is sent; the destination, not held, reads it at once.
@@ -105,6 +108,7 @@ enum Phase {
 
 fn phase(point: &str) -> Phase {
     match point {
+        "source.state_sent" => Phase::StateSent,
         "source.before_commit" => Phase::SourceCommitted,
         "source.commit_sent" => Phase::CommitSent,
         "destination.commit_received" | "destination.disks_acquired" => Phase::DestinationCommitted,
@@ -115,9 +119,9 @@ fn phase(point: &str) -> Phase {
 }
 
 /// The outcomes the commit rule allows for a fault at a phase. More than one only where the
-/// side that is not held races the fault: the source held just after its Commit went out, the
-/// relay may or may not have handed it on, and the destination's Resumed may or may not be
-/// back, when the link fails or the destination dies.
+/// side that is not held races the fault: the source held just after its state or its Commit
+/// went out, the destination's Ready or Resumed may or may not be back (and the relay may or
+/// may not have handed the Commit on) when the link fails or the destination dies.
 fn allowed(phase: Phase, fault: Fault) -> &'static [Outcome] {
     use Fault::*;
     use Outcome::*;
@@ -125,6 +129,9 @@ fn allowed(phase: Phase, fault: Fault) -> &'static [Outcome] {
         (Phase::BeforeCommit, KillSource) => &[Killed],
         (Phase::BeforeCommit, StopSource) => &[Stopped],
         (Phase::BeforeCommit, _) => &[Source],
+        (Phase::StateSent, KillSource) => &[Killed],
+        (Phase::StateSent, StopSource) => &[Stopped],
+        (Phase::StateSent, _) => &[Source, ForcedAtSource],
         (Phase::SourceCommitted, KillSource) => &[Killed],
         (Phase::SourceCommitted, StopSource) => &[Destination],
         (Phase::SourceCommitted, _) => &[ForcedAtSource],
