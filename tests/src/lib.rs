@@ -183,6 +183,9 @@ pub struct VmProcess {
     child: Child,
     lines: Receiver<String>,
     pub console: Arc<Mutex<Vec<String>>>,
+    /// With [`VmProcess::start_raw`]: every byte of the console, nothing split into lines.
+    pub raw: Arc<Mutex<Vec<u8>>>,
+    stdout_done: Option<std::thread::JoinHandle<()>>,
     err_lines: Receiver<String>,
     /// Everything the process wrote to stderr so far.
     pub stderr: Arc<Mutex<Vec<String>>>,
@@ -208,7 +211,19 @@ impl VmProcess {
             OsStr::new("run"),
         ];
         full.extend(args.iter().map(OsStr::new));
-        Self::spawn(prefix, env, &full)
+        Self::spawn(prefix, env, &full, false)
+    }
+
+    /// Like [`Self::start`], keeping the console as raw bytes only (in [`Self::raw`]): for a
+    /// guest that prints more than lines are worth keeping.
+    pub fn start_raw(dir: &Path, args: &[&str]) -> Self {
+        let mut full = vec![
+            OsStr::new("--runtime-dir"),
+            dir.as_os_str(),
+            OsStr::new("run"),
+        ];
+        full.extend(args.iter().map(OsStr::new));
+        Self::spawn(&[], &[], &full, true)
     }
 
     /// Starts an empty VMM (`vmm --api-socket SOCKET`) for an API client to drive.
@@ -220,7 +235,7 @@ impl VmProcess {
             socket.as_os_str(),
         ];
         full.extend(extra.iter().map(OsStr::new));
-        let mut vm = Self::spawn(&[], &[], &full);
+        let mut vm = Self::spawn(&[], &[], &full, false);
         vm.wait_for_stderr("empty VMM", Duration::from_secs(30));
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::os::unix::net::UnixStream::connect(socket).is_err() {
@@ -235,7 +250,7 @@ impl VmProcess {
     }
 
     /// Runs `vmm ARGS...` (behind `prefix`), collecting its output.
-    fn spawn(prefix: &[&str], env: &[(&str, &str)], args: &[&OsStr]) -> Self {
+    fn spawn(prefix: &[&str], env: &[(&str, &str)], args: &[&OsStr], raw_only: bool) -> Self {
         let mut cmd = match prefix.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
@@ -256,7 +271,17 @@ impl VmProcess {
         let console = Arc::new(Mutex::new(Vec::new()));
         let stdout = child.stdout.take().unwrap();
         let sink = console.clone();
-        std::thread::spawn(move || {
+        let raw = Arc::new(Mutex::new(Vec::new()));
+        let raw_sink = raw.clone();
+        let stdout_done = Some(std::thread::spawn(move || {
+            if raw_only {
+                let mut stdout = stdout;
+                let mut buf = vec![0u8; 65536];
+                while let Ok(n @ 1..) = stdout.read(&mut buf) {
+                    raw_sink.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+                return;
+            }
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 sink.lock().unwrap().push(line.clone());
@@ -264,7 +289,7 @@ impl VmProcess {
                     break;
                 }
             }
-        });
+        }));
         let (err_tx, err_lines) = mpsc::channel();
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let err_sink = stderr.clone();
@@ -280,6 +305,8 @@ impl VmProcess {
             child,
             lines,
             console,
+            raw,
+            stdout_done,
             err_lines,
             stderr,
             stderr_done,
@@ -379,6 +406,9 @@ impl VmProcess {
             );
         };
         if let Some(t) = self.stderr_done.take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.stdout_done.take() {
             let _ = t.join();
         }
         let err = self.stderr.lock().unwrap().join("\n");
@@ -514,6 +544,42 @@ pub fn migrate_retrying(
         return (st, out, err);
     }
     panic!("the destination never listened ({args:?})");
+}
+
+/// A raw-console destination (`vmm run --name NAME --incoming tcp:127.0.0.1:PORT` with the
+/// test key of `dir`), waiting for its source.
+pub fn raw_destination(dir: &Path, name: &str, port: u16) -> VmProcess {
+    let key = test_key(dir);
+    let mut dst = VmProcess::start_raw(
+        dir,
+        &[
+            "--name",
+            name,
+            "--incoming",
+            &format!("tcp:127.0.0.1:{port}"),
+            "--auth-key-file",
+            key.to_str().unwrap(),
+        ],
+    );
+    dst.wait_for_stderr("waiting for VM", Duration::from_secs(120));
+    dst
+}
+
+/// `vmm migrate NAME --to tcp:127.0.0.1:PORT` with the test key of `dir`, retried until the
+/// destination listens.
+pub fn migrate_to_port(dir: &Path, name: &str, port: u16) -> (ExitStatus, String, String) {
+    migrate_retrying(
+        dir,
+        &[
+            "migrate",
+            name,
+            "--to",
+            &format!("tcp:127.0.0.1:{port}"),
+            "--auth-key-file",
+            test_key(dir).to_str().unwrap(),
+        ],
+        Duration::from_secs(120),
+    )
 }
 
 /// Whether this host's KVM is hardware-backed (kvm_intel or kvm_amd loaded).

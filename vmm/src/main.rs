@@ -12,7 +12,10 @@ fn main() -> ExitCode {
         .init();
     migration::faults::setup();
     let args = cli::Cli::parse();
-    match cli::execute(args) {
+    let result = cli::execute(args);
+    // The guest's last console output reaches its reader (unless the reader is stalled).
+    vmm::console_output::drain_all(std::time::Duration::from_secs(2));
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             vmm::console::restore_terminal();

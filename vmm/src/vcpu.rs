@@ -1,7 +1,11 @@
 //! vCPU threads: each owns its KVM vCPU fd and runs KVM_RUN in a loop, dispatching port I/O
-//! and MMIO exits through the bus maps. Pausing follows DESIGN.md: set the request, kick the
-//! thread with a signal whose handler sets `immediate_exit`, and count the vCPU as paused only
-//! once KVM_RUN has returned EINTR (so a pending PIO/MMIO has completed).
+//! and MMIO exits through the bus maps. Pausing: the request is set in the shared gate and
+//! every thread is kicked with a signal whose handler sets `immediate_exit`, so a thread in
+//! the guest leaves KVM_RUN with EINTR and one about to enter returns at once. A thread whose
+//! last exit was port I/O or MMIO first re-enters KVM_RUN with `immediate_exit` set, which
+//! completes that instruction in KVM (the API's rule before state is read), then parks; it
+//! counts as paused only once parked. A parked thread runs work on its own fd (state save
+//! and restore) until resumed or stopped.
 
 use std::cell::Cell;
 use std::sync::mpsc::Sender;
@@ -350,9 +354,38 @@ fn vcpu_thread(mut ctx: VcpuContext, control: Arc<VcpuControl>) {
 
 /// Runs the guest until a stop request (None) or a guest/KVM event that ends the VM.
 fn run_loop(ctx: &mut VcpuContext, control: &VcpuControl) -> Option<VcpuOutcome> {
+    // The last exit was port I/O or MMIO, handled here but not yet completed in KVM: the
+    // instruction finishes (an IN's data lands in its register, RIP moves past it) only in
+    // the next KVM_RUN.
+    let mut io_pending = false;
     loop {
         {
             let mut gate = control.lock();
+            if gate.request == Request::Pause && io_pending {
+                // The KVM API's rule before a vCPU's state is read: complete the pending
+                // operation with a KVM_RUN that returns at once (immediate_exit), so a saved
+                // RIP never points at an I/O instruction the destination would run again.
+                drop(gate);
+                ctx.fd.set_kvm_immediate_exit(1);
+                io_pending = false;
+                match ctx.fd.run() {
+                    Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                    Err(e) => {
+                        return Some(VcpuOutcome::Failed(format!(
+                            "vCPU {}: KVM_RUN (completing I/O before a pause) failed: {e}",
+                            ctx.index
+                        )))
+                    }
+                    Ok(exit) => {
+                        io_pending = is_io(&exit);
+                        if let Some(outcome) = handle_exit(exit, &ctx.pio, &ctx.mmio) {
+                            return Some(failed_with_rip(ctx, outcome));
+                        }
+                    }
+                }
+                ctx.fd.set_kvm_immediate_exit(0);
+                continue;
+            }
             if gate.request == Request::Pause {
                 gate.paused += 1;
                 control.changed.notify_all();
@@ -376,13 +409,9 @@ fn run_loop(ctx: &mut VcpuContext, control: &VcpuControl) -> Option<VcpuOutcome>
         }
         match ctx.fd.run() {
             Ok(exit) => {
+                io_pending = is_io(&exit);
                 if let Some(outcome) = handle_exit(exit, &ctx.pio, &ctx.mmio) {
-                    if let VcpuOutcome::Failed(msg) = outcome {
-                        return Some(VcpuOutcome::Failed(describe_failure(
-                            &ctx.fd, ctx.index, &msg,
-                        )));
-                    }
-                    return Some(outcome);
+                    return Some(failed_with_rip(ctx, outcome));
                 }
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -399,6 +428,22 @@ fn run_loop(ctx: &mut VcpuContext, control: &VcpuControl) -> Option<VcpuOutcome>
                 )))
             }
         }
+    }
+}
+
+/// Whether KVM completes this exit's instruction only in the next KVM_RUN.
+fn is_io(exit: &VcpuExit<'_>) -> bool {
+    matches!(
+        exit,
+        VcpuExit::IoIn(..) | VcpuExit::IoOut(..) | VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..)
+    )
+}
+
+/// A failure, with where the vCPU was.
+fn failed_with_rip(ctx: &VcpuContext, outcome: VcpuOutcome) -> VcpuOutcome {
+    match outcome {
+        VcpuOutcome::Failed(msg) => VcpuOutcome::Failed(describe_failure(&ctx.fd, ctx.index, &msg)),
+        other => other,
     }
 }
 

@@ -65,6 +65,8 @@ pub enum BuildError {
     },
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
+    #[error("cannot start the console's output thread")]
+    Thread(#[source] std::io::Error),
     #[error("cannot place a device on the bus")]
     Bus(#[from] devices::BusError),
     #[error(transparent)]
@@ -244,6 +246,8 @@ pub fn build(
     vm_fd
         .register_irqfd(&serial_irq, COM1_IRQ)
         .map_err(kvm_err("KVM_IRQFD (COM1)"))?;
+    // The vCPU never waits for the console's reader (see console_output).
+    let console_out = crate::console_output::buffered(console_out).map_err(BuildError::Thread)?;
     let serial = Arc::new(Mutex::new(Serial::new(Arc::new(serial_irq), console_out)));
     let i8042 = Arc::new(Mutex::new(I8042::new(Arc::new(EventLine::new(
         events.clone(),
