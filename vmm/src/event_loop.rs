@@ -66,9 +66,7 @@ impl MutEventSubscriber for VirtioSubscriber {
         let mut transport = self.transport.lock().unwrap_or_else(|e| e.into_inner());
         if token >= BACKEND_TOKEN {
             if let Some(fd) = self.backend_fds.get((token - BACKEND_TOKEN) as usize) {
-                if transport.is_active() {
-                    transport.device_mut().process_backend(*fd);
-                }
+                transport.backend_ready(*fd);
             }
         } else if let Some(evt) = self.queue_events.get(token as usize) {
             // Reading resets the counter; several notifications coalesce into one pass.

@@ -60,9 +60,13 @@ pub struct MmioTransport {
     queue_sel: u32,
     status: u32,
     config_generation: u32,
-    /// While frozen (a migration's final phase), notifications are not processed; thawing
-    /// re-runs every queue so none is lost.
+    /// While frozen (a migration's final phase), neither the guest's notifications nor the
+    /// backends' events (a tap with frames to deliver) are processed, so nothing touches guest
+    /// memory or queue state between the device snapshot and the end of the migration;
+    /// thawing re-runs every queue and every backend that signalled, so none is lost.
     frozen: bool,
+    /// Backend descriptors that became ready while frozen.
+    backends_pending: Vec<std::os::fd::RawFd>,
 }
 
 /// Everything the transport and its device need to continue on another host.
@@ -113,6 +117,7 @@ impl MmioTransport {
             status: 0,
             config_generation: 0,
             frozen: false,
+            backends_pending: Vec::new(),
         }
     }
 
@@ -216,10 +221,29 @@ impl MmioTransport {
     /// an interrupt that fell into the frozen window (or a migration) must not be lost.
     pub fn thaw(&mut self) {
         self.frozen = false;
+        let pending = std::mem::take(&mut self.backends_pending);
         if self.is_active() {
             self.process_all_queues();
+            for fd in pending {
+                self.device.process_backend(fd);
+            }
             self.interrupt.signal_used_queue();
         }
+    }
+
+    /// Called by the event loop when a backend descriptor of the device is ready (edge
+    /// triggered: the event is not repeated). While frozen it is remembered for [`Self::thaw`].
+    pub fn backend_ready(&mut self, fd: std::os::fd::RawFd) {
+        if !self.is_active() {
+            return;
+        }
+        if self.frozen {
+            if !self.backends_pending.contains(&fd) {
+                self.backends_pending.push(fd);
+            }
+            return;
+        }
+        self.device.process_backend(fd);
     }
 
     fn process_all_queues(&mut self) {
@@ -487,6 +511,7 @@ pub(crate) mod tests {
     struct Log {
         activated: Option<usize>,
         notified: Vec<usize>,
+        backend: Vec<std::os::fd::RawFd>,
         resets: usize,
         features: u64,
     }
@@ -523,6 +548,9 @@ pub(crate) mod tests {
         fn process_queue(&mut self, index: usize) -> bool {
             self.0.lock().unwrap().notified.push(index);
             true
+        }
+        fn process_backend(&mut self, fd: std::os::fd::RawFd) {
+            self.0.lock().unwrap().backend.push(fd);
         }
         fn queue_states(&self) -> Vec<QueueState> {
             vec![
@@ -660,6 +688,19 @@ pub(crate) mod tests {
             rd(&mut t, REG_INTERRUPT_STATUS) & super::super::INTERRUPT_USED_RING,
             0
         );
+    }
+
+    #[test]
+    fn frozen_transports_defer_backend_events_until_thawed() {
+        let (mut t, log) = activated();
+        t.freeze();
+        t.backend_ready(7);
+        t.backend_ready(7);
+        assert!(log.lock().unwrap().backend.is_empty(), "a frozen device took a frame");
+        t.thaw();
+        assert_eq!(log.lock().unwrap().backend, vec![7], "the event is replayed once");
+        t.backend_ready(7);
+        assert_eq!(log.lock().unwrap().backend, vec![7, 7]);
     }
 
     #[test]
