@@ -3,6 +3,8 @@
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
+use crate::cpu_model::Reg;
+
 const LEAF_FEATURES: u32 = 0x1;
 const LEAF_CACHE_PARAMS: u32 = 0x4;
 const LEAF_PMU: u32 = 0xa;
@@ -11,6 +13,7 @@ const LEAF_EXT_TOPOLOGY_V2: u32 = 0x1f;
 
 const ECX_TSC_DEADLINE_BIT: u32 = 24;
 const ECX_HYPERVISOR_BIT: u32 = 31;
+const ECX_OSXSAVE_BIT: u32 = 27;
 const EDX_HTT_BIT: u32 = 28;
 /// CLFLUSH line size in 8-byte units (EBX bits 15:8 of leaf 1).
 const CLFLUSH_LINE_SIZE: u32 = 8;
@@ -94,22 +97,16 @@ fn normalize_entry(e: &mut kvm_cpuid_entry2, t: VcpuTopology) {
     }
 }
 
-/// Features of `source` (a CPUID table) that `host` (KVM's supported set) lacks, as
-/// "leaf 0x1 ecx bit 28" strings: a guest started on the source may use them, so a destination
-/// without them cannot run it. Only the feature-flag leaves are compared.
-pub fn missing_features(source: &[kvm_cpuid_entry2], host: &[kvm_cpuid_entry2]) -> Vec<String> {
-    const FEATURE_LEAVES: &[(u32, u32)] = &[
-        (0x1, 0),
-        (0x7, 0),
-        (0x7, 1),
-        (0xd, 1),
-        (0x8000_0001, 0),
-        (0x8000_0007, 0),
-        (0x8000_0008, 0),
-    ];
+/// Feature bits of `guest` (the CPUID table a vCPU runs with) that `host` (this host's
+/// KVM-supported CPUID) lacks, as "leaf 0x7.0 ebx bit 5" strings: the guest may use them, so
+/// a host without them cannot run it. Every feature register is compared (see
+/// [`crate::cpu_model::FEATURE_REGISTERS`]: EAX of 7.1 and 0xD.1 and the XCR0 bits of 0xD.0
+/// among them), except the bits the VMM itself sets on every host (hypervisor, TSC-deadline,
+/// HTT) and the one the guest's own CR4 drives (OSXSAVE).
+pub fn missing_features(guest: &[kvm_cpuid_entry2], host: &[kvm_cpuid_entry2]) -> Vec<String> {
     let mut missing = Vec::new();
-    for &(function, index) in FEATURE_LEAVES {
-        let Some(s) = source
+    for &(function, index, reg) in crate::cpu_model::FEATURE_REGISTERS {
+        let Some(g) = guest
             .iter()
             .find(|e| e.function == function && e.index == index)
         else {
@@ -117,33 +114,26 @@ pub fn missing_features(source: &[kvm_cpuid_entry2], host: &[kvm_cpuid_entry2]) 
         };
         let h = host
             .iter()
-            .find(|e| e.function == function && e.index == index);
-        let regs = [
-            ("ecx", s.ecx, h.map_or(0, |h| h.ecx)),
-            ("edx", s.edx, h.map_or(0, |h| h.edx)),
-        ];
-        let regs_ebx = [("ebx", s.ebx, h.map_or(0, |h| h.ebx))];
-        // Leaf 1 EBX holds the APIC ID and counts, not features.
-        let all: Vec<_> = if function == 0x7 {
-            regs.iter().chain(regs_ebx.iter()).collect()
-        } else {
-            regs.iter().collect()
-        };
-        for (name, sv, hv) in all {
-            let lacking = sv & !hv;
-            for bit in 0..32 {
-                if lacking & (1 << bit) != 0 {
-                    if function == LEAF_FEATURES
-                        && *name == "ecx"
-                        && (bit == ECX_HYPERVISOR_BIT || bit == ECX_TSC_DEADLINE_BIT)
-                    {
-                        continue;
-                    }
-                    if function == LEAF_FEATURES && *name == "edx" && bit == EDX_HTT_BIT {
-                        continue;
-                    }
-                    missing.push(format!("leaf {function:#x}.{index} {name} bit {bit}"));
+            .find(|e| e.function == function && e.index == index)
+            .map_or(0, |h| reg.get(h));
+        let mut lacking = reg.get(g) & !h;
+        if function == LEAF_FEATURES {
+            lacking &= match reg {
+                Reg::Ecx => {
+                    !((1 << ECX_HYPERVISOR_BIT)
+                        | (1 << ECX_TSC_DEADLINE_BIT)
+                        | (1 << ECX_OSXSAVE_BIT))
                 }
+                Reg::Edx => !(1 << EDX_HTT_BIT),
+                _ => !0,
+            };
+        }
+        for bit in 0..32 {
+            if lacking & (1 << bit) != 0 {
+                missing.push(format!(
+                    "leaf {function:#x}.{index} {} bit {bit}",
+                    reg.name()
+                ));
             }
         }
     }
@@ -214,5 +204,21 @@ mod tests {
             vec!["leaf 0x7.0 ebx bit 5".to_string()]
         );
         assert!(missing_features(&[s], &[s]).is_empty());
+        // EAX of 7.1 (AVX-VNNI is bit 4) and the XCR0 bits of 0xD.0 count too.
+        let mut s71 = entry(0x7, 1);
+        s71.eax = 1 << 4;
+        let mut sd = entry(0xd, 0);
+        sd.eax = 0xe7; // x87, SSE, AVX, AVX-512 state
+        let mut hd = entry(0xd, 0);
+        hd.eax = 0x7;
+        assert_eq!(
+            missing_features(&[s71, sd], &[entry(0x7, 1), hd]),
+            vec![
+                "leaf 0x7.1 eax bit 4".to_string(),
+                "leaf 0xd.0 eax bit 5".to_string(),
+                "leaf 0xd.0 eax bit 6".to_string(),
+                "leaf 0xd.0 eax bit 7".to_string(),
+            ]
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! KVM file descriptors handed in by the caller.
 
 pub mod bootparams;
+pub mod cpu_model;
 pub mod cpuid;
 pub mod gdt;
 pub mod layout;

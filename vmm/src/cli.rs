@@ -222,6 +222,16 @@ struct RunArgs {
     /// Number of vCPUs (1-32).
     #[arg(long, value_name = "N", default_value_t = 1)]
     vcpus: u64,
+    /// The CPU features the guest sees: host (everything this host's KVM offers: for a VM
+    /// that stays, or moves only between identical hosts), x86-64-v2 or x86-64-v3 (that
+    /// micro-architecture level only: a fleet of different CPUs can all run and receive it).
+    /// The guest's CPUID travels with it; a destination that lacks a feature is refused.
+    #[arg(long, value_name = "MODEL", default_value = "host")]
+    cpu_model: String,
+    /// Show hardware virtualization (VMX/SVM) to the guest, for a hypervisor inside it. Such
+    /// a VM cannot be migrated (its nested guests' state does not travel).
+    #[arg(long)]
+    nested: bool,
     /// A virtio-blk disk: a raw image file or block device (a shared LUN), repeatable.
     /// The VMM holds an exclusive lock on each writable disk while it runs. With --incoming:
     /// a disk the incoming VM may use (its config must name the same path, size and flags).
@@ -628,6 +638,8 @@ fn run_vm(
             vcpus,
             disks,
             nets,
+            cpu_model: config::validate_cpu_model(&args.cpu_model)?,
+            nested: args.nested,
         }))
     };
     let end = run::run(opts, start)?;

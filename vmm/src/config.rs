@@ -24,9 +24,36 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     #[serde(default)]
     pub nets: Vec<NetConfig>,
+    /// The CPU model (`arch::cpu_model`): host, x86-64-v2, x86-64-v3.
+    #[serde(default = "default_cpu_model")]
+    pub cpu_model: String,
+    /// Hardware virtualization (VMX/SVM) shown to the guest; such a VM cannot migrate (its
+    /// nested guests' state does not travel).
+    #[serde(default)]
+    pub nested: bool,
+}
+
+fn default_cpu_model() -> String {
+    arch::cpu_model::CpuModel::Host.name().to_string()
+}
+
+/// Checks a CPU model name (for the CLI and the API).
+pub fn validate_cpu_model(name: &str) -> Result<String, ConfigError> {
+    match arch::cpu_model::CpuModel::parse(name) {
+        Some(m) => Ok(m.name().to_string()),
+        None => Err(ConfigError::BadCpuModel(format!(
+            "unknown CPU model '{name}' (one of: {})",
+            arch::cpu_model::CpuModel::NAMES.join(", ")
+        ))),
+    }
 }
 
 impl VmConfig {
+    /// The VM's CPU model (a config that named an unknown one was refused when parsed).
+    pub fn cpu_model(&self) -> arch::cpu_model::CpuModel {
+        arch::cpu_model::CpuModel::parse(&self.cpu_model).unwrap_or_default()
+    }
+
     /// Whether there is a kernel to boot (a received VM has one only when this host granted it).
     pub fn has_kernel(&self) -> bool {
         !self.kernel.as_os_str().is_empty()
@@ -150,6 +177,8 @@ pub enum ConfigError {
     MemoryTooLarge(u64),
     #[error("invalid VM name '{0}': use 1 to 64 letters, digits, '.', '_' or '-', not starting with '.' or '-'")]
     BadName(String),
+    #[error("{0}")]
+    BadCpuModel(String),
     #[error("invalid device '{arg}': {why}")]
     BadDevice { arg: String, why: String },
     #[error("--vcpus must be between 1 and {max}, not {given}")]

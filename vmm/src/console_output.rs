@@ -194,10 +194,10 @@ mod tests {
         gate.1.notify_all();
         drain_all(Duration::from_secs(10));
         let got = got.lock().unwrap();
-        // What arrived is a prefix of what was written (the first writer chunk may have been
-        // taken before the buffer filled), and no more than the buffer plus that chunk.
+        // What arrived is a prefix of what was written: the buffer's worth, plus what the
+        // writer thread had taken before it stalled; the rest was dropped.
         assert!(
-            got.len() >= CAPACITY && got.len() <= CAPACITY + 4096,
+            got.len() >= CAPACITY && got.len() < data.len(),
             "{}",
             got.len()
         );

@@ -5,6 +5,7 @@ pub mod api;
 pub mod config;
 pub mod console;
 pub mod console_output;
+pub mod cpu;
 pub mod dirty_log;
 pub mod event_loop;
 pub mod event_monitor;

@@ -19,7 +19,9 @@ pub struct Machine {
     pub serial: Arc<Mutex<Serial>>,
     pub transports: Vec<Arc<Mutex<MmioTransport>>>,
     pub vcpus: VcpuSet,
+    /// What the guest's vCPUs see (and what a migration sends): see `crate::cpu`.
     pub cpuids: Vec<kvm_bindings::CpuId>,
+    pub tsc_khz: Option<u32>,
     pub msr_list: Vec<u32>,
 }
 
@@ -35,6 +37,7 @@ impl Machine {
             transports: built.transports,
             vcpus,
             cpuids: built.cpuids,
+            tsc_khz: built.tsc_khz,
             msr_list: built.msr_list,
         }
     }

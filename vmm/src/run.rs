@@ -405,6 +405,7 @@ impl Vmm {
                 &config,
                 crate::vm::BuildMode::Boot,
                 None,
+                None,
                 console,
                 self.tx.clone(),
             )

@@ -17,7 +17,7 @@ use devices::virtio::mmio::MmioTransport;
 use devices::virtio::net::{Net, Tap};
 use devices::virtio::{VirtioDevice, VirtioInterrupt};
 use devices::Bus;
-use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use linux_loader::cmdline::Cmdline;
 use vmm_sys_util::eventfd::EventFd;
@@ -67,6 +67,8 @@ pub enum BuildError {
     EventFd(#[source] std::io::Error),
     #[error("cannot start the console's output thread")]
     Thread(#[source] std::io::Error),
+    #[error(transparent)]
+    Cpu(#[from] crate::cpu::CpuError),
     #[error("cannot place a device on the bus")]
     Bus(#[from] devices::BusError),
     #[error(transparent)]
@@ -97,6 +99,7 @@ pub struct BuiltParts {
     pub serial: Arc<Mutex<Serial>>,
     pub transports: Vec<Arc<Mutex<MmioTransport>>>,
     pub cpuids: Vec<kvm_bindings::CpuId>,
+    pub tsc_khz: Option<u32>,
     pub msr_list: Vec<u32>,
 }
 
@@ -110,6 +113,7 @@ impl BuiltVm {
             serial: self.serial,
             transports: self.transports,
             cpuids: self.cpuids,
+            tsc_khz: self.tsc_khz,
             msr_list: self.msr_list,
         };
         (parts, self.vcpus, self.virtio)
@@ -138,8 +142,10 @@ pub struct BuiltVm {
     /// Virtio devices with their queue eventfds, for the event loop.
     pub virtio: Vec<VirtioSubscriber>,
     pub transports: Vec<Arc<Mutex<MmioTransport>>>,
-    /// Each vCPU's CPUID table.
+    /// Each vCPU's CPUID table: what the guest sees, and what travels with it.
     pub cpuids: Vec<kvm_bindings::CpuId>,
+    /// The guest's TSC frequency (where KVM reports it).
+    pub tsc_khz: Option<u32>,
     /// MSRs that are saved and restored.
     pub msr_list: Vec<u32>,
 }
@@ -155,10 +161,12 @@ const REQUIRED_CAPS: &[Cap] = &[
 
 /// Builds the VM described by `config`, in `prepared` guest memory if given (a destination
 /// that mapped and faulted it in while it waited; it must have the config's layout). Guest
-/// console output goes to `console_out`.
+/// console output goes to `console_out`. A received VM's vCPUs get `guest_cpu` (the
+/// source's CPUID tables and TSC rate); a booted one this host's CPU under its CPU model.
 pub fn build(
     config: &VmConfig,
     mode: BuildMode,
+    guest_cpu: Option<&crate::cpu::GuestCpu>,
     prepared: Option<GuestMemoryMmap>,
     console_out: Box<dyn Write + Send>,
     events: Sender<VmEvent>,
@@ -258,7 +266,14 @@ pub fn build(
     pio.insert(i8042, I8042::BASE, I8042::SIZE)?;
     let pio = Arc::new(pio);
 
-    let (vcpus, cpuids) = create_vcpus(&kvm, &vm_fd, config.vcpus, entry, &pio, &mmio, &events)?;
+    let (vcpus, cpuids, tsc_khz) = create_vcpus(
+        &kvm,
+        &vm_fd,
+        config,
+        guest_cpu,
+        entry,
+        (&pio, &mmio, &events),
+    )?;
     let msr_list =
         crate::vcpu_state::saveable_msrs(&kvm, &vcpus[0].fd).map_err(BuildError::Msrs)?;
     let transports = virtio.iter().map(|s| s.transport()).collect();
@@ -273,6 +288,7 @@ pub fn build(
         virtio,
         transports,
         cpuids,
+        tsc_khz,
         msr_list,
     })
 }
@@ -366,35 +382,59 @@ fn load_guest_images(
     Ok(kernel.entry)
 }
 
-/// Creates the vCPUs with their CPUID; with an entry point, also their boot registers.
+/// The vCPUs' contexts, their CPUID tables, and the guest's TSC rate.
+type CreatedVcpus = (Vec<VcpuContext>, Vec<kvm_bindings::CpuId>, Option<u32>);
+
+/// Creates the vCPUs with their CPUID (and, for a received VM, its TSC rate); with an entry
+/// point, also their boot registers.
 fn create_vcpus(
     kvm: &Kvm,
     vm_fd: &VmFd,
-    count: u8,
+    config: &VmConfig,
+    guest_cpu: Option<&crate::cpu::GuestCpu>,
     entry: Option<vm_memory::GuestAddress>,
-    pio: &Arc<Bus>,
-    mmio: &Arc<Bus>,
-    events: &Sender<VmEvent>,
-) -> Result<(Vec<VcpuContext>, Vec<kvm_bindings::CpuId>), BuildError> {
-    let supported = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    (pio, mmio, events): (&Arc<Bus>, &Arc<Bus>, &Sender<VmEvent>),
+) -> Result<CreatedVcpus, BuildError> {
+    let count = config.vcpus;
+    let mut host = crate::cpu::supported_cpuid(kvm)?;
+    config.cpu_model().apply(host.as_mut_slice());
+    if !config.nested {
+        arch::cpu_model::hide_nested(host.as_mut_slice());
+    }
     let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
     let mut out = Vec::new();
     let mut cpuids = Vec::new();
+    let mut tsc_khz = None;
     for index in 0..count {
         let fd = vm_fd
             .create_vcpu(u64::from(index))
             .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-        let mut cpuid = supported.clone();
-        arch::cpuid::normalize(
-            &mut cpuid,
-            arch::cpuid::VcpuTopology {
-                apic_id: index,
-                vcpu_count: count,
-                tsc_deadline,
-            },
-        );
+        let cpuid = match guest_cpu {
+            // The guest's own tables, exactly: never this host's.
+            Some(g) => g
+                .cpuids
+                .get(usize::from(index))
+                .and_then(|t| kvm_bindings::CpuId::from_entries(t).ok())
+                .ok_or(crate::cpu::CpuError::Table(index))?,
+            None => {
+                let mut cpuid = host.clone();
+                arch::cpuid::normalize(
+                    &mut cpuid,
+                    arch::cpuid::VcpuTopology {
+                        apic_id: index,
+                        vcpu_count: count,
+                        tsc_deadline,
+                    },
+                );
+                cpuid
+            }
+        };
+        if let Some(khz) = guest_cpu.and_then(|g| g.tsc_khz) {
+            crate::cpu::set_guest_tsc(kvm, &fd, khz)?;
+        }
+        if tsc_khz.is_none() {
+            tsc_khz = fd.get_tsc_khz().ok();
+        }
         let regs_err = |source| BuildError::VcpuRegs { index, source };
         fd.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
         // Only the boot vCPU starts at the entry point; the others stay in their reset state
@@ -415,5 +455,5 @@ fn create_vcpus(
             events: events.clone(),
         });
     }
-    Ok((out, cpuids))
+    Ok((out, cpuids, tsc_khz))
 }

@@ -696,9 +696,16 @@ pub(crate) mod tests {
         t.freeze();
         t.backend_ready(7);
         t.backend_ready(7);
-        assert!(log.lock().unwrap().backend.is_empty(), "a frozen device took a frame");
+        assert!(
+            log.lock().unwrap().backend.is_empty(),
+            "a frozen device took a frame"
+        );
         t.thaw();
-        assert_eq!(log.lock().unwrap().backend, vec![7], "the event is replayed once");
+        assert_eq!(
+            log.lock().unwrap().backend,
+            vec![7],
+            "the event is replayed once"
+        );
         t.backend_ready(7);
         assert_eq!(log.lock().unwrap().backend, vec![7, 7]);
     }

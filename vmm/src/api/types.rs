@@ -17,6 +17,12 @@ pub struct CpusConfig {
     /// Accepted for compatibility; must equal `boot_vcpus` (no CPU hotplug).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_vcpus: Option<u8>,
+    /// Our addition: the CPU model (host, x86-64-v2, x86-64-v3; host when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Our addition: hardware virtualization shown to the guest (such a VM cannot migrate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nested: Option<bool>,
 }
 
 impl Default for CpusConfig {
@@ -24,6 +30,8 @@ impl Default for CpusConfig {
         CpusConfig {
             boot_vcpus: 1,
             max_vcpus: None,
+            model: None,
+            nested: None,
         }
     }
 }
@@ -212,6 +220,9 @@ impl ApiVmConfig {
             vcpus,
             disks,
             nets,
+            cpu_model: config::validate_cpu_model(self.cpus.model.as_deref().unwrap_or("host"))
+                .map_err(|e| format!("cpus.model: {e}"))?,
+            nested: self.cpus.nested.unwrap_or(false),
         };
         Ok((vm, serial))
     }
@@ -222,6 +233,8 @@ impl ApiVmConfig {
             cpus: CpusConfig {
                 boot_vcpus: vm.vcpus,
                 max_vcpus: Some(vm.vcpus),
+                model: Some(vm.cpu_model.clone()),
+                nested: Some(vm.nested),
             },
             memory: MemoryConfig {
                 size: vm.memory_bytes,

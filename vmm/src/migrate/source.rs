@@ -59,7 +59,10 @@ impl SourceVm for MachineSource {
         };
         let cfg = MigrationConfig {
             vm,
-            cpuid: m.cpuids[0].as_slice().to_vec(),
+            cpu: crate::cpu::GuestCpu {
+                cpuids: m.cpuids.iter().map(|c| c.as_slice().to_vec()).collect(),
+                tsc_khz: m.tsc_khz,
+            },
             disk_sizes,
         };
         migration::envelope::seal(&cfg).map_err(|e| VmError::Config(e.into()))

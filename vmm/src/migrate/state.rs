@@ -3,18 +3,19 @@
 
 use devices::legacy::SerialSnapshot;
 use devices::virtio::mmio::TransportSnapshot;
-use kvm_bindings::kvm_cpuid_entry2;
 use serde::{Deserialize, Serialize};
 
 use crate::config::VmConfig;
+use crate::cpu::GuestCpu;
 use crate::vcpu_state::VcpuState;
 use crate::vm_state::VmState;
 
 #[derive(Serialize, Deserialize)]
 pub struct MigrationConfig {
     pub vm: VmConfig,
-    /// The CPUID the guest sees (vCPU 0), checked against what the destination supports.
-    pub cpuid: Vec<kvm_cpuid_entry2>,
+    /// The CPU the guest sees (every vCPU's CPUID, its TSC rate): the destination checks it
+    /// against what it supports, then gives the vCPUs exactly that.
+    pub cpu: GuestCpu,
     /// Size of each disk in config order: shared storage must look the same on both hosts.
     pub disk_sizes: Vec<u64>,
 }

@@ -83,12 +83,21 @@ fn check_limits(vm: &VmConfig, cfg: &MigrationConfig) -> Result<(), String> {
     if cfg.disk_sizes.len() != vm.disks.len() {
         return Err("malformed config: disk sizes do not match the disks".into());
     }
-    if cfg.cpuid.is_empty() || cfg.cpuid.len() > kvm_bindings::KVM_MAX_CPUID_ENTRIES {
+    if cfg.cpu.cpuids.len() != usize::from(vm.vcpus) {
         return Err(format!(
-            "malformed config: {} CPUID entries (1 to {})",
-            cfg.cpuid.len(),
-            kvm_bindings::KVM_MAX_CPUID_ENTRIES
+            "malformed config: CPUID tables for {} vCPUs, the VM has {}",
+            cfg.cpu.cpuids.len(),
+            vm.vcpus
         ));
+    }
+    for table in &cfg.cpu.cpuids {
+        if table.is_empty() || table.len() > kvm_bindings::KVM_MAX_CPUID_ENTRIES {
+            return Err(format!(
+                "malformed config: {} CPUID entries (1 to {})",
+                table.len(),
+                kvm_bindings::KVM_MAX_CPUID_ENTRIES
+            ));
+        }
     }
     check_peer_string("kernel path", &vm.kernel.to_string_lossy())?;
     if let Some(initrd) = &vm.initrd {
@@ -237,13 +246,24 @@ impl IncomingBuilder {
             ));
         }
         self.grants.check(&cfg.vm, &cfg.disk_sizes)?;
-        let supported = kvm
-            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-            .map_err(|e| format!("KVM_GET_SUPPORTED_CPUID: {e}"))?;
-        let missing = arch::cpuid::missing_features(&cfg.cpuid, supported.as_slice());
+        if cfg.vm.nested {
+            return Err(
+                "the VM shows hardware virtualization to its guest; it cannot migrate".into(),
+            );
+        }
+        let supported = crate::cpu::supported_cpuid(kvm).map_err(|e| crate::error_chain(&e))?;
+        let mut missing: Vec<String> = Vec::new();
+        for table in &cfg.cpu.cpuids {
+            for m in arch::cpuid::missing_features(table, supported.as_slice()) {
+                if !missing.contains(&m) {
+                    missing.push(m);
+                }
+            }
+        }
         if !missing.is_empty() {
             return Err(format!(
-                "this host's CPU lacks features the guest may use: {}",
+                "this host's CPU lacks features the guest ({} CPU model) may use: {}",
+                cfg.vm.cpu_model,
                 missing.join(", ")
             ));
         }
@@ -276,6 +296,8 @@ impl IncomingBuilder {
             vcpus: theirs.vcpus,
             disks: self.grants.disks.clone(),
             nets: self.grants.nets.clone(),
+            cpu_model: theirs.cpu_model.clone(),
+            nested: false,
         }
     }
 }
@@ -301,6 +323,7 @@ impl TargetBuilder for IncomingBuilder {
         let built = crate::vm::build(
             &local,
             crate::vm::BuildMode::Incoming,
+            Some(&cfg.cpu),
             prepared,
             Box::new(std::io::stdout()),
             self.events.clone(),
@@ -424,8 +447,11 @@ mod tests {
     fn config(vm: VmConfig) -> MigrationConfig {
         MigrationConfig {
             disk_sizes: vec![1 << 20; vm.disks.len()],
+            cpu: crate::cpu::GuestCpu {
+                cpuids: vec![vec![kvm_bindings::kvm_cpuid_entry2::default(); 4]; vm.vcpus.into()],
+                tsc_khz: None,
+            },
             vm,
-            cpuid: vec![kvm_bindings::kvm_cpuid_entry2::default(); 4],
         }
     }
 
@@ -439,6 +465,8 @@ mod tests {
             vcpus: 2,
             disks: vec![],
             nets: vec![],
+            cpu_model: "host".into(),
+            nested: false,
         }
     }
 
@@ -521,14 +549,36 @@ mod tests {
             (
                 "CPUID",
                 MigrationConfig {
-                    cpuid: vec![],
+                    cpu: crate::cpu::GuestCpu {
+                        cpuids: vec![vec![], vec![]],
+                        tsc_khz: None,
+                    },
                     ..config(vm())
                 },
             ),
             (
                 "CPUID",
                 MigrationConfig {
-                    cpuid: vec![Default::default(); kvm_bindings::KVM_MAX_CPUID_ENTRIES + 1],
+                    cpu: crate::cpu::GuestCpu {
+                        cpuids: vec![vec![Default::default(); 4]],
+                        tsc_khz: None,
+                    },
+                    ..config(vm())
+                },
+            ),
+            (
+                "CPUID",
+                MigrationConfig {
+                    cpu: crate::cpu::GuestCpu {
+                        cpuids: vec![
+                            vec![
+                                Default::default();
+                                kvm_bindings::KVM_MAX_CPUID_ENTRIES + 1
+                            ];
+                            2
+                        ],
+                        tsc_khz: None,
+                    },
                     ..config(vm())
                 },
             ),

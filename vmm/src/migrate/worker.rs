@@ -32,6 +32,12 @@ pub fn start(
     reporting: Reporting,
     events: Sender<VmEvent>,
 ) -> Result<Canceller, String> {
+    if machine.config.nested {
+        return Err(
+            "this VM shows hardware virtualization to its guest (--nested): the state of its nested guests does not migrate"
+                .into(),
+        );
+    }
     let endpoint = Endpoint::parse(&req.destination_url)?;
     let mut opts = SendOptions {
         offline: req.offline,
