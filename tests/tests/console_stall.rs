@@ -12,6 +12,18 @@ use vmm_tests::{
 
 const T: Duration = Duration::from_secs(120);
 
+/// A child process killed and reaped when dropped (a failed assertion included).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[test]
 fn a_console_nobody_reads_does_not_stop_a_migration() {
     if !require_kvm("a_console_nobody_reads_does_not_stop_a_migration") {
@@ -34,6 +46,8 @@ fn a_console_nobody_reads_does_not_stop_a_migration() {
         .spawn()
         .expect("spawn vmm run");
     let unread = src.stdout.take().unwrap();
+    // Killed (by PID) however the test ends.
+    let mut src = KillOnDrop(src);
     {
         use std::os::fd::AsRawFd;
         // SAFETY: F_SETPIPE_SZ on a pipe this process holds.
@@ -64,14 +78,13 @@ fn a_console_nobody_reads_does_not_stop_a_migration() {
     // The source ends by itself even though its console reader never read a byte.
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
-        if let Some(st) = src.try_wait().unwrap() {
+        if let Some(st) = src.0.try_wait().unwrap() {
             break st;
         }
-        if Instant::now() > deadline {
-            let _ = src.kill();
-            let _ = src.wait();
-            panic!("the source did not exit after migrating away");
-        }
+        assert!(
+            Instant::now() < deadline,
+            "the source did not exit after migrating away"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(0));
