@@ -133,6 +133,19 @@ fn migrate_between_hosts(test: &str, storage: &str, vcpus: u32, first: &str, bac
         "the guest clock jumped by {:.0} ms at a migration",
         clock.max_jump_ms
     );
+    // The guest kernel's own word on its clocks (continuity copies them from /dev/kmsg).
+    let kmsg: Vec<&str> = run
+        .lines
+        .iter()
+        .filter_map(|l| l.2.split_once("CONT: KMSG ").map(|(_, m)| m))
+        .collect();
+    println!("guest kernel clock messages: {kmsg:?}");
+    assert!(
+        !kmsg
+            .iter()
+            .any(|m| m.contains("unstable") || m.contains("skew")),
+        "the guest found a clock unstable after migrating: {kmsg:?}"
+    );
 }
 
 #[test]

@@ -6,6 +6,9 @@
  *   records appends numbered fixed-size records to a file and fsyncs after each one: a record
  *           counts as acknowledged once its fsync returned;
  *   echo    a TCP echo server, for a connection held open across a migration;
+ *   kmsg    copies every kernel message about clocks (clocksource, TSC, "time") from
+ *           /dev/kmsg as "CONT: KMSG <message>", whatever the console's log level, so a
+ *           clocksource the guest marks unstable after a migration shows;
  *   main    a heartbeat line every 250 ms on stdout:
  *           "CONT: hb=N mono_ms=M real_ms=R pass=P rec=A maxgap_ms=G corrupt=C"
  *           where rec is the last acknowledged record and maxgap the longest time between two
@@ -151,6 +154,34 @@ static void *echo(void *unused)
     return NULL;
 }
 
+/* Kernel messages about the guest's clocks, from the start of the log on. */
+static void *kmsg(void *unused)
+{
+    (void)unused;
+    int fd = open("/dev/kmsg", O_RDONLY);
+    if (fd < 0)
+        return NULL;
+    char buf[1024];
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof buf - 1);
+        if (n < 0) {
+            if (errno == EPIPE || errno == EINTR)
+                continue;
+            return NULL;
+        }
+        buf[n] = 0;
+        /* "level,seq,usec,flags;text\n" */
+        char *text = strchr(buf, ';');
+        text = text ? text + 1 : buf;
+        char *nl = strchr(text, '\n');
+        if (nl)
+            *nl = 0;
+        if (strcasestr(text, "clocksource") || strstr(text, "TSC") || strstr(text, "tsc:") ||
+            strcasestr(text, "timekeeping") || strcasestr(text, "watchdog"))
+            printf("CONT: KMSG %s\n", text);
+    }
+}
+
 int main(int argc, char **argv)
 {
     int opt;
@@ -172,6 +203,7 @@ int main(int argc, char **argv)
         pthread_create(&t, NULL, records, NULL);
     if (port)
         pthread_create(&t, NULL, echo, NULL);
+    pthread_create(&t, NULL, kmsg, NULL);
     printf("CONT: started, working set %zu pages every %u ms, records %s, echo port %d\n", ws_pages, pass_interval_ms,
            record_file, port);
     uint64_t last = now_ms(CLOCK_MONOTONIC), maxgap = 0;
