@@ -108,10 +108,15 @@ fn main() {
             tap: "tap0".into(),
             mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
         }],
+        cpu_model: "x86-64-v2".into(),
+        nested: false,
     };
     let config = MigrationConfig {
         vm,
-        cpuid: vec![kvm_bindings::kvm_cpuid_entry2::default(); 8],
+        cpu: vmm::cpu::GuestCpu {
+            cpuids: vec![vec![kvm_bindings::kvm_cpuid_entry2::default(); 8]; 2],
+            tsc_khz: Some(2_000_000),
+        },
         disk_sizes: vec![1 << 30],
     };
     put(
