@@ -26,7 +26,7 @@ pub enum CpuError {
     Supported(#[source] kvm_ioctls::Error),
     #[error("the guest's CPUID table for vCPU {0} is missing or malformed")]
     Table(u8),
-    #[error("the guest's TSC runs at {guest} kHz, this host's at {host} kHz, and this host's KVM cannot scale it (no KVM_CAP_TSC_CONTROL): the guest's clock would drift")]
+    #[error("the guest's TSC runs at {guest} kHz, this host's at {host} kHz, and this host's KVM cannot scale it (no KVM_CAP_TSC_CONTROL): a guest shown an invariant TSC would see its clock drift")]
     TscRate { guest: u32, host: u32 },
     #[error("KVM_SET_TSC_KHZ {0} failed")]
     SetTsc(u32, #[source] kvm_ioctls::Error),
@@ -78,19 +78,40 @@ fn hide_for_test(entries: &mut [kvm_cpuid_entry2], spec: &str) {
     }
 }
 
+/// Whether a CPUID table shows the guest an invariant TSC (leaf 0x80000007 EDX bit 8): a
+/// guest told so may count time by the TSC alone, at the rate it measured once.
+pub fn shows_invariant_tsc(table: &[kvm_cpuid_entry2]) -> bool {
+    table
+        .iter()
+        .any(|e| e.function == 0x8000_0007 && e.edx & (1 << 8) != 0)
+}
+
 /// Gives a vCPU of a received VM the guest's TSC rate: kept as it is where this host's rate
-/// is within KVM's tolerance of it, scaled where KVM can scale, refused otherwise.
-pub fn set_guest_tsc(kvm: &Kvm, fd: &VcpuFd, guest_khz: u32) -> Result<(), CpuError> {
+/// is within KVM's tolerance of it, scaled where KVM can scale. Where it can do neither, a
+/// guest shown an invariant TSC is refused (its clock would drift); any other guest keeps
+/// time by kvmclock, which KVM corrects for this host's rate, and runs on at that rate.
+pub fn set_guest_tsc(
+    kvm: &Kvm,
+    fd: &VcpuFd,
+    guest_khz: u32,
+    invariant: bool,
+) -> Result<(), CpuError> {
     let Ok(host_khz) = fd.get_tsc_khz() else {
         return Ok(());
     };
     let diff = u64::from(host_khz.abs_diff(guest_khz));
     let close = diff * 1_000_000 <= u64::from(host_khz) * TSC_TOLERANCE_PPM;
     if !close && !kvm.check_extension(Cap::TscControl) {
-        return Err(CpuError::TscRate {
-            guest: guest_khz,
-            host: host_khz,
-        });
+        if invariant {
+            return Err(CpuError::TscRate {
+                guest: guest_khz,
+                host: host_khz,
+            });
+        }
+        log::warn!(
+            "the guest's TSC ran at {guest_khz} kHz, here it runs at {host_khz} kHz and KVM cannot scale it; the guest has no invariant TSC and keeps time by kvmclock"
+        );
+        return Ok(());
     }
     fd.set_tsc_khz(guest_khz)
         .map_err(|e| CpuError::SetTsc(guest_khz, e))

@@ -430,7 +430,8 @@ fn create_vcpus(
             }
         };
         if let Some(khz) = guest_cpu.and_then(|g| g.tsc_khz) {
-            crate::cpu::set_guest_tsc(kvm, &fd, khz)?;
+            let invariant = crate::cpu::shows_invariant_tsc(cpuid.as_slice());
+            crate::cpu::set_guest_tsc(kvm, &fd, khz, invariant)?;
         }
         if tsc_khz.is_none() {
             tsc_khz = fd.get_tsc_khz().ok();
