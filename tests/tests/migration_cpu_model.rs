@@ -167,3 +167,32 @@ fn a_host_lacking_a_feature_is_refused_and_a_baseline_model_goes_everywhere() {
     eprintln!("x86-64-v2 round full -> small -> smaller -> full: digests {first:?} unchanged");
     stop(vm, &h[0].0);
 }
+
+#[test]
+fn a_vm_shown_hardware_virtualization_refuses_to_migrate() {
+    if !require_kvm("a_vm_shown_hardware_virtualization_refuses_to_migrate") {
+        return;
+    }
+    let (a, b) = (RuntimeDir::new("nested-1"), RuntimeDir::new("nested-2"));
+    let g = guest("cpuid_digest");
+    let mut vm = VmProcess::start(
+        &a.0,
+        &[
+            "--name",
+            "cpu",
+            "--kernel",
+            g.to_str().unwrap(),
+            "--memory",
+            "64M",
+            "--nested",
+        ],
+    );
+    vm.wait_for(" cpuid ", T);
+    let port = free_port();
+    let dst = destination(&b.0, "", port);
+    let (st, _, err) = migrate_to_port(&a.0, "cpu", port);
+    assert!(!st.success(), "a nested VM migrated");
+    assert!(err.contains("--nested"), "{err}");
+    drop(dst);
+    stop(vm, &a.0);
+}
