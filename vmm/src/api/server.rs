@@ -187,9 +187,13 @@ async fn serve_connection(
             Ok::<_, Infallible>(to_http(answer))
         }
     });
+    // Written as Cloud Hypervisor's server writes them, for the clients built for it (its
+    // api_client crate: ch-remote, orchestrators): header names in title case (it looks for
+    // "Content-Length: " exactly), and no reason phrase (see `to_http`).
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(REQUEST_TIMEOUT)
+        .title_case_headers(true)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     tokio::select! {
@@ -252,6 +256,9 @@ fn to_http(answer: ApiResponse) -> hyper::Response<Full<Bytes>> {
         }
         None => Bytes::new(),
     };
+    // "HTTP/1.1 200 \r\n": Cloud Hypervisor's client takes everything up to the CR as the
+    // status code, so a reason phrase ("200 OK") breaks it; RFC 9112 allows an empty one.
+    builder = builder.extension(hyper::ext::ReasonPhrase::from_static(b""));
     builder.body(Full::new(body)).unwrap_or_else(|_| {
         let mut r = hyper::Response::new(Full::new(Bytes::new()));
         *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
