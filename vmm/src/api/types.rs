@@ -60,6 +60,18 @@ pub struct PayloadConfig {
     pub cmdline: Option<String>,
 }
 
+/// `{"path": ...}` of an older Cloud Hypervisor's `kernel` and `initramfs`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct LegacyPath {
+    pub path: PathBuf,
+}
+
+/// `{"args": ...}` of an older Cloud Hypervisor's `cmdline`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct LegacyCmdline {
+    pub args: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiDisk {
     pub path: PathBuf,
@@ -128,6 +140,15 @@ pub struct ApiVmConfig {
     pub memory: MemoryConfig,
     #[serde(default)]
     pub payload: PayloadConfig,
+    /// Cloud Hypervisor before v28 (Debian's 9.0 among them, and the libvirt ch driver built
+    /// for it) sends the kernel as `kernel.path`, `cmdline.args` and `initramfs.path` instead
+    /// of `payload`; taken where `payload` does not say.
+    #[serde(default, skip_serializing)]
+    pub kernel: Option<LegacyPath>,
+    #[serde(default, skip_serializing)]
+    pub cmdline: Option<LegacyCmdline>,
+    #[serde(default, skip_serializing)]
+    pub initramfs: Option<LegacyPath>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disks: Option<Vec<ApiDisk>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -179,6 +200,7 @@ impl ApiVmConfig {
             .payload
             .kernel
             .clone()
+            .or_else(|| self.kernel.as_ref().map(|k| k.path.clone()))
             .ok_or("payload.kernel is required (firmware boot is not supported)")?;
         let (disks, nets) = devices_from_api(self.disks.as_deref(), self.net.as_deref(), name)?;
         let serial = match &self.serial {
@@ -210,11 +232,16 @@ impl ApiVmConfig {
         let vm = VmConfig {
             name: name.to_string(),
             kernel,
-            initrd: self.payload.initramfs.clone(),
+            initrd: self
+                .payload
+                .initramfs
+                .clone()
+                .or_else(|| self.initramfs.as_ref().map(|i| i.path.clone())),
             cmdline: self
                 .payload
                 .cmdline
                 .clone()
+                .or_else(|| self.cmdline.as_ref().map(|c| c.args.clone()))
                 .unwrap_or_else(|| config::DEFAULT_CMDLINE.to_string()),
             memory_bytes: self.memory.size,
             vcpus,
@@ -244,6 +271,9 @@ impl ApiVmConfig {
                 initramfs: vm.initrd.clone(),
                 cmdline: Some(vm.cmdline.clone()),
             },
+            kernel: None,
+            cmdline: None,
+            initramfs: None,
             disks: Some(vm.disks.iter().map(ApiDisk::from).collect()),
             net: Some(vm.nets.iter().map(ApiNet::from).collect()),
             serial: Some(match serial {
@@ -518,4 +548,32 @@ impl MigrationProgress {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_older_cloud_hypervisors_kernel_fields_are_taken() {
+        let old: ApiVmConfig = serde_json::from_str(
+            r#"{"cpus": {"boot_vcpus": 1}, "memory": {"size": 67108864},
+                "kernel": {"path": "/boot/vmlinux"}, "cmdline": {"args": "console=ttyS0 quiet"},
+                "initramfs": {"path": "/boot/initrd"}}"#,
+        )
+        .unwrap();
+        let (vm, _) = old.to_config("old").unwrap();
+        assert_eq!(vm.kernel, PathBuf::from("/boot/vmlinux"));
+        assert_eq!(vm.cmdline, "console=ttyS0 quiet");
+        assert_eq!(vm.initrd, Some(PathBuf::from("/boot/initrd")));
+        // `payload` wins where both are given; neither is an error.
+        let both: ApiVmConfig = serde_json::from_str(
+            r#"{"memory": {"size": 67108864}, "payload": {"kernel": "/new"},
+                "kernel": {"path": "/old"}}"#,
+        )
+        .unwrap();
+        assert_eq!(both.to_config("b").unwrap().0.kernel, PathBuf::from("/new"));
+        let none: ApiVmConfig = serde_json::from_str(r#"{"memory": {"size": 67108864}}"#).unwrap();
+        assert!(none.to_config("n").unwrap_err().contains("payload.kernel"));
+    }
 }
