@@ -1,5 +1,5 @@
-//! A stream whose every read and write must make progress within a deadline (DESIGN.md
-//! section 7, point 4): a peer that stops reading, stops sending, or vanishes without a reset
+//! A stream whose every read and write must make progress within a deadline (docs/design.md
+//! section 7): a peer that stops reading, stops sending, or vanishes without a reset
 //! turns into an error after `idle`, instead of a migration that waits forever.
 
 use std::io;

@@ -1,4 +1,4 @@
-//! The state envelope (DESIGN.md section 6): magic, format version (major.minor), payload
+//! The state envelope (docs/design.md section 6): magic, format version (major.minor), payload
 //! length, a self-describing CBOR payload, and a CRC32 over all of it. A reader accepts any
 //! minor version of its major: newer fields carry `#[serde(default)]`, unknown ones are ignored.
 

@@ -1,4 +1,4 @@
-//! The migration protocol (DESIGN.md section 5), source and destination sides, over
+//! The migration protocol (docs/design.md section 5), source and destination sides, over
 //! connections secured by [`crate::channel`] and framed by [`crate::wire`].
 //!
 //! ```text

@@ -12,7 +12,7 @@
 #   RIG_TOOLS=FILE        a read-only disk image with serial "tools" (QEMU for the benchmark)
 #   RIG_APPEND            more kernel command-line words (rig.NAME=VALUE reach the scenario)
 # idle=poll keeps the L1 CPUs from halting when there are two: Debian's QEMU 7.2 under TCG
-# sometimes never wakes a halted vCPU (DESIGN.md section 10).
+# sometimes never wakes a halted vCPU (docs/design.md section 10).
 set -euo pipefail
 dir=$1 scenario=$2
 smp=${RIG_SMP:-2}

@@ -1,7 +1,7 @@
 //! The nested test rig from the outside: boots an L1 host under QEMU (software emulation of an
 //! AMD CPU with SVM, so a real /dev/kvm exists inside) through resources/rig/run-l1.sh, watches
 //! its serial console for the scenario's verdict, and retries once when the L1 hangs (console
-//! silent for too long, a known Debian QEMU 7.2 TCG problem described in DESIGN.md). A
+//! silent for too long, a known Debian QEMU 7.2 TCG problem described in docs/design.md section 10). A
 //! scenario may span two L1 hosts joined by a network and a shared disk (run_hosts).
 
 use std::io::{BufRead, BufReader};
@@ -100,7 +100,7 @@ pub fn run_scenario(scenario: &str, timeout: Duration, markers: &[&str]) -> RigR
 /// retrying when an L1 hangs. It passes when every host reports PASS; a FAIL from any host
 /// ends the attempt. `name` labels the logs under build/rig-logs.
 pub fn run_hosts(name: &str, hosts: &[L1Host], timeout: Duration, markers: &[&str]) -> RigRun {
-    // An L1 that hangs is the rig's fault (DESIGN.md section 10), not the scenario's: retry it.
+    // An L1 that hangs is the rig's fault (docs/design.md section 10), not the scenario's: retry it.
     // A scenario that reports FAIL is never retried.
     for attempt in 1..=3 {
         match attempt_once(name, hosts, timeout, markers, attempt) {

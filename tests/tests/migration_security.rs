@@ -1,4 +1,4 @@
-//! The secured migration channel against an attacker (DESIGN.md section 7): on-path tampering,
+//! The secured migration channel against an attacker (docs/design.md section 7): on-path tampering,
 //! eavesdropping, wrong keys and certificates, mismatched modes, an unauthenticated listener, a
 //! destination that grants only what its operator gave it, and Unix-socket peers of another
 //! user. Every failure leaves the guest running on the source with its memory intact.

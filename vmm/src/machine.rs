@@ -49,7 +49,7 @@ impl Machine {
         }
     }
 
-    /// Stops the vCPUs, then the devices (DESIGN.md: vCPUs, clock, devices).
+    /// Stops the vCPUs, then the devices (docs/design.md section 4).
     pub fn pause_all(&self) -> Result<(), crate::vcpu::VcpuError> {
         self.vcpus.pause()?;
         self.each_transport(|t| t.freeze());

@@ -1,4 +1,4 @@
-//! Unix sockets that only their owner can use (DESIGN.md section 7, point 2): created mode
+//! Unix sockets that only their owner can use (docs/design.md section 7): created mode
 //! 0600 without a moment of wider access, and a peer check on every connection (SO_PEERCRED:
 //! the same uid as this process, or root).
 

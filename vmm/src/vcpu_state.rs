@@ -1,4 +1,4 @@
-//! Saving and restoring a vCPU, in the orders DESIGN.md section 5 prescribes (other VMMs lost
+//! Saving and restoring a vCPU, in the orders docs/design.md section 5 prescribes (other VMMs lost
 //! timer interrupts or pending exceptions by getting them wrong).
 //!
 //! Save: MP_STATE first (reading it can change state), then REGS, SREGS, XSAVE, XCRS,

@@ -1,4 +1,4 @@
-//! The secured migration channel (DESIGN.md section 7): every byte of the migration after the
+//! The secured migration channel (docs/design.md section 7): every byte of the migration after the
 //! handshake is encrypted and integrity-protected with keys from that handshake.
 //!
 //! A connection starts with a plaintext preface each way (magic, protocol version, security

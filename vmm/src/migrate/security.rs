@@ -1,4 +1,4 @@
-//! Which secured channel a migration endpoint uses, from its options (DESIGN.md section 7):
+//! Which secured channel a migration endpoint uses, from its options (docs/design.md section 7):
 //! a pre-shared key (`--auth-key-file`), mutual TLS (`--tls-dir`), or nothing, which TCP gets
 //! only with `--insecure` (loopback included: every local user can reach 127.0.0.1) and a
 //! Unix socket gets by default (the kernel tells who the peer is; only this user or root).

@@ -402,7 +402,7 @@ impl TargetVm for MachineTarget {
 }
 
 impl MachineTarget {
-    /// Restores checked state in the order KVM needs (DESIGN.md section 5).
+    /// Restores checked state in the order KVM needs (docs/design.md section 5).
     fn restore(&self, s: MigrationState) -> Result<(), migration::vm::Cause> {
         let m = &self.machine;
         if s.vcpus.len() != m.vcpus.count() || s.transports.len() != m.transports.len() {
