@@ -1,5 +1,5 @@
-//! Migrations that must not hang, cannot be squatted, and can be cancelled (docs/design.md section 7,
-//! point 4): a stalled network ends within the timeout, idle and hostile connections do not keep
+//! Migrations that must not hang, cannot be squatted, and can be cancelled (docs/design.md section 7):
+//! a stalled network ends within the timeout, idle and hostile connections do not keep
 //! the real source out, Ctrl-C, `vmm migrate-cancel` and `vmm stop` put the guest back on the
 //! source, and a second migration then succeeds.
 
