@@ -79,18 +79,18 @@ impl FrameSender {
     }
 }
 
-/// The sequence numbers a console shows ("rx N" lines).
-fn received_lines(console: &Mutex<Vec<String>>) -> Vec<u32> {
-    console
-        .lock()
-        .unwrap()
-        .iter()
+/// The sequence numbers in console bytes ("rx N" lines; a line the migration cut short, its
+/// rest printed by the next host, counts once the bytes are joined).
+fn received_in(raw: &[u8]) -> Vec<u32> {
+    String::from_utf8_lossy(raw)
+        .split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
         .filter_map(|l| l.trim().strip_prefix("rx ")?.parse().ok())
         .collect()
 }
 
 fn received(vm: &VmProcess) -> Vec<u32> {
-    received_lines(&vm.console)
+    received_in(&vm.raw.lock().unwrap())
 }
 
 #[test]
@@ -103,7 +103,7 @@ fn frames_reach_a_migrating_guest_once_each_and_in_order() {
     let id = std::process::id() % 100_000;
     let (tap_a, tap_b) = (format!("vmnr{id}a"), format!("vmnr{id}b"));
     let g = guest("net_rx");
-    let mut src = VmProcess::start(
+    let src = VmProcess::start_raw(
         &a.0,
         &[
             "--name",
@@ -116,7 +116,14 @@ fn frames_reach_a_migrating_guest_once_each_and_in_order() {
             &format!("tap={tap_a},mac={MAC}"),
         ],
     );
-    src.wait_for("net ready", T);
+    let deadline = Instant::now() + T;
+    while !String::from_utf8_lossy(&src.raw.lock().unwrap()).contains("net ready") {
+        assert!(
+            Instant::now() < deadline,
+            "the guest's driver did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     ip(&["link", "set", &tap_a, "up"]);
 
     // The stream: one frame every 2 ms, to whichever tap `target` names.
@@ -140,14 +147,14 @@ fn frames_reach_a_migrating_guest_once_each_and_in_order() {
         assert!(
             Instant::now() < deadline,
             "the guest receives nothing: {:?}",
-            src.tail(5)
+            String::from_utf8_lossy(&src.raw.lock().unwrap())
         );
         std::thread::sleep(Duration::from_millis(50));
     }
 
     let port = free_port();
     let key = test_key(&b.0);
-    let mut dst = VmProcess::start(
+    let mut dst = VmProcess::start_raw(
         &b.0,
         &[
             "--name",
@@ -165,7 +172,7 @@ fn frames_reach_a_migrating_guest_once_each_and_in_order() {
     assert!(st.success(), "{out}{err}");
     ip(&["link", "set", &tap_b, "up"]);
     *target.lock().unwrap() = FrameSender::on(&tap_b);
-    let src_console = src.console.clone();
+    let src_console = src.raw.clone();
     let (st, err) = src.wait_exit(T);
     assert_eq!(st.code(), Some(0), "{err}");
 
@@ -174,7 +181,7 @@ fn frames_reach_a_migrating_guest_once_each_and_in_order() {
         assert!(
             Instant::now() < deadline,
             "the guest receives nothing at the destination: {:?}",
-            dst.tail(5)
+            String::from_utf8_lossy(&dst.raw.lock().unwrap())
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -182,14 +189,18 @@ fn frames_reach_a_migrating_guest_once_each_and_in_order() {
     sender.join().unwrap();
     let (st, _, err) = vmm_cli(&b.0, &["stop", "nr"], T);
     assert!(st.success(), "{err}");
-    let dst_console = dst.console.clone();
+    let dst_console = dst.raw.clone();
     let (st, err) = dst.wait_exit(T);
     assert_eq!(st.code(), Some(0), "{err}");
-    let on_source = received_lines(&src_console);
-    let on_destination = received_lines(&dst_console);
     // A frame the device wrote before the pause may be read by the guest only after it, at
-    // the destination: so the joined list, not each host's, is what must be whole.
-    let joined: Vec<u32> = on_source.iter().chain(&on_destination).copied().collect();
+    // the destination (and a line may be cut in two): so the joined bytes, not each host's,
+    // are what must be whole.
+    let (src_raw, dst_raw) = (
+        src_console.lock().unwrap().clone(),
+        dst_console.lock().unwrap().clone(),
+    );
+    let joined = received_in(&[src_raw.as_slice(), dst_raw.as_slice()].concat());
+    let (on_source, on_destination) = (received_in(&src_raw), received_in(&dst_raw));
     let gaps: Vec<(u32, u32)> = joined
         .windows(2)
         .filter(|w| w[1] != w[0] + 1)
