@@ -205,25 +205,30 @@ impl VmProcess {
 
     /// Like [`Self::start_in`], with environment variables (e.g. `FAILPOINTS`).
     pub fn start_env(prefix: &[&str], env: &[(&str, &str)], dir: &Path, args: &[&str]) -> Self {
-        let mut full = vec![
-            OsStr::new("--runtime-dir"),
-            dir.as_os_str(),
-            OsStr::new("run"),
-        ];
-        full.extend(args.iter().map(OsStr::new));
-        Self::spawn(prefix, env, &full, false)
+        Self::start_run(prefix, env, dir, args, false)
     }
 
     /// Like [`Self::start`], keeping the console as raw bytes only (in [`Self::raw`]): for a
     /// guest that prints more than lines are worth keeping.
     pub fn start_raw(dir: &Path, args: &[&str]) -> Self {
+        Self::start_run(&[], &[], dir, args, true)
+    }
+
+    /// `vmm --runtime-dir DIR run ARGS...` (see [`Self::spawn`]).
+    fn start_run(
+        prefix: &[&str],
+        env: &[(&str, &str)],
+        dir: &Path,
+        args: &[&str],
+        raw_only: bool,
+    ) -> Self {
         let mut full = vec![
             OsStr::new("--runtime-dir"),
             dir.as_os_str(),
             OsStr::new("run"),
         ];
         full.extend(args.iter().map(OsStr::new));
-        Self::spawn(&[], &[], &full, true)
+        Self::spawn(prefix, env, &full, raw_only)
     }
 
     /// Starts an empty VMM (`vmm --api-socket SOCKET`) for an API client to drive.
@@ -546,23 +551,47 @@ pub fn migrate_retrying(
     panic!("the destination never listened ({args:?})");
 }
 
-/// A raw-console destination (`vmm run --name NAME --incoming tcp:127.0.0.1:PORT` with the
-/// test key of `dir`), waiting for its source.
-pub fn raw_destination(dir: &Path, name: &str, port: u16) -> VmProcess {
+/// How a test destination starts, beyond what every one has (see [`destination`]).
+#[derive(Default)]
+pub struct Incoming<'a> {
+    /// More `vmm run` options: grants (`--disk`, `--net`), `--io-timeout`.
+    pub extra: &'a [&'a str],
+    /// Its environment (`FAILPOINTS`, `VMM_TEST_HIDE_CPUID`).
+    pub env: &'a [(&'a str, &'a str)],
+    /// Keep its console as raw bytes ([`VmProcess::start_raw`]).
+    pub raw: bool,
+}
+
+/// A destination, `vmm run --name NAME --incoming tcp:127.0.0.1:PORT` with the test key of
+/// `dir` and `opts`, once it waits for its source.
+pub fn destination(dir: &Path, name: &str, port: u16, opts: Incoming<'_>) -> VmProcess {
     let key = test_key(dir);
-    let mut dst = VmProcess::start_raw(
-        dir,
-        &[
-            "--name",
-            name,
-            "--incoming",
-            &format!("tcp:127.0.0.1:{port}"),
-            "--auth-key-file",
-            key.to_str().unwrap(),
-        ],
-    );
+    let to = format!("tcp:127.0.0.1:{port}");
+    let mut args = vec![
+        "--name",
+        name,
+        "--incoming",
+        &to,
+        "--auth-key-file",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(opts.extra);
+    let mut dst = VmProcess::start_run(&[], opts.env, dir, &args, opts.raw);
     dst.wait_for_stderr("waiting for VM", Duration::from_secs(120));
     dst
+}
+
+/// A destination with nothing but the test key, its console kept raw.
+pub fn raw_destination(dir: &Path, name: &str, port: u16) -> VmProcess {
+    destination(
+        dir,
+        name,
+        port,
+        Incoming {
+            raw: true,
+            ..Incoming::default()
+        },
+    )
 }
 
 /// `vmm migrate NAME --to tcp:127.0.0.1:PORT` with the test key of `dir`, retried until the

@@ -8,7 +8,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::proxy::Relay;
-use crate::{free_port, start_dirtier_env, test_key, vmm_cli, RuntimeDir, VmProcess};
+use crate::{
+    destination, free_port, start_dirtier_env, test_key, vmm_cli, Incoming, RuntimeDir, VmProcess,
+};
 
 /// Bound of every wait in these tests.
 pub const T: Duration = Duration::from_secs(120);
@@ -53,25 +55,16 @@ impl Pair {
             &["--disk", disk.to_str().unwrap()],
         );
         let port = free_port();
-        let key = test_key(&b.0);
-        let mut dst = VmProcess::start_env(
-            &[],
-            &env(&dst_fp),
+        let dst = destination(
             &b.0,
-            &[
-                "--name",
-                name,
-                "--incoming",
-                &format!("tcp:127.0.0.1:{port}"),
-                "--auth-key-file",
-                key.to_str().unwrap(),
-                "--disk",
-                disk.to_str().unwrap(),
-                "--io-timeout",
-                IO_TIMEOUT,
-            ],
+            name,
+            port,
+            Incoming {
+                extra: &["--disk", disk.to_str().unwrap(), "--io-timeout", IO_TIMEOUT],
+                env: &env(&dst_fp),
+                raw: false,
+            },
         );
-        dst.wait_for_stderr("waiting for VM", T);
         let relay = Relay::start(port);
         Pair {
             a,

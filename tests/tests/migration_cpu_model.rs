@@ -13,7 +13,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use vmm_tests::{
-    free_port, guest, migrate_to_port, require_kvm, test_key, vmm_cli, RuntimeDir, VmProcess,
+    destination, free_port, guest, migrate_to_port, require_kvm, vmm_cli, Incoming, RuntimeDir,
+    VmProcess,
 };
 
 const T: Duration = Duration::from_secs(120);
@@ -59,29 +60,23 @@ fn start(dir: &Path, hide: &str, model: &str) -> VmProcess {
     vm
 }
 
-fn destination(dir: &Path, hide: &str, port: u16) -> VmProcess {
-    let key = test_key(dir);
-    let mut dst = VmProcess::start_env(
-        &[],
-        &[("VMM_TEST_HIDE_CPUID", hide)],
+/// A destination on a host that hides `hide` from its supported CPUID.
+fn smaller_destination(dir: &Path, hide: &str, port: u16) -> VmProcess {
+    destination(
         dir,
-        &[
-            "--name",
-            "cpu",
-            "--incoming",
-            &format!("tcp:127.0.0.1:{port}"),
-            "--auth-key-file",
-            key.to_str().unwrap(),
-        ],
-    );
-    dst.wait_for_stderr("waiting for VM", T);
-    dst
+        "cpu",
+        port,
+        Incoming {
+            env: &[("VMM_TEST_HIDE_CPUID", hide)],
+            ..Incoming::default()
+        },
+    )
 }
 
 /// Moves the guest from `vm` (on `from`) to a new VMM on `to` whose host hides `hide`.
 fn hop(vm: VmProcess, from: &Path, to: &Path, hide: &str) -> VmProcess {
     let port = free_port();
-    let dst = destination(to, hide, port);
+    let dst = smaller_destination(to, hide, port);
     let (st, out, err) = migrate_to_port(from, "cpu", port);
     assert!(st.success(), "{out}{err}");
     let (st, err) = vm.wait_exit(T);
@@ -137,7 +132,7 @@ fn a_host_lacking_a_feature_is_refused_and_a_baseline_model_goes_everywhere() {
     let mut vm = start(&h[0].0, "", "host");
     let before = digests(&mut vm);
     let port = free_port();
-    let dst = destination(&h[1].0, NO_PREFETCHW, port);
+    let dst = smaller_destination(&h[1].0, NO_PREFETCHW, port);
     let (st, out, err) = migrate_to_port(&h[0].0, "cpu", port);
     assert!(
         !st.success(),
@@ -189,7 +184,7 @@ fn a_vm_shown_hardware_virtualization_refuses_to_migrate() {
     );
     vm.wait_for(" cpuid ", T);
     let port = free_port();
-    let dst = destination(&b.0, "", port);
+    let dst = smaller_destination(&b.0, "", port);
     let (st, _, err) = migrate_to_port(&a.0, "cpu", port);
     assert!(!st.success(), "a nested VM migrated");
     assert!(err.contains("--nested"), "{err}");

@@ -24,18 +24,7 @@ fn migrate_until_connected(
 
 /// A destination on 127.0.0.1:`port` with the test key.
 fn destination(dir: &RuntimeDir, name: &str, port: u16) -> VmProcess {
-    let key = test_key(&dir.0);
-    VmProcess::start(
-        &dir.0,
-        &[
-            "--name",
-            name,
-            "--incoming",
-            &format!("tcp:127.0.0.1:{port}"),
-            "--auth-key-file",
-            key.to_str().unwrap(),
-        ],
-    )
+    vmm_tests::destination(&dir.0, name, port, vmm_tests::Incoming::default())
 }
 
 #[test]
@@ -46,8 +35,7 @@ fn a_cut_connection_leaves_the_guest_on_the_source() {
     let (a, b) = (RuntimeDir::new("host1"), RuntimeDir::new("host2"));
     let mut src = start_dirtier(&a.0, "f1", 1, &[]);
     let dst_port = free_port();
-    let mut dst = destination(&b, "f1", dst_port);
-    dst.wait_for_stderr("waiting for VM", T);
+    let dst = destination(&b, "f1", dst_port);
     let proxy = Proxy::start(dst_port, Tamper::CutAt(2_000_000));
     let (st, _, err) = migrate_until_connected(
         &a,

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use vmm_tests::curl::expect;
 use vmm_tests::pair::hold;
-use vmm_tests::{free_port, guest, require_kvm, test_key, RuntimeDir, VmProcess};
+use vmm_tests::{
+    destination, free_port, guest, require_kvm, test_key, Incoming, RuntimeDir, VmProcess,
+};
 
 const T: Duration = Duration::from_secs(120);
 
@@ -49,22 +51,16 @@ fn a_guest_reset_during_a_migration_cancels_it_at_once_with_that_reason() {
 
     // A destination that stops answering once it has the config (held 60 s there).
     let port = free_port();
-    let key = test_key(&b.0);
     let fp = hold("destination.config_received", 60_000);
-    let mut dst = VmProcess::start_env(
-        &[],
-        &[("FAILPOINTS", fp.as_str())],
+    let mut dst = destination(
         &b.0,
-        &[
-            "--name",
-            "ge",
-            "--incoming",
-            &format!("tcp:127.0.0.1:{port}"),
-            "--auth-key-file",
-            key.to_str().unwrap(),
-        ],
+        "ge",
+        port,
+        Incoming {
+            env: &[("FAILPOINTS", fp.as_str())],
+            ..Incoming::default()
+        },
     );
-    dst.wait_for_stderr("waiting for VM", T);
     let send = serde_json::json!({
         "destination_url": format!("tcp:127.0.0.1:{port}"),
         "auth_key_file": test_key(&a.0),

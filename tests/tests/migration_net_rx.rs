@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vmm_tests::{
-    free_port, guest, migrate_to_port, require_kvm, require_root, test_key, vmm_cli, RuntimeDir,
-    VmProcess,
+    destination, free_port, guest, migrate_to_port, require_kvm, require_root, vmm_cli, Incoming,
+    RuntimeDir, VmProcess,
 };
 
 const T: Duration = Duration::from_secs(120);
@@ -153,21 +153,17 @@ fn frames_reach_a_migrating_guest_once_each_and_in_order() {
     }
 
     let port = free_port();
-    let key = test_key(&b.0);
-    let mut dst = VmProcess::start_raw(
+    let net_b = format!("tap={tap_b},mac={MAC}");
+    let dst = destination(
         &b.0,
-        &[
-            "--name",
-            "nr",
-            "--incoming",
-            &format!("tcp:127.0.0.1:{port}"),
-            "--auth-key-file",
-            key.to_str().unwrap(),
-            "--net",
-            &format!("tap={tap_b},mac={MAC}"),
-        ],
+        "nr",
+        port,
+        Incoming {
+            extra: &["--net", &net_b],
+            raw: true,
+            ..Incoming::default()
+        },
     );
-    dst.wait_for_stderr("waiting for VM", T);
     let (st, out, err) = migrate_to_port(&a.0, "nr", port);
     assert!(st.success(), "{out}{err}");
     ip(&["link", "set", &tap_b, "up"]);

@@ -22,21 +22,7 @@ fn s(p: &std::path::Path) -> &str {
 
 /// A destination on 127.0.0.1:`port` with the test key.
 fn destination(dir: &RuntimeDir, name: &str, port: u16) -> VmProcess {
-    let key = test_key(&dir.0);
-    let to = format!("tcp:127.0.0.1:{port}");
-    let mut p = VmProcess::start(
-        &dir.0,
-        &[
-            "--name",
-            name,
-            "--incoming",
-            &to,
-            "--auth-key-file",
-            s(&key),
-        ],
-    );
-    p.wait_for_stderr("waiting for VM", T);
-    p
+    vmm_tests::destination(&dir.0, name, port, vmm_tests::Incoming::default())
 }
 
 /// `vmm migrate` as a child process (so the test can signal it), with the test key.

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use vmm_tests::stalling_disk::StallingDisk;
 use vmm_tests::{
-    assert_source_intact, free_port, require_kvm, require_root, start_dirtier, test_key, vmm_cli,
-    RuntimeDir, VmProcess,
+    assert_source_intact, destination, free_port, require_kvm, require_root, start_dirtier,
+    test_key, vmm_cli, Incoming, RuntimeDir,
 };
 
 const T: Duration = Duration::from_secs(120);
@@ -26,21 +26,15 @@ fn a_stalled_disk_flush_does_not_hold_the_migration_past_its_timeout() {
     let image = disk.path().display().to_string();
     let mut src = start_dirtier(&a.0, "sf", 1, &["--disk", &image]);
     let port = free_port();
-    let key = test_key(&b.0);
-    let mut dst = VmProcess::start(
+    let dst = destination(
         &b.0,
-        &[
-            "--name",
-            "sf",
-            "--incoming",
-            &format!("tcp:127.0.0.1:{port}"),
-            "--auth-key-file",
-            key.to_str().unwrap(),
-            "--disk",
-            &image,
-        ],
+        "sf",
+        port,
+        Incoming {
+            extra: &["--disk", &image],
+            ..Incoming::default()
+        },
     );
-    dst.wait_for_stderr("waiting for VM", T);
 
     // The storage goes away: from now on every flush hangs.
     disk.stall();
