@@ -27,6 +27,13 @@ pub enum Reg {
 }
 
 impl Reg {
+    /// The register a name ("eax" ...) stands for.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Reg::Eax, Reg::Ebx, Reg::Ecx, Reg::Edx]
+            .into_iter()
+            .find(|r| r.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Reg::Eax => "eax",
@@ -45,7 +52,7 @@ impl Reg {
         }
     }
 
-    fn set(self, e: &mut kvm_cpuid_entry2, v: u32) {
+    pub fn set(self, e: &mut kvm_cpuid_entry2, v: u32) {
         match self {
             Reg::Eax => e.eax = v,
             Reg::Ebx => e.ebx = v,

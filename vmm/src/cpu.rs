@@ -49,15 +49,15 @@ pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, CpuError> {
 
 #[cfg(feature = "failpoints")]
 fn hide_for_test(entries: &mut [kvm_cpuid_entry2], spec: &str) {
+    use arch::cpu_model::Reg;
     for item in spec.split(',').filter(|s| !s.is_empty()) {
         let parts: Vec<&str> = item.split('.').collect();
-        let num = |s: &str| {
-            let s = s.trim_start_matches("0x");
-            u32::from_str_radix(s, 16).ok()
-        };
-        let (Some(function), Some(index), Some(bit)) = (
-            parts.first().and_then(|s| num(s)),
+        let (Some(function), Some(index), Some(reg), Some(bit)) = (
+            parts
+                .first()
+                .and_then(|s| u32::from_str_radix(s.trim_start_matches("0x"), 16).ok()),
             parts.get(1).and_then(|s| s.parse::<u32>().ok()),
+            parts.get(2).and_then(|s| Reg::parse(s)),
             parts.get(3).and_then(|s| s.parse::<u32>().ok()),
         ) else {
             continue;
@@ -66,14 +66,7 @@ fn hide_for_test(entries: &mut [kvm_cpuid_entry2], spec: &str) {
             .iter_mut()
             .filter(|e| e.function == function && e.index == index)
         {
-            let mask = !(1u32 << bit);
-            match parts.get(2).copied() {
-                Some("eax") => e.eax &= mask,
-                Some("ebx") => e.ebx &= mask,
-                Some("ecx") => e.ecx &= mask,
-                Some("edx") => e.edx &= mask,
-                _ => {}
-            }
+            reg.set(e, reg.get(e) & !(1u32 << bit));
         }
     }
 }
@@ -84,6 +77,45 @@ pub fn shows_invariant_tsc(table: &[kvm_cpuid_entry2]) -> bool {
     table
         .iter()
         .any(|e| e.function == 0x8000_0007 && e.edx & (1 << 8) != 0)
+}
+
+/// A booted VM's tables: this host's supported CPUID under the VM's CPU model (VMX/SVM hidden
+/// unless it is nested), with each vCPU's place in the topology.
+pub fn boot_tables(kvm: &Kvm, config: &crate::config::VmConfig) -> Result<Vec<CpuId>, CpuError> {
+    let mut host = supported_cpuid(kvm)?;
+    config.cpu_model().apply(host.as_mut_slice());
+    if !config.nested {
+        arch::cpu_model::hide_nested(host.as_mut_slice());
+    }
+    let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+    Ok((0..config.vcpus)
+        .map(|index| {
+            let mut cpuid = host.clone();
+            arch::cpuid::normalize(
+                &mut cpuid,
+                arch::cpuid::VcpuTopology {
+                    apic_id: index,
+                    vcpu_count: config.vcpus,
+                    tsc_deadline,
+                },
+            );
+            cpuid
+        })
+        .collect())
+}
+
+impl GuestCpu {
+    /// The tables of a received VM's `count` vCPUs, as KVM takes them.
+    pub fn tables(&self, count: u8) -> Result<Vec<CpuId>, CpuError> {
+        (0..count)
+            .map(|index| {
+                self.cpuids
+                    .get(usize::from(index))
+                    .and_then(|t| CpuId::from_entries(t).ok())
+                    .ok_or(CpuError::Table(index))
+            })
+            .collect()
+    }
 }
 
 /// Gives a vCPU of a received VM the guest's TSC rate: kept as it is where this host's rate

@@ -359,34 +359,17 @@ fn run_loop(ctx: &mut VcpuContext, control: &VcpuControl) -> Option<VcpuOutcome>
     // the next KVM_RUN.
     let mut io_pending = false;
     loop {
+        // This pass only completes the pending I/O of a vCPU asked to pause: the KVM API's
+        // rule before a vCPU's state is read is a KVM_RUN that returns at once
+        // (immediate_exit), so a saved RIP never points at an I/O instruction the destination
+        // would run again.
+        let completing;
         {
             let mut gate = control.lock();
-            if gate.request == Request::Pause && io_pending {
-                // The KVM API's rule before a vCPU's state is read: complete the pending
-                // operation with a KVM_RUN that returns at once (immediate_exit), so a saved
-                // RIP never points at an I/O instruction the destination would run again.
-                drop(gate);
+            completing = gate.request == Request::Pause && io_pending;
+            if completing {
                 ctx.fd.set_kvm_immediate_exit(1);
-                io_pending = false;
-                match ctx.fd.run() {
-                    Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
-                    Err(e) => {
-                        return Some(VcpuOutcome::Failed(format!(
-                            "vCPU {}: KVM_RUN (completing I/O before a pause) failed: {e}",
-                            ctx.index
-                        )))
-                    }
-                    Ok(exit) => {
-                        io_pending = is_io(&exit);
-                        if let Some(outcome) = handle_exit(exit, &ctx.pio, &ctx.mmio) {
-                            return Some(failed_with_rip(ctx, outcome));
-                        }
-                    }
-                }
-                ctx.fd.set_kvm_immediate_exit(0);
-                continue;
-            }
-            if gate.request == Request::Pause {
+            } else if gate.request == Request::Pause {
                 gate.paused += 1;
                 control.changed.notify_all();
                 while gate.request == Request::Pause {
@@ -413,19 +396,29 @@ fn run_loop(ctx: &mut VcpuContext, control: &VcpuControl) -> Option<VcpuOutcome>
                 if let Some(outcome) = handle_exit(exit, &ctx.pio, &ctx.mmio) {
                     return Some(failed_with_rip(ctx, outcome));
                 }
+                if completing {
+                    ctx.fd.set_kvm_immediate_exit(0);
+                }
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                // KVM finished the last exit's instruction before it returned.
+                io_pending = false;
                 ctx.fd.set_kvm_immediate_exit(0);
                 let throttle = control.throttle.load(std::sync::atomic::Ordering::Relaxed);
-                if throttle > 0 {
+                if throttle > 0 && !completing {
                     std::thread::sleep(THROTTLE_SLICE * u32::from(throttle) / 100);
                 }
             }
             Err(e) => {
+                let step = if completing {
+                    " (completing I/O before a pause)"
+                } else {
+                    ""
+                };
                 return Some(VcpuOutcome::Failed(format!(
-                    "vCPU {}: KVM_RUN failed: {e}",
+                    "vCPU {}: KVM_RUN{step} failed: {e}",
                     ctx.index
-                )))
+                )));
             }
         }
     }

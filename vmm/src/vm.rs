@@ -396,39 +396,17 @@ fn create_vcpus(
     (pio, mmio, events): (&Arc<Bus>, &Arc<Bus>, &Sender<VmEvent>),
 ) -> Result<CreatedVcpus, BuildError> {
     let count = config.vcpus;
-    let mut host = crate::cpu::supported_cpuid(kvm)?;
-    config.cpu_model().apply(host.as_mut_slice());
-    if !config.nested {
-        arch::cpu_model::hide_nested(host.as_mut_slice());
-    }
-    let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+    let cpuids = match guest_cpu {
+        // The guest's own tables, exactly: never this host's.
+        Some(g) => g.tables(count)?,
+        None => crate::cpu::boot_tables(kvm, config)?,
+    };
     let mut out = Vec::new();
-    let mut cpuids = Vec::new();
     let mut tsc_khz = None;
-    for index in 0..count {
+    for (index, cpuid) in (0..count).zip(&cpuids) {
         let fd = vm_fd
             .create_vcpu(u64::from(index))
             .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-        let cpuid = match guest_cpu {
-            // The guest's own tables, exactly: never this host's.
-            Some(g) => g
-                .cpuids
-                .get(usize::from(index))
-                .and_then(|t| kvm_bindings::CpuId::from_entries(t).ok())
-                .ok_or(crate::cpu::CpuError::Table(index))?,
-            None => {
-                let mut cpuid = host.clone();
-                arch::cpuid::normalize(
-                    &mut cpuid,
-                    arch::cpuid::VcpuTopology {
-                        apic_id: index,
-                        vcpu_count: count,
-                        tsc_deadline,
-                    },
-                );
-                cpuid
-            }
-        };
         if let Some(khz) = guest_cpu.and_then(|g| g.tsc_khz) {
             let invariant = crate::cpu::shows_invariant_tsc(cpuid.as_slice());
             crate::cpu::set_guest_tsc(kvm, &fd, khz, invariant)?;
@@ -437,7 +415,7 @@ fn create_vcpus(
             tsc_khz = fd.get_tsc_khz().ok();
         }
         let regs_err = |source| BuildError::VcpuRegs { index, source };
-        fd.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+        fd.set_cpuid2(cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
         // Only the boot vCPU starts at the entry point; the others stay in their reset state
         // until the guest starts them with INIT/SIPI, as on a PC.
         if let Some(entry) = entry.filter(|_| index == 0) {
@@ -447,7 +425,6 @@ fn create_vcpus(
             arch::regs::setup_fpu(&fd).map_err(regs_err)?;
             arch::regs::setup_lapic(&fd).map_err(regs_err)?;
         }
-        cpuids.push(cpuid);
         out.push(VcpuContext {
             index,
             fd,
