@@ -81,10 +81,10 @@ fuzz-check:
 	tests/fuzz/run.sh 3
 
 test: deps artifacts rig
-	@rm -f $(BUILD)/test-skips.txt
+	@rm -f $(BUILD)/test-skips.txt $(BUILD)/test-retries.txt
 	cargo build --workspace --all-targets
 	$(MAKE) --no-print-directory lint unit-test fuzz-check kvm-test rig-test
-	@tests/skip-summary.sh $(BUILD)/test-skips.txt
+	@tests/skip-summary.sh $(BUILD)/test-skips.txt $(BUILD)/test-retries.txt
 
 clean:
 	cargo clean

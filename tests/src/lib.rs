@@ -90,6 +90,30 @@ pub fn skip(test: &str, why: &str) -> bool {
     false
 }
 
+/// Where retried attempts are recorded (a rig L1 host that hung and was started again);
+/// `make test` lists and counts them at the end beside the skips, so a hang that passed on
+/// retry is seen.
+pub fn retry_log() -> PathBuf {
+    workspace_root().join("build").join("test-retries.txt")
+}
+
+/// Records that `test` ran an attempt again, and why, in [`retry_log`] (and on stderr).
+pub fn note_retry(test: &str, why: &str) {
+    let line = format!("RETRIED {test}: {why}");
+    eprintln!("{line}");
+    let log = retry_log();
+    if let Some(dir) = log.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+    {
+        let _ = std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes());
+    }
+}
+
 /// True when tests needing /dev/kvm can run; otherwise see [`skip`].
 pub fn require_kvm(test: &str) -> bool {
     let ok = std::fs::OpenOptions::new()

@@ -106,9 +106,12 @@ pub fn run_hosts(name: &str, hosts: &[L1Host], timeout: Duration, markers: &[&st
         match attempt_once(name, hosts, timeout, markers, attempt) {
             Attempt::Finished(run) => return run,
             Attempt::Hung(console) => {
-                eprintln!(
-                    "rig: L1 console silent for {SILENCE_LIMIT:?} in attempt {attempt} of scenario {name}; last lines: {:?}",
-                    &console[console.len().saturating_sub(5)..]
+                let last = console.last().map_or("", String::as_str);
+                crate::note_retry(
+                    &format!("rig scenario {name}"),
+                    &format!(
+                        "attempt {attempt}: L1 hung (console silent for {SILENCE_LIMIT:?} or a lockup report); last line {last:?}; log build/rig-logs/{name}-{attempt}.log"
+                    ),
                 );
             }
         }

@@ -97,33 +97,16 @@ impl std::fmt::Display for Endpoint {
 /// after 10 s of silence, and TCP_USER_TIMEOUT so data unacknowledged for `io_timeout` ends
 /// the connection even while the kernel would still retransmit.
 fn tune_tcp(s: &TcpStream, io_timeout: Duration) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
     s.set_nodelay(true)?;
-    let fd = s.as_raw_fd();
-    // TCP_USER_TIMEOUT is a c_int of milliseconds: clamped, never wrapped negative.
-    let user_timeout = libc::c_int::try_from(io_timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    for (level, name, value) in [
-        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 10),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 5),
-        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3),
-        (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, user_timeout),
-    ] {
-        // SAFETY: setsockopt on a socket we own, reading one c_int that lives for the call.
-        let r = unsafe {
-            libc::setsockopt(
-                fd,
-                level,
-                name,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
+    let sock = socket2::SockRef::from(s);
+    sock.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(10))
+            .with_interval(Duration::from_secs(5))
+            .with_retries(3),
+    )?;
+    // The kernel takes milliseconds in a c_int: clamp rather than wrap.
+    sock.set_tcp_user_timeout(Some(io_timeout.min(Duration::from_millis(i32::MAX as u64))))
 }
 
 /// Connects to a destination, checking a Unix socket's owner (this user or root); every read

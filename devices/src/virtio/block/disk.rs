@@ -102,6 +102,7 @@ impl Disk {
         // SAFETY: advisory call on a valid descriptor.
         unsafe { libc::posix_fadvise(self.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
         if self.file.metadata().map(|m| !m.is_file()).unwrap_or(false) {
+            // _IO(0x12, 97) in linux/fs.h; the libc crate does not define it.
             const BLKFLSBUF: libc::c_ulong = 0x1261;
             // SAFETY: BLKFLSBUF takes no argument; on a non-block device it fails harmlessly.
             unsafe { libc::ioctl(self.file.as_raw_fd(), BLKFLSBUF, 0) };

@@ -8,13 +8,6 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use super::VNET_HDR_LEN;
 
-const IFF_TAP: libc::c_short = 0x0002;
-const IFF_NO_PI: libc::c_short = 0x1000;
-const IFF_VNET_HDR: libc::c_short = 0x4000;
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
-const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
-
 #[derive(Debug, thiserror::Error)]
 pub enum TapError {
     #[error("invalid tap name '{0}': 1 to 15 characters")]
@@ -27,13 +20,6 @@ pub enum TapError {
     Attach(String, #[source] std::io::Error),
     #[error("cannot configure tap '{0}' ({1})")]
     Configure(String, &'static str, #[source] std::io::Error),
-}
-
-#[repr(C)]
-struct IfReq {
-    name: [u8; libc::IFNAMSIZ],
-    flags: libc::c_short,
-    _pad: [u8; 22],
 }
 
 pub struct Tap {
@@ -53,14 +39,17 @@ impl Tap {
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")
             .map_err(TapError::OpenTun)?;
-        let mut req = IfReq {
-            name: [0; libc::IFNAMSIZ],
-            flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR,
-            _pad: [0; 22],
-        };
-        req.name[..name.len()].copy_from_slice(name.as_bytes());
-        // SAFETY: TUNSETIFF reads and writes an ifreq; `req` is a live, correctly sized ifreq.
-        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
+        // SAFETY: ifreq is plain data (a name and a union of integers and addresses), for
+        // which all-zero bytes are a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+            *dst = src as libc::c_char;
+        }
+        req.ifr_ifru.ifru_flags =
+            (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+        // SAFETY: TUNSETIFF reads and writes an ifreq; `req` is a live ifreq whose name is
+        // NUL-terminated (the name is shorter than IFNAMSIZ, checked above).
+        if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
             return Err(TapError::Attach(
                 name.to_string(),
                 std::io::Error::last_os_error(),
@@ -68,7 +57,7 @@ impl Tap {
         }
         let hdr_len: libc::c_int = VNET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads an int through the pointer.
-        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ, &hdr_len) } < 0 {
+        if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETVNETHDRSZ, &hdr_len) } < 0 {
             return Err(TapError::Configure(
                 name.to_string(),
                 "TUNSETVNETHDRSZ",
@@ -77,7 +66,7 @@ impl Tap {
         }
         // No checksum or segmentation offloads: the guest is offered none either.
         // SAFETY: TUNSETOFFLOAD takes its argument by value.
-        if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD, 0 as libc::c_ulong) } < 0 {
+        if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETOFFLOAD, 0 as libc::c_ulong) } < 0 {
             return Err(TapError::Configure(
                 name.to_string(),
                 "TUNSETOFFLOAD",
