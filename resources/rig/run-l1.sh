@@ -11,12 +11,13 @@
 #                         (/dev/vda inside) with locking off, as a shared LUN would be
 #   RIG_TOOLS=FILE        a read-only disk image with serial "tools" (QEMU for the benchmark)
 #   RIG_APPEND            more kernel command-line words (rig.NAME=VALUE reach the scenario)
-# idle=poll keeps the L1 CPUs from halting when there are two: Debian's QEMU 7.2 under TCG
-# sometimes never wakes a halted vCPU (docs/design.md section 10).
+# idle=poll keeps the L1 CPUs from halting: Debian's QEMU 7.2 under TCG sometimes never wakes
+# a halted vCPU (docs/design.md section 10), seen with two L1 CPUs and with one (a 1-CPU L1
+# fell silent 20 s into the disk-net scenario's TCP stream).
 set -euo pipefail
 dir=$1 scenario=$2
 smp=${RIG_SMP:-2}
-idle=; [ "$smp" -gt 1 ] && idle=idle=poll
+idle=idle=poll
 args=()
 if [ -n "${RIG_NET:-}" ]; then
   args+=(-netdev "socket,id=n0,udp=127.0.0.1:${RIG_NET#*:},localaddr=127.0.0.1:${RIG_NET%%:*}"

@@ -18,6 +18,7 @@ use vmm::event_monitor::EventMonitor;
 use vmm::migrate::transport::Endpoint;
 use vmm::paths;
 use vmm::run::{self, ReceiveSpec, Start, VmmOptions};
+use vmm::unix_socket::ApiSocketAddr;
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
 /// A cancel is answered once the guest is back: within the migration's own deadlines.
@@ -41,9 +42,11 @@ pub struct Cli {
     /// Directory holding the VMs' API sockets.
     #[arg(long, global = true, value_name = "DIR")]
     runtime_dir: Option<PathBuf>,
-    /// Start an empty VMM serving the API on this socket (no subcommand then).
-    #[arg(long, value_name = "PATH")]
-    api_socket: Option<PathBuf>,
+    /// Start an empty VMM serving the API on this socket (no subcommand then): path=PATH (or
+    /// PATH) binds it; fd=N serves a Unix socket the caller bound and listens on, inherited
+    /// as descriptor N (as libvirt starts Cloud Hypervisor).
+    #[arg(long, value_name = "path=PATH|fd=N|PATH")]
+    api_socket: Option<ApiSocketAddr>,
     /// With --api-socket: write one JSON object per lifecycle and migration event to
     /// path=FILE or fd=N.
     #[arg(long, value_name = "path=FILE|fd=N")]
@@ -52,8 +55,60 @@ pub struct Cli {
     /// file name when not given). An empty VMM receives a VM under the source's name.
     #[arg(long, value_name = "NAME")]
     vm_name: Option<String>,
+    #[command(flatten)]
+    pub logging: Logging,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// Logging and sandbox options, the same under both names (`vmm` and `cloud-hypervisor`).
+#[derive(Args, Debug)]
+pub struct Logging {
+    /// More log output: -v info, -vv debug, -vvv trace (warnings and errors otherwise;
+    /// RUST_LOG, when set and no -v is given, chooses instead).
+    #[arg(short = 'v', action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Write the log to this file (appended) instead of stderr.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub log_file: Option<PathBuf>,
+    /// Cloud Hypervisor's seccomp switch, accepted so its command lines work: true, false or
+    /// log. This VMM installs no seccomp filter yet (README, Security): `true` says so on
+    /// stderr.
+    #[arg(long, value_name = "true|false|log", global = true, value_parser = ["true", "false", "log"])]
+    pub seccomp: Option<String>,
+}
+
+impl Logging {
+    /// Starts the logger as the options ask.
+    pub fn init(&self) -> anyhow::Result<()> {
+        let mut builder = if self.verbose == 0 {
+            env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        } else {
+            let mut b = env_logger::Builder::new();
+            b.filter_level(match self.verbose {
+                1 => log::LevelFilter::Info,
+                2 => log::LevelFilter::Debug,
+                _ => log::LevelFilter::Trace,
+            });
+            b
+        };
+        builder.format_timestamp_millis();
+        if let Some(path) = &self.log_file {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("--log-file: cannot open {}", path.display()))?;
+            builder.target(env_logger::Target::Pipe(Box::new(file)));
+        }
+        builder.init();
+        if self.seccomp.as_deref() == Some("true") {
+            eprintln!(
+                "vmm: warning: --seccomp true: this VMM installs no seccomp filter yet; the process runs unconfined"
+            );
+        }
+        Ok(())
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -245,9 +300,10 @@ struct RunArgs {
     /// On a PVM host, start a stock Linux kernel even though it will be emulated (very slow).
     #[arg(long)]
     allow_emulated_kernel: bool,
-    /// Serve the VM's API on this socket instead of <runtime-dir>/<name>.sock.
-    #[arg(long, value_name = "PATH")]
-    api_socket: Option<PathBuf>,
+    /// Serve the VM's API on this socket instead of <runtime-dir>/<name>.sock: path=PATH (or
+    /// PATH), or fd=N, a listening Unix socket inherited as descriptor N.
+    #[arg(long, value_name = "path=PATH|fd=N|PATH")]
+    api_socket: Option<ApiSocketAddr>,
     /// Write one JSON object per lifecycle and migration event to path=FILE or fd=N.
     #[arg(long, value_name = "path=FILE|fd=N")]
     event_monitor: Option<String>,
@@ -261,7 +317,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<u8> {
     };
     let Some(command) = cli.command else {
         let socket = cli.api_socket.context(
-            "give a subcommand (vmm --help), or --api-socket PATH to start an empty VMM",
+            "give a subcommand (vmm --help), or --api-socket path=PATH|fd=N to start an empty VMM",
         )?;
         return empty_vmm(socket, cli.vm_name, dir, monitor(&cli.event_monitor)?);
     };
@@ -349,26 +405,24 @@ fn raw_request(
 }
 
 /// `vmm --api-socket PATH`: an empty VMM until the API gives it a VM.
-fn empty_vmm(
-    socket: PathBuf,
+pub fn empty_vmm(
+    socket: ApiSocketAddr,
     vm_name: Option<String>,
     runtime_dir: PathBuf,
     monitor: EventMonitor,
 ) -> anyhow::Result<u8> {
-    let name = match vm_name {
-        Some(n) => n,
-        None => socket
+    let name = match (vm_name, &socket) {
+        (Some(n), _) => n,
+        (None, ApiSocketAddr::Path(path)) => path
             .file_stem()
             .and_then(|s| s.to_str())
             .filter(|s| config::validate_name(s).is_ok())
             .unwrap_or("vm")
             .to_string(),
+        (None, ApiSocketAddr::Fd(_)) => "vm".to_string(),
     };
     config::validate_name(&name)?;
-    eprintln!(
-        "vmm: empty VMM on {}: waiting for vm.create or vm.receive-migration",
-        socket.display()
-    );
+    eprintln!("vmm: empty VMM on {socket}: waiting for vm.create or vm.receive-migration");
     let end = run::run(
         VmmOptions {
             name: name.clone(),
@@ -590,7 +644,7 @@ fn disks_and_nets(
 fn run_vm(
     args: RunArgs,
     runtime_dir: PathBuf,
-    api_socket: Option<PathBuf>,
+    api_socket: Option<ApiSocketAddr>,
     monitor: EventMonitor,
 ) -> anyhow::Result<u8> {
     config::validate_name(&args.name)?;

@@ -35,6 +35,7 @@ use crate::migrate::target::Grants;
 use crate::migrate::transport::Endpoint;
 use crate::owner::OwnerContext;
 use crate::paths::{socket_path, NameLock};
+use crate::unix_socket::ApiSocketAddr;
 use crate::vcpu::VcpuSet;
 
 /// How long an exiting VMM keeps answering while the outcome of its last migration has not
@@ -48,7 +49,7 @@ pub struct VmmOptions {
     pub name: String,
     pub runtime_dir: PathBuf,
     /// The API socket, when not `<runtime_dir>/<name>.sock`.
-    pub api_socket: Option<PathBuf>,
+    pub api_socket: Option<ApiSocketAddr>,
     pub monitor: EventMonitor,
     /// Start a Linux kernel even on a PVM host, where it is emulated.
     pub allow_emulated_kernel: bool,
@@ -199,19 +200,27 @@ fn refuse_emulated_linux(config: &VmConfig, allowed: bool) -> anyhow::Result<()>
 /// The VMM's API socket, answering from now on; its file is removed when this is dropped.
 struct ApiSocket {
     _server: ApiServer,
-    path: PathBuf,
+    /// The socket file we bound, removed when we end; None for an inherited socket (its
+    /// creator owns its path).
+    path: Option<PathBuf>,
 }
 
 impl ApiSocket {
     fn publish(
-        path: PathBuf,
+        addr: ApiSocketAddr,
         tx: Sender<VmEvent>,
         status: Arc<MigrationStatus>,
     ) -> anyhow::Result<Self> {
-        // A socket file left here belongs to a VMM that died (the name lock, when there is
-        // one, is ours): replaced.
-        let listener = crate::unix_socket::bind_private(&path)
-            .with_context(|| format!("cannot create the API socket {}", path.display()))?;
+        let (listener, path) = match addr {
+            ApiSocketAddr::Path(path) => {
+                // A socket file left here belongs to a VMM that died (the name lock, when
+                // there is one, is ours): replaced.
+                let listener = crate::unix_socket::bind_private(&path)
+                    .with_context(|| format!("cannot create the API socket {}", path.display()))?;
+                (listener, Some(path))
+            }
+            ApiSocketAddr::Fd(fd) => (crate::unix_socket::inherited_listener(fd)?, None),
+        };
         let server =
             ApiServer::start(listener, tx, status).context("cannot start the API server")?;
         Ok(ApiSocket {
@@ -223,7 +232,9 @@ impl ApiSocket {
 
 impl Drop for ApiSocket {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if let Some(path) = &self.path {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -259,11 +270,11 @@ pub fn run(opts: VmmOptions, start: Start) -> anyhow::Result<RunEnd> {
     };
     let (tx, rx) = mpsc::channel();
     let status = Arc::new(MigrationStatus::default());
-    let path = opts
+    let addr = opts
         .api_socket
         .clone()
-        .unwrap_or_else(|| socket_path(&opts.runtime_dir, &opts.name));
-    let _api = ApiSocket::publish(path, tx.clone(), status.clone())?;
+        .unwrap_or_else(|| ApiSocketAddr::Path(socket_path(&opts.runtime_dir, &opts.name)));
+    let _api = ApiSocket::publish(addr, tx.clone(), status.clone())?;
     opts.monitor.emit("vmm", "starting", None);
     let mut vmm = Vmm {
         opts,

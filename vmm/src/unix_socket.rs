@@ -72,6 +72,106 @@ pub fn bind_private(path: &Path) -> io::Result<UnixListener> {
     result
 }
 
+/// Where a VMM serves its API, as Cloud Hypervisor's `--api-socket` spells it: `path=P` (or a
+/// bare path) is a socket this process binds ([`bind_private`]) and removes on exit; `fd=N` is
+/// a socket the caller created, bound and listens on (libvirt's ch driver starts the VMM so),
+/// inherited as descriptor N and never unlinked by us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiSocketAddr {
+    Path(std::path::PathBuf),
+    Fd(std::os::fd::RawFd),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiSocketError {
+    #[error("--api-socket takes path=PATH, fd=N or PATH, not '{0}'")]
+    Syntax(String),
+    #[error("--api-socket fd={0}: {1}")]
+    BadFd(std::os::fd::RawFd, &'static str),
+    #[error("--api-socket fd={0}")]
+    Query(std::os::fd::RawFd, #[source] io::Error),
+}
+
+impl std::str::FromStr for ApiSocketAddr {
+    type Err = ApiSocketError;
+
+    fn from_str(arg: &str) -> Result<Self, Self::Err> {
+        let syntax = || ApiSocketError::Syntax(arg.to_string());
+        if let Some(n) = arg.strip_prefix("fd=") {
+            // 0, 1 and 2 are the console's; a descriptor number is never negative.
+            let fd = n.parse().ok().filter(|fd| *fd > 2).ok_or_else(syntax)?;
+            return Ok(ApiSocketAddr::Fd(fd));
+        }
+        let path = arg.strip_prefix("path=").unwrap_or(arg);
+        if path.is_empty() || path.contains(',') {
+            return Err(syntax());
+        }
+        Ok(ApiSocketAddr::Path(path.into()))
+    }
+}
+
+impl std::fmt::Display for ApiSocketAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApiSocketAddr::Path(p) => write!(f, "{}", p.display()),
+            ApiSocketAddr::Fd(fd) => write!(f, "fd={fd}"),
+        }
+    }
+}
+
+/// Takes over the listening socket inherited as `fd`, after checking that it is one: an open
+/// descriptor of a Unix stream socket in the listening state (anything else, a file, a
+/// connected socket, a datagram socket, is refused and left open). It is made close-on-exec.
+pub fn inherited_listener(fd: std::os::fd::RawFd) -> Result<UnixListener, ApiSocketError> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: F_GETFD only reads the descriptor's flags; it tells whether `fd` is open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(ApiSocketError::BadFd(fd, "not an open file descriptor"));
+    }
+    let int_opt = |name: libc::c_int| -> Result<libc::c_int, ApiSocketError> {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `value`, a live c_int; on a
+        // descriptor that is not a socket it fails with ENOTSOCK and writes nothing.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                name,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if r == 0 {
+            Ok(value)
+        } else {
+            match io::Error::last_os_error() {
+                e if e.raw_os_error() == Some(libc::ENOTSOCK) => {
+                    Err(ApiSocketError::BadFd(fd, "not a socket"))
+                }
+                e => Err(ApiSocketError::Query(fd, e)),
+            }
+        }
+    };
+    if int_opt(libc::SO_DOMAIN)? != libc::AF_UNIX {
+        return Err(ApiSocketError::BadFd(fd, "not a Unix socket"));
+    }
+    if int_opt(libc::SO_TYPE)? != libc::SOCK_STREAM {
+        return Err(ApiSocketError::BadFd(fd, "not a stream socket"));
+    }
+    if int_opt(libc::SO_ACCEPTCONN)? == 0 {
+        return Err(ApiSocketError::BadFd(
+            fd,
+            "not listening (bind and listen before starting the VMM)",
+        ));
+    }
+    // SAFETY: F_SETFD on an open descriptor (checked above) sets only its close-on-exec flag.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // SAFETY: `fd` is an open, listening Unix stream socket (checked above) that was handed to
+    // this process for its API: nothing else here uses or closes it, so the listener owns it.
+    Ok(unsafe { UnixListener::from_raw_fd(fd) })
+}
+
 /// Whether a peer with `uid` may use our sockets: the same user, or root.
 pub fn peer_allowed(uid: u32) -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -99,6 +199,23 @@ pub fn check_peer(stream: &tokio::net::UnixStream) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn api_socket_addresses_parse_as_cloud_hypervisor_spells_them() {
+        let p = |s: &str| s.parse::<ApiSocketAddr>();
+        assert_eq!(p("fd=3").unwrap(), ApiSocketAddr::Fd(3));
+        assert_eq!(
+            p("path=/run/a.sock").unwrap(),
+            ApiSocketAddr::Path("/run/a.sock".into())
+        );
+        assert_eq!(
+            p("/run/a.sock").unwrap(),
+            ApiSocketAddr::Path("/run/a.sock".into())
+        );
+        for bad in ["fd=", "fd=x", "fd=-1", "fd=2", "path=", "", "path=/a,fd=3"] {
+            assert!(p(bad).is_err(), "{bad:?} parsed");
+        }
+    }
 
     #[test]
     fn a_private_socket_is_0600_and_replaces_only_a_stale_socket_of_ours() {

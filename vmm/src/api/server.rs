@@ -180,10 +180,12 @@ async fn serve_connection(
         let shared = shared.clone();
         let refused = refused.clone();
         async move {
+            let what = format!("{} {}", req.method(), req.uri().path());
             let answer = match refused {
                 Some(why) => ApiResponse::error(403, why),
                 None => answer(req, &shared).await,
             };
+            log::debug!("API: {what} -> {}", answer.status);
             Ok::<_, Infallible>(to_http(answer))
         }
     });
