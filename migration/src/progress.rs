@@ -15,6 +15,12 @@ pub struct Progress {
     pub expected_downtime_ms: f64,
     pub bytes_sent: u64,
     pub throttle_percent: u8,
+    /// Pages sent with their contents so far, every round.
+    #[serde(default)]
+    pub pages_sent: u64,
+    /// Zero pages so far: skipped, or sent as markers without contents.
+    #[serde(default)]
+    pub zero_pages: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -479,6 +479,8 @@ impl Run<'_> {
                 expected_downtime_ms: expected_ms,
                 bytes_sent: self.summary.page_bytes_sent,
                 throttle_percent: throttle,
+                pages_sent: self.summary.pages_sent,
+                zero_pages: self.summary.zero_pages_skipped,
             });
             round += 1;
             let budget_ms = self.opts.downtime_budget.as_secs_f64() * 1000.0;

@@ -186,6 +186,33 @@ fn curl_migrates_a_guest_between_two_empty_vmms_and_reads_the_downtime() {
         "migrated through the API in {:.2} s, downtime {downtime:.1} ms",
         summary["total_seconds"].as_f64().unwrap()
     );
+    // The same migration in the fields Cloud Hypervisor's progress reporting uses (the
+    // struct libvirt's ch driver fork reads for `virsh domjobinfo`).
+    assert_eq!(done["state"], serde_json::json!({"Finished": {}}), "{done}");
+    assert_eq!(
+        done["transportation_mode"],
+        serde_json::json!({"Tcp": {"connections": 1, "tls": false}}),
+        "{done}"
+    );
+    assert_eq!(done["downtime_configured_ms"], 300, "{done}");
+    assert_eq!(
+        done["downtime_estimated_ms"].as_u64(),
+        Some(downtime.round() as u64),
+        "at the end the estimate is the achieved downtime: {done}"
+    );
+    let mem = &done["memory_transmission_info"];
+    assert_eq!(mem["memory_bytes_total"], 128u64 << 20, "{done}");
+    assert!(
+        mem["memory_pages_4k_transmitted"].as_u64() > Some(0),
+        "{done}"
+    );
+    assert!(mem["memory_bytes_transmitted"].as_u64() > Some(0), "{done}");
+    let (begin, snap, rel) = (
+        done["timestamp_begin_ms"].as_u64().unwrap(),
+        done["timestamp_snapshot_ms"].as_u64().unwrap(),
+        done["timestamp_snapshot_relative_ms"].as_u64().unwrap(),
+    );
+    assert!(begin > 0 && snap >= begin && rel == snap - begin, "{done}");
 
     // The guest runs on the destination, its memory intact; the source holds no VM.
     let deadline = Instant::now() + T;
@@ -226,6 +253,11 @@ fn curl_cancel_mid_transfer_leaves_the_guest_on_the_source() {
     loop {
         let progress = expect(&p.src_sock, "GET", "vm.migration-progress", None, 200);
         assert_eq!(progress["outcome"], "active", "{progress}");
+        let phase = &progress["state"]["Ongoing"]["phase"];
+        assert!(
+            phase == "Starting" || phase == "MemoryPrecopy",
+            "an active migration is Ongoing in Cloud Hypervisor's terms: {progress}"
+        );
         if progress["phase"] == "memory" || progress["progress"]["bytes_sent"].as_u64() > Some(0) {
             break;
         }
@@ -242,6 +274,11 @@ fn curl_cancel_mid_transfer_leaves_the_guest_on_the_source() {
     expect(&p.src_sock, "PUT", "vm.cancel-migration", None, 204);
     let after = expect(&p.src_sock, "GET", "vm.migration-progress", None, 200);
     assert_eq!(after["outcome"], "cancelled", "{after}");
+    assert_eq!(
+        after["state"],
+        serde_json::json!({"Cancelled": {}}),
+        "{after}"
+    );
     assert!(
         after["error"].as_str().unwrap().contains("cancelled"),
         "{after}"

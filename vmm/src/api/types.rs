@@ -528,6 +528,10 @@ pub struct MigrationProgress {
     /// Why a migration failed or was cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The same migration in the fields Cloud Hypervisor's progress reporting uses, beside
+    /// ours at the top level (absent before the first migration).
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub cloud_hypervisor: Option<ChMigrationProgress>,
 }
 
 impl MigrationProgress {
@@ -540,8 +544,74 @@ impl MigrationProgress {
             progress: None,
             summary: None,
             error: None,
+            cloud_hypervisor: None,
         }
     }
+}
+
+/// A migration's progress as the Cloud Hypervisor fork with progress reporting
+/// (cyberus-technology/cloud-hypervisor, `MigrationProgress`) serializes it, the struct the
+/// matching fork of libvirt's ch driver reads for `virsh domjobinfo`: field names and serde's
+/// externally tagged enums (`{"Ongoing": {"phase": "MemoryPrecopy", ...}}`, `{"Finished": {}}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChMigrationProgress {
+    /// UNIX time of the migration's start, milliseconds.
+    pub timestamp_begin_ms: u64,
+    /// UNIX time of this snapshot (of the end, once it ended), milliseconds.
+    pub timestamp_snapshot_ms: u64,
+    pub timestamp_snapshot_relative_ms: u64,
+    pub downtime_configured_ms: u64,
+    /// The pause expected if the switchover happened now (the configured one until a round
+    /// has measured it; the achieved one at the end).
+    pub downtime_estimated_ms: u64,
+    pub transportation_mode: ChTransportationMode,
+    pub state: ChMigrationState,
+    pub memory_transmission_info: ChMemoryTransmissionInfo,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChTransportationMode {
+    /// A Unix socket on this host.
+    Local,
+    /// TCP; `tls` only for mutual TLS (a key-file channel is encrypted too, but not TLS).
+    Tcp { connections: u32, tls: bool },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChMigrationState {
+    Cancelled {},
+    Failed {
+        error_msg: String,
+        error_msg_debug: String,
+    },
+    Finished {},
+    Ongoing {
+        phase: ChOngoingPhase,
+        vcpu_throttle_percent: u8,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChOngoingPhase {
+    Starting,
+    Started,
+    MemoryFds,
+    MemoryPrecopy,
+    Completing,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChMemoryTransmissionInfo {
+    pub memory_iteration: u64,
+    pub memory_transmission_bps: u64,
+    pub memory_bytes_total: u64,
+    pub memory_bytes_transmitted: u64,
+    pub memory_bytes_remaining_iteration: u64,
+    pub memory_pages_4k_transmitted: u64,
+    pub memory_pages_4k_remaining_iteration: u64,
+    /// Pages whose contents need not be sent (all zero, here).
+    pub memory_pages_constant_count: u64,
+    pub memory_dirty_rate_pps: u64,
 }
 
 /// The body of every error answer.

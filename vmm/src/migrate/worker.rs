@@ -15,9 +15,9 @@ use migration::sender::{OnTimeout, SendEvent, SendOptions};
 
 use super::security::{self, SecurityOptions};
 use super::source::MachineSource;
-use super::status::MigrationStatus;
+use super::status::{MigrationPlan, MigrationStatus};
 use super::transport::{Endpoint, EndpointConnector, DEFAULT_IO_TIMEOUT};
-use crate::api::types::SendMigration;
+use crate::api::types::{ChTransportationMode, SendMigration};
 use crate::event_monitor::EventMonitor;
 use crate::events::VmEvent;
 use crate::machine::Machine;
@@ -112,13 +112,27 @@ pub fn start(
         Some(c) => Some(parse_compress(c)?),
     };
     let (canceller, token) = cancel_pair();
+    let machine_memory_bytes = machine.config.memory_bytes;
     let source = Arc::new(MachineSource::new(machine, user_paused));
     let connector = EndpointConnector {
         endpoint,
         security,
         io_timeout,
     };
-    reporting.status.start(&req.destination_url);
+    reporting.status.start(
+        &req.destination_url,
+        MigrationPlan {
+            downtime_ms: opts.downtime_budget.as_millis() as u64,
+            transport: match &connector.endpoint {
+                Endpoint::Unix(_) => ChTransportationMode::Local,
+                Endpoint::Tcp(_) => ChTransportationMode::Tcp {
+                    connections: opts.connections,
+                    tls: req.tls_dir.is_some(),
+                },
+            },
+            memory_bytes: machine_memory_bytes,
+        },
+    );
     reporting.monitor.emit(
         "migration",
         "started",
