@@ -212,8 +212,10 @@ def main():
         assert info["state"] == "Running" and info["config"]["memory"]["size"] == 64 << 20, info
         c.call(src, "PUT", "vm.boot", expect=405)
         c.call(src, "PUT", "vm.receive-migration", {"receiver_url": "unix:" + os.path.join(work, "x")}, expect=405)
+        c.call(src, "PUT", "vm.resume", expect=405)  # Running -> Running is refused
         c.call(src, "PUT", "vm.pause", expect=204)
         assert c.call(src, "GET", "vm.info")[1]["state"] == "Paused"
+        c.call(src, "PUT", "vm.pause", expect=405)  # Paused -> Paused is refused
         c.call(src, "PUT", "vm.resume", expect=204)
         assert c.call(src, "GET", "vm.info")[1]["state"] == "Running"
         c.call(src, "PUT", "vm.cancel-migration", expect=405)

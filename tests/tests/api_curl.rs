@@ -47,8 +47,14 @@ fn curl_drives_a_tiny_guest_through_create_boot_pause_resume_shutdown() {
     assert_eq!(info["config"]["memory"]["size"], 64 << 20, "{info}");
     assert_eq!(info["config"]["cpus"]["boot_vcpus"], 1, "{info}");
 
+    // Cloud Hypervisor refuses Running -> Running and Paused -> Paused: so do we.
+    let (st, body) = curl(&sock, "PUT", "vm.resume", None);
+    assert_eq!(st, 405, "{body:?}");
     expect(&sock, "PUT", "vm.pause", None, 204);
     assert_eq!(state(&sock), "Paused");
+    let (st, body) = curl(&sock, "PUT", "vm.pause", None);
+    assert_eq!(st, 405, "{body:?}");
+    assert!(format!("{body:?}").contains("already paused"), "{body:?}");
     std::thread::sleep(Duration::from_millis(300));
     vm.drain();
     let during = vm.lines_during(Duration::from_millis(1500));

@@ -231,7 +231,8 @@ impl Owner {
         );
         match request {
             ApiRequest::VmInfo => respond(reply, ApiResponse::json(&self.info())),
-            ApiRequest::VmPause => respond(reply, ApiResponse::no_content()),
+            // Paused already, as Cloud Hypervisor refuses a Paused -> Paused transition.
+            ApiRequest::VmPause => respond(reply, ApiResponse::not_now(waiting.clone())),
             ApiRequest::VmResume { force: true } if unconfirmed => match self.force_resume() {
                 Ok(()) => respond(reply, ApiResponse::no_content()),
                 Err(e) => respond(reply, ApiResponse::not_now(e)),
@@ -315,7 +316,11 @@ impl Owner {
                 reply,
                 ApiResponse::not_now("cannot resume a VM that is migrating"),
             ),
-            ApiRequest::VmPause if self.paused => respond(reply, ApiResponse::no_content()),
+            // Cloud Hypervisor refuses Paused -> Paused and Running -> Running: so do we, so a
+            // client learns that its idea of the VM's state was wrong.
+            ApiRequest::VmPause if self.paused => {
+                respond(reply, ApiResponse::not_now("the VM is already paused"))
+            }
             ApiRequest::VmPause => match m.vcpus.pause() {
                 Ok(()) => {
                     self.paused = true;
@@ -325,7 +330,7 @@ impl Owner {
                 Err(e) => respond(reply, ApiResponse::error(500, format!("pause failed: {e}"))),
             },
             ApiRequest::VmResume { .. } if !self.paused => {
-                respond(reply, ApiResponse::no_content())
+                respond(reply, ApiResponse::not_now("the VM is not paused"))
             }
             ApiRequest::VmResume { .. } => {
                 let _ = m.vcpus.on_each(|_, fd| fd.kvmclock_ctrl());
