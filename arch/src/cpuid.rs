@@ -97,6 +97,44 @@ fn normalize_entry(e: &mut kvm_cpuid_entry2, t: VcpuTopology) {
     }
 }
 
+const LEAF_HYPERVISOR: u32 = 0x4000_0000;
+/// The hypervisor timing leaf (VMware's, which QEMU and Cloud Hypervisor also fill): EAX the
+/// TSC frequency in kHz, EBX the local APIC timer's bus frequency in kHz.
+pub const LEAF_TIMING: u32 = 0x4000_0010;
+/// KVM's local APIC timer counts at 1 GHz.
+const KVM_APIC_BUS_KHZ: u32 = 1_000_000;
+
+/// Shows the guest its TSC frequency in the timing leaf (raising the hypervisor range's
+/// highest leaf to it), so what the guest reads about its clock is part of its CPUID and
+/// travels with it. Without a hypervisor leaf in `cpuid` (not KVM's set) nothing changes.
+pub fn add_timing_leaf(cpuid: &mut CpuId, tsc_khz: u32) {
+    let mut found = false;
+    for e in cpuid.as_mut_slice().iter_mut() {
+        if e.function == LEAF_HYPERVISOR {
+            e.eax = e.eax.max(LEAF_TIMING);
+            found = true;
+        }
+    }
+    if !found {
+        return;
+    }
+    let slice = cpuid.as_mut_slice();
+    if let Some(e) = slice.iter_mut().find(|e| e.function == LEAF_TIMING) {
+        e.eax = tsc_khz;
+        e.ebx = KVM_APIC_BUS_KHZ;
+        return;
+    }
+    let timing = kvm_cpuid_entry2 {
+        function: LEAF_TIMING,
+        eax: tsc_khz,
+        ebx: KVM_APIC_BUS_KHZ,
+        ..Default::default()
+    };
+    if cpuid.push(timing).is_err() {
+        log::warn!("the CPUID table is full: the guest is not shown its TSC frequency");
+    }
+}
+
 /// Feature bits of `guest` (the CPUID table a vCPU runs with) that `host` (this host's
 /// KVM-supported CPUID) lacks, as "leaf 0x7.0 ebx bit 5" strings: the guest may use them, so
 /// a host without them cannot run it. Every feature register is compared (see
@@ -183,6 +221,31 @@ mod tests {
         normalize_entry(&mut core, t);
         assert_eq!((smt.eax, smt.ebx, smt.ecx >> 8, smt.edx), (0, 1, 1, 2));
         assert_eq!((core.eax, core.ebx, core.ecx >> 8, core.edx), (2, 3, 2, 2));
+    }
+
+    #[test]
+    fn the_timing_leaf_carries_the_tsc_rate_under_the_hypervisor_range() {
+        let mut hv = entry(LEAF_HYPERVISOR, 0);
+        hv.eax = 0x4000_0001;
+        let mut cpuid = CpuId::from_entries(&[entry(1, 0), hv]).unwrap();
+        add_timing_leaf(&mut cpuid, 2_300_000);
+        let s = cpuid.as_slice();
+        let hv = s.iter().find(|e| e.function == LEAF_HYPERVISOR).unwrap();
+        assert_eq!(hv.eax, LEAF_TIMING);
+        let t = s.iter().find(|e| e.function == LEAF_TIMING).unwrap();
+        assert_eq!((t.eax, t.ebx), (2_300_000, 1_000_000));
+        // Again (a second pass): one leaf, updated, not two.
+        add_timing_leaf(&mut cpuid, 2_400_000);
+        let n = cpuid
+            .as_slice()
+            .iter()
+            .filter(|e| e.function == LEAF_TIMING)
+            .count();
+        assert_eq!(n, 1);
+        // Without KVM's signature leaf there is no hypervisor range to extend.
+        let mut bare = CpuId::from_entries(&[entry(1, 0)]).unwrap();
+        add_timing_leaf(&mut bare, 1);
+        assert_eq!(bare.as_slice().len(), 1);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 # Every vCPU prints a digest (FNV-1a) of the CPUID it sees, about every 2^28 TSC cycles:
-# "cpu<N> cpuid <hex>". Leaves 0 to the highest basic one (subleaves 0-3), the hypervisor
-# leaves 0x40000000-1 and 0 to the highest extended one. A migrated guest must print the same
+# "cpu<N> cpuid <hex> tsc_khz <N>" (the timing leaf's TSC frequency). Leaves 0 to the highest basic one (subleaves 0-3), the hypervisor
+# leaves 0x40000000-1 and 0x40000010 (the TSC frequency) and 0 to the highest extended one. A migrated guest must print the same
 # digests on every host.
 .intel_syntax noprefix
 .code64
@@ -30,6 +30,13 @@ cpu_main:
     call puts
     mov rax, r15
     call puthex
+    lea rsi, [rip + s_tsc_khz]
+    call puts
+    mov eax, 0x40000010
+    xor ecx, ecx
+    cpuid
+    mov eax, eax
+    call putdec
     mov al, '\n'
     call putc
     call unlock_print
@@ -63,6 +70,11 @@ digest:
     inc r11d
     cmp r11d, 0x40000001
     jbe 4b
+    # The timing leaf: the TSC frequency in kHz (EAX) and the APIC bus's (EBX).
+    mov eax, 0x40000010
+    xor ecx, ecx
+    cpuid
+    call mix4
     mov eax, 0x80000000
     xor ecx, ecx
     cpuid
@@ -100,3 +112,4 @@ mix1:
 .include "common.inc"
 s_cpu: .asciz "cpu"
 s_cpuid: .asciz " cpuid "
+s_tsc_khz: .asciz " tsc_khz "

@@ -8,6 +8,8 @@
 //! - a host that lacks a feature the guest may use refuses it up front, naming the feature,
 //!   and the guest runs on at the source;
 //! - with a baseline model (x86-64-v2) the same hosts all take the guest, round the ring.
+//! The digest covers the timing leaf (0x40000010), where the guest reads its TSC frequency:
+//! the rate travels and is set on every destination too.
 
 use std::path::Path;
 use std::time::Duration;
@@ -31,6 +33,14 @@ fn digests(vm: &mut VmProcess) -> [String; 2] {
     let mut got: [Option<String>; 2] = [None, None];
     while got.iter().any(Option::is_none) {
         let line = vm.wait_for(" cpuid ", T);
+        // The guest reads its TSC rate in the timing leaf: part of its CPU, kept on every hop.
+        let khz: u64 = line
+            .split_whitespace()
+            .skip_while(|w| *w != "tsc_khz")
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        assert!(khz > 0, "the guest sees no TSC frequency: {line}");
         let cpu = usize::from(line.starts_with("cpu1"));
         got[cpu] = Some(line.trim().to_string());
     }

@@ -396,14 +396,14 @@ fn create_vcpus(
     (pio, mmio, events): (&Arc<Bus>, &Arc<Bus>, &Sender<VmEvent>),
 ) -> Result<CreatedVcpus, BuildError> {
     let count = config.vcpus;
-    let cpuids = match guest_cpu {
+    let mut cpuids = match guest_cpu {
         // The guest's own tables, exactly: never this host's.
         Some(g) => g.tables(count)?,
         None => crate::cpu::boot_tables(kvm, config)?,
     };
     let mut out = Vec::new();
     let mut tsc_khz = None;
-    for (index, cpuid) in (0..count).zip(&cpuids) {
+    for (index, cpuid) in (0..count).zip(cpuids.iter_mut()) {
         let fd = vm_fd
             .create_vcpu(u64::from(index))
             .map_err(kvm_err("KVM_CREATE_VCPU"))?;
@@ -413,6 +413,10 @@ fn create_vcpus(
         }
         if tsc_khz.is_none() {
             tsc_khz = fd.get_tsc_khz().ok();
+        }
+        // A booted guest is shown its TSC rate (a received one's tables already say it).
+        if let (None, Some(khz)) = (guest_cpu, tsc_khz) {
+            arch::cpuid::add_timing_leaf(cpuid, khz);
         }
         let regs_err = |source| BuildError::VcpuRegs { index, source };
         fd.set_cpuid2(cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
