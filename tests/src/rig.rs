@@ -376,10 +376,15 @@ pub fn clock_report(lines: &[(usize, f64, String)]) -> ClockReport {
     };
     let mut stretches: Vec<(usize, usize, f64)> = Vec::new();
     let mut guest_max_gap_ms = 0;
-    for (host, t, line) in lines {
-        if !line.contains("CONT: hb=") {
-            continue;
-        }
+    // In the guest's own order (its heartbeat counter), not the order of arrival: two hosts'
+    // consoles reach us through two pipes, and the first line from the new host can overtake
+    // the old host's last one.
+    let mut beats: Vec<&(usize, f64, String)> = lines
+        .iter()
+        .filter(|(_, _, l)| l.contains("CONT: hb="))
+        .collect();
+    beats.sort_by_key(|(_, _, l)| field(l, "hb=").unwrap_or(u64::MAX));
+    for (host, t, line) in beats {
         let (Some(real), Some(gap)) = (field(line, "real_ms="), field(line, "maxgap_ms=")) else {
             continue;
         };
