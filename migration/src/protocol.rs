@@ -97,25 +97,6 @@ pub trait Acceptor: Send {
     fn accept(&mut self) -> BoxFuture<'_, Result<Channel, MigrationError>>;
 }
 
-/// For a migration that uses one connection only.
-pub struct NoMoreConnections;
-
-impl Connector for NoMoreConnections {
-    fn connect(&self) -> BoxFuture<'_, Result<Channel, MigrationError>> {
-        Box::pin(async { Err(MigrationError::Protocol("no extra connections here".into())) })
-    }
-}
-
-impl Acceptor for NoMoreConnections {
-    fn accept(&mut self) -> BoxFuture<'_, Result<Channel, MigrationError>> {
-        Box::pin(async {
-            Err(MigrationError::Protocol(
-                "the source asked for more connections than this destination takes".into(),
-            ))
-        })
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum MigrationError {
     #[error("cannot connect to {endpoint}")]

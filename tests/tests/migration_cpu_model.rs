@@ -8,6 +8,7 @@
 //! - a host that lacks a feature the guest may use refuses it up front, naming the feature,
 //!   and the guest runs on at the source;
 //! - with a baseline model (x86-64-v2) the same hosts all take the guest, round the ring.
+//!
 //! The digest covers the timing leaf (0x40000010), where the guest reads its TSC frequency:
 //! the rate travels and is set on every destination too.
 

@@ -26,6 +26,18 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// The guest's RAM as the migration protocol sees it: each region's start and page count.
+    pub fn ram_regions(&self) -> Vec<migration::vm::RamRegion> {
+        use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+        self.memory
+            .iter()
+            .map(|r| migration::vm::RamRegion {
+                gpa: r.start_addr().0,
+                pages: (r.len() / 4096) as usize,
+            })
+            .collect()
+    }
+
     /// Puts a built VM and its started vCPUs together.
     pub fn new(config: VmConfig, built: crate::vm::BuiltParts, vcpus: VcpuSet) -> Self {
         Machine {
@@ -87,5 +99,3 @@ impl Machine {
         self.vcpus.resume();
     }
 }
-
-pub type SharedMachine = Arc<Machine>;

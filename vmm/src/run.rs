@@ -736,10 +736,7 @@ fn receive(
         result: None,
     };
     // The extra connections of a migration are read on the runtime's threads, one core each.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(crate::migrate::worker::data_threads())
-        .enable_all()
-        .build()?;
+    let runtime = crate::migrate::worker::migration_runtime()?;
     let outcome = runtime.block_on(async {
         let mut listener = crate::migrate::transport::MigrationListener::bind(
             &spec.listen,

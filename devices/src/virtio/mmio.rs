@@ -255,7 +255,8 @@ impl MmioTransport {
         }
     }
 
-    pub fn is_frozen(&self) -> bool {
+    #[cfg(test)]
+    fn is_frozen(&self) -> bool {
         self.frozen
     }
 

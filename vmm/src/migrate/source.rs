@@ -69,14 +69,7 @@ impl SourceVm for MachineSource {
     }
 
     fn regions(&self) -> Vec<RamRegion> {
-        self.m()
-            .memory
-            .iter()
-            .map(|r| RamRegion {
-                gpa: r.start_addr().0,
-                pages: (r.len() / 4096) as usize,
-            })
-            .collect()
+        self.m().ram_regions()
     }
 
     fn read_memory(&self, gpa: u64, buf: &mut [u8]) -> VmResult<()> {

@@ -9,7 +9,7 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
 use migration::vm::{RamRegion, TargetBuilder, TargetVm, VmError, VmResult};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress};
 
 use super::state::{MigrationConfig, MigrationState};
 use crate::config::{self, DiskConfig, NetConfig, VmConfig};
@@ -148,13 +148,6 @@ fn on_off(b: bool) -> &'static str {
     }
 }
 
-fn mac(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 impl Grants {
     /// Matches the source's devices with these grants; the error names the first difference.
     fn check(&self, vm: &VmConfig, disk_sizes: &[u64]) -> Result<(), String> {
@@ -225,10 +218,10 @@ impl Grants {
             if theirs.mac != grant.mac {
                 return Err(format!(
                     "NIC {i}: the guest's MAC is {}, this destination grants {} (pass --net tap={},mac={})",
-                    mac(&theirs.mac),
-                    mac(&grant.mac),
+                    devices::virtio::net::format_mac(&theirs.mac),
+                    devices::virtio::net::format_mac(&grant.mac),
                     grant.tap,
-                    mac(&theirs.mac)
+                    devices::virtio::net::format_mac(&theirs.mac)
                 ));
             }
         }
@@ -353,14 +346,7 @@ struct MachineTarget {
 
 impl TargetVm for MachineTarget {
     fn regions(&self) -> Vec<RamRegion> {
-        self.machine
-            .memory
-            .iter()
-            .map(|r| RamRegion {
-                gpa: r.start_addr().0,
-                pages: (r.len() / 4096) as usize,
-            })
-            .collect()
+        self.machine.ram_regions()
     }
 
     fn write_memory(&self, gpa: u64, data: &[u8]) -> VmResult<()> {

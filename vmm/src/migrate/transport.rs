@@ -1,11 +1,11 @@
 //! Migration endpoints: `tcp:HOST:PORT` or `unix:PATH`, connected or listened on with tokio,
 //! and secured with [`migration::channel`] before anything else crosses them.
 //!
-//! Concurrency: tokio on the caller's current-thread runtime. A destination keeps accepting
+//! Concurrency: tokio, on the runtime of the migration that uses it (the multi-thread one of
+//! `worker::migration_runtime`, at both ends). A destination keeps accepting
 //! while handshakes run, each in its own task with a deadline, so an idle, garbled or
 //! unauthenticated connection cannot keep the real source out.
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -64,24 +64,9 @@ impl Endpoint {
         }
     }
 
-    /// Whether only this machine can reach a listener here.
-    pub fn is_local_only(&self) -> bool {
-        match self {
-            Endpoint::Unix(_) => true,
-            Endpoint::Tcp(addr) => addr
-                .to_socket_addrs()
-                .map(|mut it| it.all(|a: SocketAddr| is_loopback(a.ip())))
-                .unwrap_or(false),
-        }
-    }
-
     pub fn is_tcp(&self) -> bool {
         matches!(self, Endpoint::Tcp(_))
     }
-}
-
-fn is_loopback(ip: IpAddr) -> bool {
-    ip.is_loopback()
 }
 
 impl std::fmt::Display for Endpoint {
@@ -370,11 +355,6 @@ mod tests {
         ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }
-        assert!(Endpoint::parse("tcp:127.0.0.1:4444")
-            .unwrap()
-            .is_local_only());
-        assert!(!Endpoint::parse("tcp:0.0.0.0:4444").unwrap().is_local_only());
-        assert!(Endpoint::parse("unix:/x").unwrap().is_local_only());
         assert_eq!(
             Endpoint::parse("tcp:host2:4444").unwrap().host(),
             Some("host2")

@@ -172,8 +172,17 @@ pub fn parse_compress(s: &str) -> Result<i32, String> {
 
 /// Threads for the data path of a migration, either side: one per core (the lanes of several
 /// connections then encrypt and copy in parallel).
-pub fn data_threads() -> usize {
+fn data_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// The runtime a migration runs on, at either end: multi-thread, one worker per core, so the
+/// extra connections' lanes (encryption, copies) spread over the cores.
+pub(crate) fn migration_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(data_threads())
+        .enable_all()
+        .build()
 }
 
 fn run(
@@ -184,11 +193,7 @@ fn run(
     reporting: &Reporting,
     owner: &Sender<VmEvent>,
 ) -> Result<migration::progress::Summary, migration::MigrationError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(data_threads())
-        .enable_all()
-        .build()
-        .map_err(migration::MigrationError::Runtime)?;
+    let runtime = migration_runtime().map_err(migration::MigrationError::Runtime)?;
     let result = runtime.block_on(async {
         // Connecting and the handshake count against the same limit as the rest.
         let connect = tokio::time::timeout(opts.hard_limit(), connector.connect());

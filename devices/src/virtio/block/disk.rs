@@ -89,12 +89,8 @@ impl Disk {
 
     /// Releases the lock, so another host's VMM can take the disk over.
     pub fn unlock(&self) {
-        // SAFETY: flock is plain data; zeroed is a valid value to fill in.
-        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-        fl.l_type = libc::F_UNLCK as libc::c_short;
-        fl.l_whence = libc::SEEK_SET as libc::c_short;
-        // SAFETY: F_OFD_SETLK with a valid descriptor and a live flock struct.
-        unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
+        // Unlocking a lock we hold (or none) cannot conflict; there is nothing to report.
+        let _ = ofd_setlk(&self.file, libc::F_UNLCK);
     }
 
     /// Forgets cached contents, so reads see what another host wrote to shared storage.
@@ -223,16 +219,9 @@ fn lock(file: &File, path: &Path, readonly: bool) -> Result<(), DiskError> {
     } else {
         libc::F_WRLCK
     };
-    // SAFETY: flock is plain data; zeroed is a valid value to fill in.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind as libc::c_short;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    // SAFETY: F_OFD_SETLK with a valid descriptor and a pointer to a live flock struct.
-    let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) };
-    if r == 0 {
+    let Err(e) = ofd_setlk(file, kind) else {
         return Ok(());
-    }
-    let e = std::io::Error::last_os_error();
+    };
     match e.raw_os_error() {
         Some(libc::EAGAIN) | Some(libc::EACCES) => {
             let held = if readonly { "write" } else { "read or write" };
@@ -242,6 +231,20 @@ fn lock(file: &File, path: &Path, readonly: bool) -> Result<(), DiskError> {
             })
         }
         _ => Err(DiskError::Lock(path.to_path_buf(), e)),
+    }
+}
+
+/// F_OFD_SETLK of `kind` (F_RDLCK, F_WRLCK, F_UNLCK) over the whole file, without waiting.
+fn ofd_setlk(file: &File, kind: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: flock is plain data; zeroed is a valid value (start 0, length 0: the whole file).
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: F_OFD_SETLK on a descriptor `file` keeps open, with a live flock it only reads.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
