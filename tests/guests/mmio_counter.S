@@ -24,14 +24,7 @@ _start:
     add r8, 31
     mov byte ptr [r8], '\n'
     mov rax, r13
-    mov rcx, 10
-2:  xor edx, edx
-    div rcx
-    add dl, '0'
-    dec r8
-    mov [r8], dl
-    test rax, rax
-    jnz 2b
+    call fmtdec
 3:  xor eax, eax
     mov eax, [rbx]
     cmp eax, VIRTIO_MAGIC

@@ -74,20 +74,24 @@ pub fn skip(test: &str, why: &str) -> bool {
     if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
         panic!("{test}: {why}; CI=true, so this is a failure");
     }
-    let line = format!("SKIPPED {test}: {why}");
+    record(&skip_log(), &format!("SKIPPED {test}: {why}"));
+    false
+}
+
+/// Prints `line` on stderr and appends it to `log` (a summary file of `make test`), creating
+/// its directory; a log that cannot be written only loses the summary line.
+fn record(log: &Path, line: &str) {
     eprintln!("{line}");
-    let log = skip_log();
     if let Some(dir) = log.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
     if let Ok(mut f) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&log)
+        .open(log)
     {
         let _ = std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes());
     }
-    false
 }
 
 /// Where retried attempts are recorded (a rig L1 host that hung and was started again);
@@ -99,19 +103,7 @@ pub fn retry_log() -> PathBuf {
 
 /// Records that `test` ran an attempt again, and why, in [`retry_log`] (and on stderr).
 pub fn note_retry(test: &str, why: &str) {
-    let line = format!("RETRIED {test}: {why}");
-    eprintln!("{line}");
-    let log = retry_log();
-    if let Some(dir) = log.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-    {
-        let _ = std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes());
-    }
+    record(&retry_log(), &format!("RETRIED {test}: {why}"));
 }
 
 /// True when tests needing /dev/kvm can run; otherwise see [`skip`].

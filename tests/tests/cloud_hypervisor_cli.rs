@@ -17,10 +17,12 @@ use vmm_tests::{vmm_bin, RuntimeDir};
 
 const T: Duration = Duration::from_secs(30);
 
-/// `cloud-hypervisor`, a link to the vmm binary in `dir`.
+/// `cloud-hypervisor`, a link to the vmm binary in `dir` (made on first use).
 fn link(dir: &Path) -> PathBuf {
     let l = dir.join("cloud-hypervisor");
-    std::os::unix::fs::symlink(vmm_bin(), &l).unwrap();
+    if !l.exists() {
+        std::os::unix::fs::symlink(vmm_bin(), &l).unwrap();
+    }
     l
 }
 
@@ -58,7 +60,7 @@ impl Drop for Proc {
 /// Starts `cloud-hypervisor ARGS` with `inherit` (a descriptor of ours) as descriptor `as_fd`
 /// in the child, the way libvirt passes the API socket.
 fn start(dir: &Path, args: &[&str], inherit: Option<(RawFd, RawFd)>) -> Proc {
-    let mut cmd = Command::new(link_or_existing(dir));
+    let mut cmd = Command::new(link(dir));
     cmd.args(args)
         .env("VMM_RUNTIME_DIR", dir)
         .stdin(Stdio::null())
@@ -79,15 +81,6 @@ fn start(dir: &Path, args: &[&str], inherit: Option<(RawFd, RawFd)>) -> Proc {
         }
     }
     Proc(Some(cmd.spawn().expect("start cloud-hypervisor")))
-}
-
-fn link_or_existing(dir: &Path) -> PathBuf {
-    let l = dir.join("cloud-hypervisor");
-    if l.exists() {
-        l
-    } else {
-        link(dir)
-    }
 }
 
 /// One request, the way libvirt's driver (through curl) and ch-remote send it; the status

@@ -9,11 +9,10 @@
 use anyhow::Context;
 use clap::Parser;
 
-use vmm::event_monitor::EventMonitor;
 use vmm::paths;
 use vmm::unix_socket::ApiSocketAddr;
 
-use crate::cli::{empty_vmm, Logging};
+use crate::cli::{empty_vmm, event_monitor, Logging};
 
 /// A KVM VMM for x86-64 microVMs that serves Cloud Hypervisor's REST API. Under this name it
 /// starts empty on its API socket and waits for vm.create / vm.boot or vm.receive-migration.
@@ -55,9 +54,10 @@ pub fn main() -> anyhow::Result<u8> {
     let socket = cli.api_socket.context(
         "cloud-hypervisor: give --api-socket path=PATH or fd=N (this VMM is driven through its API)",
     )?;
-    let monitor = match &cli.event_monitor {
-        Some(arg) => EventMonitor::open(arg)?,
-        None => EventMonitor::none(),
-    };
-    empty_vmm(socket, None, paths::runtime_dir(), monitor)
+    empty_vmm(
+        socket,
+        None,
+        paths::runtime_dir(),
+        event_monitor(&cli.event_monitor)?,
+    )
 }

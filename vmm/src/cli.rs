@@ -309,17 +309,21 @@ struct RunArgs {
     event_monitor: Option<String>,
 }
 
+/// The event monitor `--event-monitor` asks for, or none.
+pub fn event_monitor(arg: &Option<String>) -> anyhow::Result<EventMonitor> {
+    Ok(match arg {
+        Some(arg) => EventMonitor::open(arg)?,
+        None => EventMonitor::none(),
+    })
+}
+
 pub fn execute(cli: Cli) -> anyhow::Result<u8> {
     let dir = cli.runtime_dir.unwrap_or_else(paths::runtime_dir);
-    let monitor = |arg: &Option<String>| match arg {
-        Some(arg) => EventMonitor::open(arg),
-        None => Ok(EventMonitor::none()),
-    };
     let Some(command) = cli.command else {
         let socket = cli.api_socket.context(
             "give a subcommand (vmm --help), or --api-socket path=PATH|fd=N to start an empty VMM",
         )?;
-        return empty_vmm(socket, cli.vm_name, dir, monitor(&cli.event_monitor)?);
+        return empty_vmm(socket, cli.vm_name, dir, event_monitor(&cli.event_monitor)?);
     };
     if cli.api_socket.is_some() || cli.event_monitor.is_some() || cli.vm_name.is_some() {
         anyhow::bail!(
@@ -329,7 +333,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<u8> {
     }
     match command {
         Command::Run(args) => {
-            let monitor = monitor(&args.event_monitor)?;
+            let monitor = event_monitor(&args.event_monitor)?;
             let socket = args.api_socket.clone();
             run_vm(args, dir, socket, monitor)
         }
