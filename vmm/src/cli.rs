@@ -10,8 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use vmm::api::client::ApiClient;
 use vmm::api::types::{
-    ApiDisk, ApiNet, ApiVmInfo, ApiVmState, MigrationOutcome, MigrationProgress, MigrationRole,
-    ReceiveMigration, SendMigration,
+    ApiDisk, ApiNet, ApiVmInfo, ApiVmState, ConsoleConfig, ConsoleMode, MigrationOutcome,
+    MigrationProgress, MigrationRole, ReceiveMigration, SendMigration, SerialSink,
 };
 use vmm::config::{self, VmConfig, DEFAULT_CMDLINE};
 use vmm::event_monitor::EventMonitor;
@@ -141,6 +141,9 @@ enum Command {
     },
     /// Stop a VM: its `vmm run` process exits.
     Stop { name: String },
+    /// Attach this terminal to a VM's serial console, when it is a PTY (`vmm run --serial
+    /// pty`, or serial/console mode Pty through the API). Ctrl-] detaches; the VM runs on.
+    Console { name: String },
     /// Move a running VM to another host (live pre-copy; --offline for stop-and-copy). The
     /// destination waits with `vmm run --name NAME --incoming tcp:ADDR:PORT`; the disk must be
     /// on shared storage at the same path there. On success the VM runs there and the local
@@ -307,6 +310,12 @@ struct RunArgs {
     /// Write one JSON object per lifecycle and migration event to path=FILE or fd=N.
     #[arg(long, value_name = "path=FILE|fd=N")]
     event_monitor: Option<String>,
+    /// Where the serial console (ttyS0) goes: tty (this terminal: Ctrl-A x ends the VM), pty
+    /// (a pseudo-terminal the VMM keeps; `vmm console NAME` attaches to it, `vmm info` shows
+    /// its path, and the VM no longer needs this terminal), file=PATH (output appended), or
+    /// null.
+    #[arg(long, value_name = "tty|pty|file=PATH|null", default_value = "tty")]
+    serial: String,
 }
 
 /// The event monitor `--event-monitor` asks for, or none.
@@ -359,6 +368,7 @@ pub fn execute(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Stop { name } => simple(&dir, &name, "vmm.shutdown", "stopped"),
+        Command::Console { name } => console(&dir, &name),
         Command::Migrate(args) => migrate(&dir, args),
         Command::Api {
             target,
@@ -434,6 +444,7 @@ pub fn empty_vmm(
             api_socket: Some(socket),
             monitor,
             allow_emulated_kernel: false,
+            serial: SerialSink::Stdout,
         },
         Start::Empty,
     )?;
@@ -659,6 +670,7 @@ fn run_vm(
         api_socket,
         monitor,
         allow_emulated_kernel: args.allow_emulated_kernel,
+        serial: SerialSink::parse(&args.serial).map_err(anyhow::Error::msg)?,
     };
     let start = if let Some(listen) = &args.incoming {
         // The same request an orchestrator sends as vm.receive-migration.
@@ -721,6 +733,9 @@ struct VmSummary {
     /// Where a waiting destination listens, or where a migrating VM is going.
     #[serde(skip_serializing_if = "Option::is_none")]
     address: Option<String>,
+    /// The serial console: tty, null, off, file PATH, or pty PATH (`vmm console` attaches).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    console: Option<String>,
 }
 
 impl VmSummary {
@@ -760,6 +775,10 @@ impl VmSummary {
             cmdline: config.payload.cmdline.unwrap_or_default(),
             uptime_secs: i.uptime_secs,
             address: i.migration.map(|m| m.address),
+            console: config.serial.map(|c| match c.file {
+                Some(f) => format!("{} {}", format!("{:?}", c.mode).to_lowercase(), f.display()),
+                None => format!("{:?}", c.mode).to_lowercase(),
+            }),
         }
     }
 }
@@ -767,6 +786,35 @@ impl VmSummary {
 fn query_info(dir: &std::path::Path, name: &str) -> anyhow::Result<VmSummary> {
     let info: ApiVmInfo = client(dir, name)?.get("vm.info", CLIENT_TIMEOUT)?;
     Ok(VmSummary::from_api(info))
+}
+
+fn console(dir: &std::path::Path, name: &str) -> anyhow::Result<u8> {
+    let info: ApiVmInfo = client(dir, name)?.get("vm.info", CLIENT_TIMEOUT)?;
+    let serial = info.config.and_then(|c| c.serial);
+    let path = match serial {
+        Some(ConsoleConfig {
+            mode: ConsoleMode::Pty,
+            file: Some(path),
+        }) => path,
+        other => anyhow::bail!(
+            "{name}'s serial console is not a PTY ({}): start it with `vmm run --serial pty`, \
+             or serial mode Pty through the API",
+            other.map_or("none".to_string(), |c| format!("mode {:?}", c.mode))
+        ),
+    };
+    eprintln!(
+        "vmm: attached to {name}'s console ({}); Ctrl-] detaches",
+        path.display()
+    );
+    let ended = vmm::console_client::attach(&path)
+        .with_context(|| format!("cannot open the console {}", path.display()))?;
+    match ended {
+        vmm::console_client::Detached::ByUser => eprintln!("\r\nvmm: detached from {name}"),
+        vmm::console_client::Detached::ConsoleClosed => {
+            eprintln!("\r\nvmm: {name}'s console closed (its VMM exited)")
+        }
+    }
+    Ok(0)
 }
 
 fn simple(dir: &std::path::Path, name: &str, endpoint: &str, done: &str) -> anyhow::Result<u8> {
@@ -812,5 +860,8 @@ fn print_info(i: &VmSummary) {
     println!("vcpus:   {}", i.vcpus);
     println!("kernel:  {}", i.kernel);
     println!("cmdline: {}", i.cmdline);
+    if let Some(c) = &i.console {
+        println!("console: {c}");
+    }
     println!("uptime:  {:.1} s", i.uptime_secs);
 }

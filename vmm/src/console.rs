@@ -70,6 +70,22 @@ pub fn restore_terminal() {
     }
 }
 
+/// Puts host input into the UART's receive FIFO, waiting while the guest has not drained it.
+pub(crate) fn feed_uart(serial: &Mutex<Serial>, bytes: &[u8]) {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let taken = serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .enqueue_input(rest);
+        rest = &rest[taken..];
+        if !rest.is_empty() {
+            // The guest has not drained its FIFO yet.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
 /// Copies stdin into the UART until stdin ends. The thread is detached: a blocking read on
 /// stdin cannot be interrupted portably, and the process exits with the VM.
 pub fn spawn_stdin_forwarder(serial: Arc<Mutex<Serial>>, events: Sender<VmEvent>) {
@@ -102,18 +118,7 @@ pub fn spawn_stdin_forwarder(serial: Arc<Mutex<Serial>>, events: Sender<VmEvent>
                         out.push(b);
                     }
                 }
-                let mut rest = &out[..];
-                while !rest.is_empty() {
-                    let taken = serial
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .enqueue_input(rest);
-                    rest = &rest[taken..];
-                    if !rest.is_empty() {
-                        // The guest has not drained its FIFO yet.
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                }
+                feed_uart(&serial, &out);
             }
         });
     if let Err(e) = spawned {

@@ -4,7 +4,9 @@
 pub mod api;
 pub mod config;
 pub mod console;
+pub mod console_client;
 pub mod console_output;
+pub mod console_pty;
 pub mod cpu;
 pub mod dirty_log;
 pub mod event_loop;

@@ -82,8 +82,10 @@ pub(crate) fn own(
     rx: &Receiver<VmEvent>,
 ) -> RunEnd {
     let raw_terminal = (ctx.serial == SerialSink::Stdout).then(RawTerminal::enable);
-    if ctx.serial == SerialSink::Stdout {
-        spawn_stdin_forwarder(machine.serial.clone(), ctx.events.clone());
+    match &ctx.serial {
+        SerialSink::Stdout => spawn_stdin_forwarder(machine.serial.clone(), ctx.events.clone()),
+        SerialSink::Pty(pty) => pty.attach(machine.serial.clone()),
+        SerialSink::Discard | SerialSink::File(_) => {}
     }
     let mut owner = Owner {
         machine: machine.clone(),

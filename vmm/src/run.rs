@@ -53,6 +53,8 @@ pub struct VmmOptions {
     pub monitor: EventMonitor,
     /// Start a Linux kernel even on a PVM host, where it is emulated.
     pub allow_emulated_kernel: bool,
+    /// The serial port of a VM booted or received by this process (`vm.create` gives its own).
+    pub serial: SerialSink,
 }
 
 /// Where a VMM process starts.
@@ -289,7 +291,7 @@ pub fn run(opts: VmmOptions, start: Start) -> anyhow::Result<RunEnd> {
         Start::Empty => Next::Idle,
         Start::Boot(config) => {
             refuse_emulated_linux(&config, vmm.opts.allow_emulated_kernel)?;
-            vmm.created = Some((*config, SerialSink::Stdout));
+            vmm.created = Some((*config, vmm.opts.serial.clone()));
             Next::Boot(None)
         }
         Start::Receive(spec) => Next::Receive(spec, None),
@@ -545,9 +547,13 @@ impl Vmm {
                     incoming.machine.config.name,
                     started.elapsed().as_secs_f64()
                 );
-                self.created = Some((incoming.machine.config.clone(), SerialSink::Stdout));
+                self.created = Some((incoming.machine.config.clone(), self.opts.serial.clone()));
                 self.shut_down = false;
-                Ok(self.own(incoming.machine, incoming.event_loop, SerialSink::Stdout))
+                Ok(self.own(
+                    incoming.machine,
+                    incoming.event_loop,
+                    self.opts.serial.clone(),
+                ))
             }
             Waited::Ended(end) => Ok(Next::Exit(end)),
             Waited::Failed(e) => {

@@ -279,6 +279,25 @@ mod tests {
         assert_eq!(vm.vcpus, 1);
         assert_eq!(vm.memory_bytes, 256 << 20);
         assert_eq!(vm.nets.len(), 1);
+        // A PTY, asked for as the serial port or (libvirt's way) as the console: vm.info
+        // reports its path where Cloud Hypervisor's clients read it.
+        for (json, console_reported) in [
+            (
+                r#"{"payload":{"kernel":"/k"},"serial":{"mode":"Pty"}}"#,
+                false,
+            ),
+            (
+                r#"{"payload":{"kernel":"/k"},"console":{"mode":"Pty"}}"#,
+                true,
+            ),
+        ] {
+            let (vm, sink) = cfg(json).to_config("web").unwrap();
+            let shown = ApiVmConfig::from_config(&vm, &sink);
+            let file = shown.serial.unwrap().file.unwrap();
+            assert!(file.starts_with("/dev/pts"), "{file:?}");
+            let console = shown.console.unwrap();
+            assert_eq!(console.file.is_some(), console_reported, "{json}");
+        }
         for (json, why) in [
             (
                 r#"{"payload":{"kernel":"/k"},"cpus":{"boot_vcpus":0}}"#,
@@ -298,8 +317,12 @@ mod tests {
                 "tap",
             ),
             (
-                r#"{"payload":{"kernel":"/k"},"serial":{"mode":"Pty"}}"#,
-                "Pty",
+                r#"{"payload":{"kernel":"/k"},"serial":{"mode":"Socket"}}"#,
+                "Socket",
+            ),
+            (
+                r#"{"payload":{"kernel":"/k"},"serial":{"mode":"Tty"},"console":{"mode":"Pty"}}"#,
+                "one console",
             ),
             (
                 r#"{"payload":{"kernel":"/k"},"console":{"mode":"Tty"}}"#,

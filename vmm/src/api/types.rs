@@ -161,15 +161,31 @@ pub struct ApiVmConfig {
     pub console: Option<ConsoleConfig>,
 }
 
-/// Where the guest's serial output goes.
+/// Where the guest's serial output goes (and, for a terminal or PTY, where its input comes
+/// from).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SerialSink {
     Stdout,
     Discard,
     File(PathBuf),
+    Pty(std::sync::Arc<crate::console_pty::PtyConsole>),
 }
 
 impl SerialSink {
+    /// `vmm run --serial tty|pty|file=PATH|null`.
+    pub fn parse(arg: &str) -> Result<Self, String> {
+        let (mode, file) = match arg {
+            "tty" => (ConsoleMode::Tty, None),
+            "pty" => (ConsoleMode::Pty, None),
+            "null" | "off" => (ConsoleMode::Null, None),
+            _ => match arg.strip_prefix("file=") {
+                Some(path) if !path.is_empty() => (ConsoleMode::File, Some(PathBuf::from(path))),
+                _ => return Err(format!("--serial {arg}: give tty, pty, file=PATH or null")),
+            },
+        };
+        serial_sink(Some(&ConsoleConfig { mode, file }), None)
+    }
+
     /// Opens the sink (a file is created or appended to).
     pub fn open(&self) -> std::io::Result<Box<dyn std::io::Write + Send>> {
         Ok(match self {
@@ -181,6 +197,7 @@ impl SerialSink {
                     .append(true)
                     .open(path)?,
             ),
+            SerialSink::Pty(pty) => Box::new(pty.writer()?),
         })
     }
 }
@@ -203,32 +220,7 @@ impl ApiVmConfig {
             .or_else(|| self.kernel.as_ref().map(|k| k.path.clone()))
             .ok_or("payload.kernel is required (firmware boot is not supported)")?;
         let (disks, nets) = devices_from_api(self.disks.as_deref(), self.net.as_deref(), name)?;
-        let serial = match &self.serial {
-            None => SerialSink::Stdout,
-            Some(c) => match c.mode {
-                ConsoleMode::Tty => SerialSink::Stdout,
-                ConsoleMode::Off | ConsoleMode::Null => SerialSink::Discard,
-                ConsoleMode::File => SerialSink::File(
-                    c.file
-                        .clone()
-                        .ok_or("serial.file is required with mode File")?,
-                ),
-                ConsoleMode::Pty | ConsoleMode::Socket => {
-                    return Err(format!(
-                        "serial.mode {:?} is not supported (Tty, File, Null, Off)",
-                        c.mode
-                    ))
-                }
-            },
-        };
-        if let Some(c) = &self.console {
-            if !matches!(c.mode, ConsoleMode::Off | ConsoleMode::Null) {
-                return Err(format!(
-                    "console.mode {:?}: this VMM has no virtio console; use serial (console.mode Off)",
-                    c.mode
-                ));
-            }
-        }
+        let serial = serial_sink(self.serial.as_ref(), self.console.as_ref())?;
         let vm = VmConfig {
             name: name.to_string(),
             kernel,
@@ -289,11 +281,63 @@ impl ApiVmConfig {
                     mode: ConsoleMode::File,
                     file: Some(p.clone()),
                 },
+                SerialSink::Pty(pty) => ConsoleConfig {
+                    mode: ConsoleMode::Pty,
+                    file: Some(pty.path().to_path_buf()),
+                },
             }),
-            console: Some(ConsoleConfig {
-                mode: ConsoleMode::Off,
-                file: None,
+            console: Some(match serial {
+                SerialSink::Pty(pty) if pty.via_console => ConsoleConfig {
+                    mode: ConsoleMode::Pty,
+                    file: Some(pty.path().to_path_buf()),
+                },
+                _ => ConsoleConfig {
+                    mode: ConsoleMode::Off,
+                    file: None,
+                },
             }),
+        }
+    }
+}
+
+/// Where the serial port goes, from `serial` and `console` as Cloud Hypervisor's clients send
+/// them. This VMM has one console, the serial port (ttyS0): a `console` PTY (libvirt's
+/// `<console type='pty'>`) is served by it when `serial` does not claim it otherwise, and
+/// reported as both; any other `console` but Off and Null is refused.
+fn serial_sink(
+    serial: Option<&ConsoleConfig>,
+    console: Option<&ConsoleConfig>,
+) -> Result<SerialSink, String> {
+    let console_pty = match console.map(|c| c.mode) {
+        None | Some(ConsoleMode::Off) | Some(ConsoleMode::Null) => false,
+        Some(ConsoleMode::Pty) => true,
+        Some(other) => {
+            return Err(format!(
+                "console.mode {other:?}: this VMM has no virtio console; use serial (console.mode Off, or Pty for a PTY on the serial port)"
+            ))
+        }
+    };
+    let open_pty = |via_console| {
+        crate::console_pty::PtyConsole::open(via_console)
+            .map(SerialSink::Pty)
+            .map_err(|e| format!("cannot open a PTY for the console: {e}"))
+    };
+    match (serial.map(|c| c.mode), console_pty) {
+        (None | Some(ConsoleMode::Off) | Some(ConsoleMode::Null), true) => open_pty(true),
+        (Some(_), true) => Err(
+            "console.mode Pty and a serial port that is not Off: this VMM has one console (the serial port); ask for one of them"
+                .into(),
+        ),
+        (None, false) | (Some(ConsoleMode::Tty), false) => Ok(SerialSink::Stdout),
+        (Some(ConsoleMode::Off) | Some(ConsoleMode::Null), false) => Ok(SerialSink::Discard),
+        (Some(ConsoleMode::File), false) => Ok(SerialSink::File(
+            serial
+                .and_then(|c| c.file.clone())
+                .ok_or("serial.file is required with mode File")?,
+        )),
+        (Some(ConsoleMode::Pty), false) => open_pty(false),
+        (Some(ConsoleMode::Socket), false) => {
+            Err("serial.mode Socket is not supported (Tty, Pty, File, Null, Off)".into())
         }
     }
 }
