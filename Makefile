@@ -13,7 +13,7 @@ DEB_PACKAGES := binutils qemu-system-x86 busybox-static cpio e2fsprogs gzip kmod
                 linux-source-6.1 bc flex bison make gcc libc6-dev libelf-dev libssl-dev xz-utils \
                 openssl util-linux python3-yaml python3-jsonschema curl
 
-.PHONY: all deps build vmm-static artifacts rig run test lint fuzz fuzz-check soak unit-test kvm-test rig-test bench clean
+.PHONY: all deps build vmm-static artifacts libvirt rig run test lint fuzz fuzz-check soak unit-test kvm-test rig-test bench clean
 
 all: build
 
@@ -36,6 +36,13 @@ artifacts: deps
 	  ln -sfn $$fsdir/initramfs.cpio.gz $(BUILD)/guest/initramfs.cpio.gz; ln -sfn $$fsdir/rootfs.ext4 $(BUILD)/guest/rootfs.ext4; \
 	  echo "guest artifacts: $$(ls $(BUILD)/guest | tr '\n' ' ')"
 
+# libvirt (Debian's source package, ch driver only) for the virsh test, cached under
+# $(VMM_CACHE_DIR) by its version and build script, linked at build/libvirt.
+libvirt: deps
+	@mkdir -p $(BUILD)
+	@prefix=$$(resources/build-libvirt.sh | tail -n1); ln -sfn $$prefix $(BUILD)/libvirt; \
+	  echo "libvirt: $$prefix"
+
 rig: artifacts vmm-static
 	resources/rig/build-l1.sh $(BUILD)/rig $(STATIC_VMM) $(BUILD)/guest $(BUILD)/guest
 
@@ -56,7 +63,7 @@ unit-test:
 	cargo test --workspace --exclude vmm-tests
 
 kvm-test:
-	cargo test -p vmm-tests --test boot --test lifecycle --test cli_errors --test migration --test migration_faults --test migration_security --test migration_robustness --test migration_netns --test migration_commit --test migration_guest_ends --test migration_stalled_flush --test migration_exactly_once --test migration_cpu_model --test migration_net_rx --test console_stall --test console_pty --test reboot --test api --test api_curl --test api_ch_client --test cloud_hypervisor_cli
+	cargo test -p vmm-tests --test boot --test lifecycle --test cli_errors --test migration --test migration_faults --test migration_security --test migration_robustness --test migration_netns --test migration_commit --test migration_guest_ends --test migration_stalled_flush --test migration_exactly_once --test migration_cpu_model --test migration_net_rx --test console_stall --test console_pty --test reboot --test api --test api_curl --test api_ch_client --test cloud_hypervisor_cli --test libvirt_ch
 	# The commit protocol's fault matrix (78 rows, one after another); prints its table.
 	cargo test -p vmm-tests --test migration_fault_matrix -- --nocapture
 	cargo test -p vmm-tests --test migration_soak -- --nocapture
@@ -80,7 +87,7 @@ fuzz:
 fuzz-check:
 	tests/fuzz/run.sh 3
 
-test: deps artifacts rig
+test: deps artifacts rig libvirt
 	@rm -f $(BUILD)/test-skips.txt $(BUILD)/test-retries.txt
 	cargo build --workspace --all-targets
 	$(MAKE) --no-print-directory lint unit-test fuzz-check kvm-test rig-test

@@ -30,6 +30,14 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The libvirt build of `make libvirt` (resources/build-libvirt.sh: Debian's source package,
+/// ch driver only), linked at build/libvirt; none when it was not built.
+pub fn libvirt_prefix() -> Option<PathBuf> {
+    let link = workspace_root().join("build").join("libvirt");
+    let prefix = std::fs::canonicalize(link).ok()?;
+    prefix.join(".complete").exists().then_some(prefix)
+}
+
 /// The `vmm` binary: $VMM_BIN if set, else built here once with cargo.
 pub fn vmm_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
