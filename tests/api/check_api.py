@@ -109,7 +109,7 @@ class Checker:
         return status, parsed
 
     def check_error_body(self, parsed, where):
-        if not isinstance(parsed, dict) or not isinstance(parsed.get("error"), str):
+        if not isinstance(parsed, list) or not parsed or not all(isinstance(m, str) and m for m in parsed):
             fail(f"an error without an error body: {where}")
 
 
@@ -202,8 +202,19 @@ def main():
             "console": {"mode": "Off"},
             "rng": {"src": "/dev/urandom"},
         }
+        c.call(src, "PUT", "vm.add-disk", {"path": os.path.join(work, "extra.img")}, expect=404)
         c.call(src, "PUT", "vm.create", config, expect=204)
         c.call(src, "PUT", "vm.create", config, expect=405)
+        # Devices join the config between create and boot (libvirt's way).
+        extra = os.path.join(work, "extra.img")
+        with open(extra, "wb") as f:
+            f.truncate(1 << 20)
+        _, added = c.call(src, "PUT", "vm.add-disk", {"path": extra}, expect=200)
+        assert added["id"] == "disk0", added
+        c.call(src, "PUT", "vm.add-disk", {"path": extra}, expect=400)  # the same image twice
+        c.call(src, "PUT", "vm.add-net", {"mac": "52:54:00:00:00:01"}, expect=400)  # no tap
+        _, info = c.call(src, "GET", "vm.info", expect=200)
+        assert [d["path"] for d in info["config"]["disks"]] == [extra], info
         _, info = c.call(src, "GET", "vm.info", expect=200)
         assert info["state"] == "Created", info
         c.call(src, "PUT", "vm.pause", expect=405)
@@ -211,6 +222,8 @@ def main():
         _, info = c.call(src, "GET", "vm.info", expect=200)
         assert info["state"] == "Running" and info["config"]["memory"]["size"] == 64 << 20, info
         c.call(src, "PUT", "vm.boot", expect=405)
+        c.call(src, "PUT", "vm.add-disk", {"path": extra}, expect=405)  # no hotplug
+        c.call(src, "PUT", "vm.add-net", {"tap": "t0"}, expect=405)
         c.call(src, "PUT", "vm.receive-migration", {"receiver_url": "unix:" + os.path.join(work, "x")}, expect=405)
         c.call(src, "PUT", "vm.resume", expect=405)  # Running -> Running is refused
         c.call(src, "PUT", "vm.pause", expect=204)
@@ -226,6 +239,7 @@ def main():
         mig = os.path.join(work, "migration.sock")
         # The payload is a grant: what the received VM boots here when it reboots.
         c.call(dst, "PUT", "vm.receive-migration", {"receiver_url": "unix:" + mig, "memory_size": 64 << 20,
+                                                    "disks": [{"path": extra}],
                                                     "payload": {"kernel": kernel}}, expect=204)
         _, info = c.call(dst, "GET", "vm.info", expect=200)
         assert info.get("migration", {}).get("role") == "waiting", info

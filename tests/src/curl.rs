@@ -44,7 +44,7 @@ pub fn expect(
     assert_eq!(got, status, "{method} {endpoint}: {value}");
     if status >= 400 {
         assert!(
-            value["error"].as_str().is_some_and(|m| !m.is_empty()),
+            value[0].as_str().is_some_and(|m| !m.is_empty()),
             "{method} {endpoint}: an error without a message: {value}"
         );
     }

@@ -132,6 +132,29 @@ pub fn require_root(test: &str) -> bool {
     root || skip(test, "needs root")
 }
 
+/// Runs a test script to its end, within `limit`; past it the script gets SIGTERM (so it stops
+/// what it started, by PID), then is killed, and the test fails. Its exit status.
+pub fn run_bounded(mut cmd: Command, what: &str, limit: Duration) -> ExitStatus {
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > deadline {
+            // SAFETY: kill has no memory preconditions; the PID is our unreaped child's.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            std::thread::sleep(Duration::from_secs(3));
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A private runtime directory (standing for one host), removed on drop.
 pub struct RuntimeDir(pub PathBuf);
 

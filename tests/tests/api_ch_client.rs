@@ -81,7 +81,13 @@ fn cloud_hypervisors_client_reads_every_answer() {
     // An error answer: a status api_client reports as an error, with the body it shows.
     let (st, body) = call(&sock, "GET", "vm.info", None);
     assert_eq!(st, 404);
-    assert!(body.is_some_and(|b| b.contains("error")));
+    // Cloud Hypervisor's error body: a JSON array of the error's messages.
+    let body: serde_json::Value = serde_json::from_str(&body.expect("an error body")).unwrap();
+    assert!(
+        body.as_array()
+            .is_some_and(|m| !m.is_empty() && m.iter().all(|s| s.is_string())),
+        "{body}"
+    );
 
     let create = serde_json::json!({
         "cpus": {"boot_vcpus": 1, "max_vcpus": 1},

@@ -33,7 +33,7 @@ fn curl_drives_a_tiny_guest_through_create_boot_pause_resume_shutdown() {
     expect(&sock, "GET", "vm.info", None, 404);
     expect(&sock, "PUT", "vm.boot", None, 404);
     let bad = expect(&sock, "PUT", "vm.create", Some("{\"cpus\": {"), 400);
-    assert!(bad["error"].as_str().unwrap().contains("JSON"), "{bad}");
+    assert!(bad[0].as_str().unwrap().contains("JSON"), "{bad}");
 
     let body = create_body(&guest("heartbeat"), 64, 1);
     expect(&sock, "PUT", "vm.create", Some(&body), 204);

@@ -692,6 +692,7 @@ fn run_vm(
                     initramfs: args.initrd.clone(),
                     cmdline: Some(args.cmdline.clone()),
                 }),
+            net_fds: None,
         };
         Start::Receive(Box::new(
             ReceiveSpec::from_api(&receive, &args.name).map_err(anyhow::Error::msg)?,

@@ -60,12 +60,32 @@ impl VmConfig {
     }
 }
 
-/// A `--net tap=NAME[,mac=MAC]` argument.
+/// Why `vm.add-net` and `vm.add-disk` are refused once the VM runs.
+pub const NO_HOTPLUG: &str = "the VM is running: adding a device now is hotplug, which its virtio-mmio transport cannot offer; add devices between vm.create and vm.boot";
+
+/// A `--net tap=NAME[,mac=MAC]` argument, or a NIC whose tap came by descriptor.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetConfig {
     pub tap: String,
     pub mac: [u8; 6],
+    /// The tap, opened by the API's caller and passed over the socket (SCM_RIGHTS): used
+    /// instead of opening `tap` by name, on every boot of this VM here. Never sent to a
+    /// migration's destination (a descriptor means nothing there; it has its own grants).
+    #[serde(skip)]
+    pub tap_fd: Option<PassedFd>,
 }
+
+/// A descriptor a client passed over the API socket, shared by the configs that name it and
+/// closed when the last goes. Two are equal only when they are the same descriptor.
+#[derive(Clone, Debug)]
+pub struct PassedFd(pub std::sync::Arc<std::os::fd::OwnedFd>);
+
+impl PartialEq for PassedFd {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+impl Eq for PassedFd {}
 
 impl NetConfig {
     /// Parses the argument; without mac=, the MAC is derived from the VM name and NIC index.
@@ -96,6 +116,7 @@ impl NetConfig {
         Ok(NetConfig {
             tap,
             mac: mac.unwrap_or_else(|| devices::virtio::net::default_mac(vm_name, index)),
+            tap_fd: None,
         })
     }
 }
@@ -300,7 +321,8 @@ mod tests {
             n,
             NetConfig {
                 tap: "tap0".into(),
-                mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56]
+                mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+                tap_fd: None,
             }
         );
         let d = NetConfig::parse("tap=tap1", "web1", 1).unwrap();

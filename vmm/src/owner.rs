@@ -310,6 +310,9 @@ impl Owner {
         let migrating = self.migration.is_some();
         match request {
             ApiRequest::VmInfo => respond(reply, ApiResponse::json(&self.info())),
+            ApiRequest::VmAddNet(_) | ApiRequest::VmAddDisk(_) => {
+                respond(reply, ApiResponse::not_now(crate::config::NO_HOTPLUG))
+            }
             ApiRequest::VmPause if migrating => respond(
                 reply,
                 ApiResponse::not_now("cannot pause a VM that is migrating"),

@@ -375,6 +375,20 @@ impl Vmm {
                         }),
                     )
                 }
+                ApiRequest::VmAddNet(net) if self.created.is_some() => {
+                    let config = &mut self.created.as_mut().expect("checked").0;
+                    match crate::api::types::add_net(config, &net) {
+                        Ok(added) => respond(reply, ApiResponse::json(&added)),
+                        Err(e) => respond(reply, ApiResponse::bad_request(e)),
+                    }
+                }
+                ApiRequest::VmAddDisk(disk) if self.created.is_some() => {
+                    let config = &mut self.created.as_mut().expect("checked").0;
+                    match crate::api::types::add_disk(config, &disk) {
+                        Ok(added) => respond(reply, ApiResponse::json(&added)),
+                        Err(e) => respond(reply, ApiResponse::bad_request(e)),
+                    }
+                }
                 ApiRequest::VmDelete if self.created.is_some() => {
                     self.created = None;
                     self.shut_down = false;

@@ -75,6 +75,8 @@ pub enum BuildError {
     Disk(#[from] devices::virtio::block::DiskError),
     #[error(transparent)]
     Tap(#[from] devices::virtio::net::TapError),
+    #[error("cannot duplicate the tap descriptor passed for a NIC")]
+    DupTap(#[source] std::io::Error),
     #[error("cannot list the vCPU's MSRs: {0}")]
     Msrs(String),
     #[error("too many virtio devices: {0} (at most {max})", max = MAX_VIRTIO_DEVICES)]
@@ -216,7 +218,12 @@ pub fn build(
         virtio_devices.push(Box::new(Block::new(disk)));
     }
     for net in &config.nets {
-        let tap = Tap::open(&net.tap)?;
+        let tap = match &net.tap_fd {
+            // A descriptor the API's caller passed: a duplicate, so that a reboot here can
+            // take it again.
+            Some(fd) => Tap::from_fd(fd.0.try_clone().map_err(BuildError::DupTap)?)?,
+            None => Tap::open(&net.tap)?,
+        };
         virtio_devices.push(Box::new(Net::new(Box::new(tap), net.mac)));
     }
     if virtio_devices.len() > MAX_VIRTIO_DEVICES {

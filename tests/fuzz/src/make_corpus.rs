@@ -107,6 +107,7 @@ fn main() {
         nets: vec![NetConfig {
             tap: "tap0".into(),
             mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+            tap_fd: None,
         }],
         cpu_model: "x86-64-v2".into(),
         nested: false,

@@ -146,7 +146,7 @@ impl ApiClient {
             })??;
         if !(200..300).contains(&status) {
             let message = serde_json::from_slice::<ErrorBody>(&bytes)
-                .map(|b| b.error)
+                .map(|b| b.message())
                 .unwrap_or_else(|_| format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes)));
             return Err(ClientError::Refused { status, message });
         }

@@ -13,6 +13,7 @@
 pub const CLOUD_HYPERVISOR_API_LEVEL: &str = "21.0.0";
 
 pub mod client;
+pub(crate) mod fd_stream;
 pub mod request;
 pub mod server;
 pub mod types;

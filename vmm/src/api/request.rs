@@ -4,7 +4,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::types::{ApiVmConfig, ErrorBody, ReceiveMigration, SendMigration};
+use super::types::{ApiDisk, ApiNet, ApiVmConfig, ErrorBody, ReceiveMigration, SendMigration};
 
 /// Every path is under this prefix, as in Cloud Hypervisor.
 pub const API_PREFIX: &str = "/api/v1/";
@@ -28,6 +28,10 @@ pub enum ApiRequest {
     VmShutdown,
     VmReboot,
     VmDelete,
+    /// A NIC added to the created VM's config (before `vm.boot`), its tap by name or passed.
+    VmAddNet(Box<ApiNet>),
+    /// A disk added to the created VM's config (before `vm.boot`).
+    VmAddDisk(Box<ApiDisk>),
     SendMigration(Box<SendMigration>),
     MigrationProgress,
     CancelMigration,
@@ -53,6 +57,8 @@ pub const ENDPOINTS: &[(&str, Method, bool)] = &[
     ("vm.shutdown", Method::Put, false),
     ("vm.reboot", Method::Put, false),
     ("vm.delete", Method::Put, false),
+    ("vm.add-net", Method::Put, true),
+    ("vm.add-disk", Method::Put, true),
     ("vm.send-migration", Method::Put, true),
     ("vm.migration-progress", Method::Get, false),
     ("vm.cancel-migration", Method::Put, false),
@@ -87,10 +93,7 @@ impl ApiResponse {
     pub fn error(status: u16, message: impl Into<String>) -> Self {
         ApiResponse {
             status,
-            body: serde_json::to_value(ErrorBody {
-                error: message.into(),
-            })
-            .ok(),
+            body: serde_json::to_value(ErrorBody(vec![message.into()])).ok(),
         }
     }
 
@@ -171,12 +174,91 @@ pub fn parse(method: Method, path: &str, body: &[u8]) -> Result<ApiRequest, ApiR
         "vm.shutdown" => ApiRequest::VmShutdown,
         "vm.reboot" => ApiRequest::VmReboot,
         "vm.delete" => ApiRequest::VmDelete,
+        "vm.add-net" => ApiRequest::VmAddNet(Box::new(decode(name, body)?)),
+        "vm.add-disk" => ApiRequest::VmAddDisk(Box::new(decode(name, body)?)),
         "vm.send-migration" => ApiRequest::SendMigration(Box::new(decode(name, body)?)),
         "vm.migration-progress" => ApiRequest::MigrationProgress,
         "vm.cancel-migration" => ApiRequest::CancelMigration,
         "vm.receive-migration" => ApiRequest::ReceiveMigration(Box::new(decode(name, body)?)),
         _ => unreachable!("every endpoint in ENDPOINTS is matched"),
     })
+}
+
+/// Gives a request the descriptors that came with it (SCM_RIGHTS on the API socket), as
+/// Cloud Hypervisor does: `vm.add-net` takes them all for its NIC; `vm.create` and
+/// `vm.receive-migration` hand them out in order to the NICs whose `fds` (or `net_fds`
+/// entry) asks for them. A request that leaves any unclaimed, or any other request that
+/// carries some, is refused (400), and every descriptor it carried is closed.
+pub fn give_fds(
+    request: &mut ApiRequest,
+    fds: Vec<std::os::fd::OwnedFd>,
+    overflowed: usize,
+) -> Result<(), ApiResponse> {
+    use crate::config::PassedFd;
+    use std::sync::Arc;
+    if overflowed > 0 {
+        return Err(ApiResponse::bad_request(format!(
+            "more than {} file descriptors came with the request; none was kept",
+            super::fd_stream::MAX_HELD
+        )));
+    }
+    if fds.is_empty() {
+        return Ok(());
+    }
+    let count = fds.len();
+    let mut fds = fds.into_iter().map(|fd| PassedFd(Arc::new(fd)));
+    let mut take = |net: &mut ApiNet, n: usize, what: &str| -> Result<(), ApiResponse> {
+        for _ in 0..n {
+            let fd = fds.next().ok_or_else(|| {
+                ApiResponse::bad_request(format!(
+                    "{what} asks for more file descriptors than the {count} that came with the request"
+                ))
+            })?;
+            net.passed.push(fd);
+        }
+        Ok(())
+    };
+    match request {
+        ApiRequest::VmAddNet(net) => take(net, count, "vm.add-net")?,
+        ApiRequest::VmCreate(cfg) => {
+            for (i, net) in cfg.net.iter_mut().flatten().enumerate() {
+                let n = net.fds.as_ref().map_or(0, Vec::len);
+                take(net, n, &format!("net[{i}].fds"))?;
+            }
+        }
+        ApiRequest::ReceiveMigration(req) => {
+            let mut grants = req.net.take().unwrap_or_default();
+            for (i, net) in grants.iter_mut().enumerate() {
+                let n = net.fds.as_ref().map_or(0, Vec::len);
+                take(net, n, &format!("net[{i}].fds"))?;
+            }
+            for entry in req.net_fds.iter().flatten() {
+                let net = grants
+                    .iter_mut()
+                    .find(|n| n.id.as_deref() == Some(entry.id.as_str()))
+                    .ok_or_else(|| {
+                        ApiResponse::bad_request(format!(
+                            "net_fds: no net[] grant has the id '{}'",
+                            entry.id
+                        ))
+                    })?;
+                take(net, entry.num_fds, &format!("net_fds '{}'", entry.id))?;
+            }
+            req.net = Some(grants);
+        }
+        _ => {
+            return Err(ApiResponse::bad_request(
+                "this request takes no file descriptors; the ones passed were closed",
+            ))
+        }
+    }
+    let left = fds.count();
+    if left > 0 {
+        return Err(ApiResponse::bad_request(format!(
+            "{left} of the {count} file descriptors passed are claimed by no NIC (net[].fds, net_fds); all were closed"
+        )));
+    }
+    Ok(())
 }
 
 /// The optional body of `vm.resume`.

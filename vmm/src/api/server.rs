@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::os::unix::net::UnixListener as StdUnixListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{oneshot, watch};
 
+use super::fd_stream::{FdStream, ReceivedFds};
 use super::request::{self, ApiRequest, ApiResponse, Method, MAX_BODY};
 use super::types::VmmPing;
 use crate::events::VmEvent;
@@ -45,6 +46,7 @@ pub const FEATURES: &[&str] = &[
     "migration-progress",
     "migration-cancel",
     "event-monitor",
+    "fd-passing",
 ];
 
 struct Shared {
@@ -176,14 +178,21 @@ async fn serve_connection(
         log::warn!("API socket: connection refused: {e}");
         format!("permission denied: {e}")
     });
+    // Descriptors passed with a request (SCM_RIGHTS) are received with its bytes.
+    let (stream, passed) = FdStream::new(stream);
     let service = service_fn(move |req| {
         let shared = shared.clone();
         let refused = refused.clone();
+        let passed = passed.clone();
         async move {
             let what = format!("{} {}", req.method(), req.uri().path());
             let answer = match refused {
-                Some(why) => ApiResponse::error(403, why),
-                None => answer(req, &shared).await,
+                Some(why) => {
+                    // Whatever such a peer passed is closed.
+                    drop(passed.lock().unwrap_or_else(|e| e.into_inner()).take());
+                    ApiResponse::error(403, why)
+                }
+                None => answer(req, &shared, &passed).await,
             };
             log::debug!("API: {what} -> {}", answer.status);
             Ok::<_, Infallible>(to_http(answer))
@@ -213,7 +222,11 @@ async fn serve_connection(
     let _ = shutdown.changed().await;
 }
 
-async fn answer(req: hyper::Request<Incoming>, shared: &Shared) -> ApiResponse {
+async fn answer(
+    req: hyper::Request<Incoming>,
+    shared: &Shared,
+    passed: &Mutex<ReceivedFds>,
+) -> ApiResponse {
     let method = match *req.method() {
         hyper::Method::GET => Method::Get,
         hyper::Method::PUT => Method::Put,
@@ -226,10 +239,16 @@ async fn answer(req: hyper::Request<Incoming>, shared: &Shared) -> ApiResponse {
         Ok(Err(e)) => return ApiResponse::error(413, format!("cannot read the request body: {e}")),
         Ok(Ok(collected)) => collected.to_bytes(),
     };
-    let request = match request::parse(method, &path, &body) {
+    // The body is in, so every descriptor sent with the request has arrived; a request that
+    // fails from here on closes them.
+    let (fds, overflowed) = passed.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let mut request = match request::parse(method, &path, &body) {
         Ok(r) => r,
         Err(answer) => return answer,
     };
+    if let Err(answer) = request::give_fds(&mut request, fds, overflowed) {
+        return answer;
+    }
     match request {
         ApiRequest::VmmPing => ApiResponse::json(&VmmPing {
             build_version: format!("vmm {}", env!("CARGO_PKG_VERSION")),

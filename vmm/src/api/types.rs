@@ -83,14 +83,26 @@ pub struct ApiDisk {
     pub serial: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiNet {
-    /// The tap device (created if it does not exist).
+    /// The tap device (created if it does not exist); with `fds`, the name it must have.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tap: Option<String>,
     /// 52:54:00:12:34:56; derived from the VM name and the NIC's position when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    /// Cloud Hypervisor's device id (accepted; `net_fds` of `vm.receive-migration` names a
+    /// NIC by it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Tap descriptors passed with the request (SCM_RIGHTS on the API socket), as Cloud
+    /// Hypervisor takes them: the numbers are the client's and mean nothing here, their count
+    /// says how many of the passed descriptors this NIC takes (this VMM: exactly one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fds: Option<Vec<i32>>,
+    /// The descriptors themselves, given to this NIC by the API server.
+    #[serde(skip)]
+    pub passed: Vec<crate::config::PassedFd>,
 }
 
 impl From<&DiskConfig> for ApiDisk {
@@ -109,6 +121,8 @@ impl From<&NetConfig> for ApiNet {
         ApiNet {
             tap: Some(n.tap.clone()),
             mac: Some(devices::virtio::net::format_mac(&n.mac)),
+            passed: n.tap_fd.iter().cloned().collect(),
+            ..ApiNet::default()
         }
     }
 }
@@ -342,6 +356,39 @@ fn serial_sink(
     }
 }
 
+/// `vm.add-net` before `vm.boot`: the NIC joins the created VM's config (a MAC derived from
+/// its position when none is given); a tap the VM uses already is refused.
+pub fn add_net(vm: &mut VmConfig, net: &ApiNet) -> Result<AddedDevice, String> {
+    let index = vm.nets.len();
+    let (_, mut nics) = devices_from_api(None, Some(std::slice::from_ref(net)), &vm.name)?;
+    let mut nic = nics.pop().ok_or("vm.add-net: no NIC")?;
+    if net.mac.is_none() {
+        nic.mac = devices::virtio::net::default_mac(&vm.name, index);
+    }
+    if vm.nets.iter().any(|n| n.tap == nic.tap) {
+        return Err(format!("the VM has a NIC on tap '{}' already", nic.tap));
+    }
+    vm.nets.push(nic);
+    Ok(AddedDevice {
+        id: net.id.clone().unwrap_or_else(|| format!("net{index}")),
+    })
+}
+
+/// `vm.add-disk` before `vm.boot`: the disk joins the created VM's config; an image the VM
+/// has already is refused.
+pub fn add_disk(vm: &mut VmConfig, disk: &ApiDisk) -> Result<AddedDevice, String> {
+    let index = vm.disks.len();
+    let (mut disks, _) = devices_from_api(Some(std::slice::from_ref(disk)), None, &vm.name)?;
+    let d = disks.pop().ok_or("vm.add-disk: no disk")?;
+    if vm.disks.iter().any(|x| x.path == d.path) {
+        return Err(format!("the VM has the disk {} already", d.path.display()));
+    }
+    vm.disks.push(d);
+    Ok(AddedDevice {
+        id: format!("disk{index}"),
+    })
+}
+
 /// Checks the `disks` and `net` of a request (`vm.create`, or the grants of
 /// `vm.receive-migration`) as `vmm run` checks `--disk` and `--net`; a NIC without a MAC gets
 /// one derived from `vm_name` and its position.
@@ -372,15 +419,46 @@ pub fn devices_from_api(
         .iter()
         .enumerate()
         .map(|(i, n)| {
-            let tap = n
-                .tap
-                .as_deref()
-                .ok_or("net[].tap is required (this VMM attaches NICs to tap devices)")?;
+            let passed = match (n.passed.as_slice(), &n.fds) {
+                ([], Some(named)) if !named.is_empty() => {
+                    return Err(format!(
+                        "net[{i}].fds names {} descriptor(s), but none came with the request (pass them with SCM_RIGHTS on the API socket)",
+                        named.len()
+                    ))
+                }
+                ([], _) => None,
+                ([one], _) => Some(one.clone()),
+                (many, _) => {
+                    return Err(format!(
+                        "net[{i}]: {} tap descriptors passed; this VMM's NICs have one queue pair, so exactly one",
+                        many.len()
+                    ))
+                }
+            };
+            let tap = match &passed {
+                Some(fd) => {
+                    let name = devices::virtio::net::tap_name(&*fd.0)
+                        .map_err(|e| format!("net[{i}]: {}", crate::error_chain(&e)))?;
+                    if let Some(asked) = n.tap.as_deref().filter(|t| *t != name) {
+                        return Err(format!(
+                            "net[{i}]: the descriptor passed is tap '{name}', the request names '{asked}'"
+                        ));
+                    }
+                    name
+                }
+                None => n
+                    .tap
+                    .clone()
+                    .ok_or("net[].tap is required (this VMM attaches NICs to tap devices: a name, or a descriptor in fds)")?,
+            };
             let mut arg = format!("tap={tap}");
             if let Some(mac) = &n.mac {
                 arg.push_str(&format!(",mac={mac}"));
             }
-            NetConfig::parse(&arg, vm_name, i).map_err(|e| format!("net[{i}]: {e}"))
+            let mut nic =
+                NetConfig::parse(&arg, vm_name, i).map_err(|e| format!("net[{i}]: {e}"))?;
+            nic.tap_fd = passed;
+            Ok(nic)
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((disks, nets))
@@ -525,6 +603,26 @@ pub struct ReceiveMigration {
     /// source names is ever opened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload: Option<PayloadConfig>,
+    /// The granted NICs' taps as descriptors passed with the request (SCM_RIGHTS), in the
+    /// shape of Cloud Hypervisor's `net_fds` (its restore, and its fork's receive-migration):
+    /// each entry gives the `net[]` grant with that `id` its next `num_fds` descriptors, in
+    /// order. The grant then is the descriptor: nothing is opened by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_fds: Option<Vec<NetFds>>,
+}
+
+/// One entry of `net_fds`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetFds {
+    pub id: String,
+    pub num_fds: usize,
+}
+
+/// The answer to `vm.add-net` and `vm.add-disk` (Cloud Hypervisor's `PciDeviceInfo`, without
+/// a PCI address: these are virtio-mmio devices).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddedDevice {
+    pub id: String,
 }
 
 /// The outcome of the last migration of this VMM, or where the current one stands.
@@ -658,10 +756,17 @@ pub struct ChMemoryTransmissionInfo {
     pub memory_dirty_rate_pps: u64,
 }
 
-/// The body of every error answer.
+/// The body of every error answer, as Cloud Hypervisor writes it: a JSON array of messages,
+/// the error first and then what caused it (here the message carries its causes, so the
+/// array has one).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: String,
+pub struct ErrorBody(pub Vec<String>);
+
+impl ErrorBody {
+    /// The messages joined, as one line for a user.
+    pub fn message(&self) -> String {
+        self.0.join(": ")
+    }
 }
 
 #[cfg(test)]

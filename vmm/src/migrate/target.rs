@@ -623,6 +623,7 @@ mod tests {
         let nic = |mac| NetConfig {
             tap: "tap0".into(),
             mac,
+            tap_fd: None,
         };
         let with_nic = VmConfig {
             nets: vec![nic([2, 0, 0, 0, 0, 1])],

@@ -6,7 +6,7 @@ mod tap;
 
 pub use announce::rarp_frame;
 pub use device::{Net, NetBackend};
-pub use tap::{Tap, TapError};
+pub use tap::{tap_name, Tap, TapError};
 
 /// struct virtio_net_hdr_v1: the header in front of every frame (VIRTIO_F_VERSION_1).
 pub const VNET_HDR_LEN: usize = 12;
