@@ -155,6 +155,28 @@ pub fn run_bounded(mut cmd: Command, what: &str, limit: Duration) -> ExitStatus 
     }
 }
 
+/// A network namespace a test made (`ip netns add`), named after `tag` and this process;
+/// deleted on drop.
+pub struct Netns(pub String);
+
+impl Netns {
+    pub fn new(tag: &str) -> Self {
+        let name = format!("vmm-{tag}-{}", std::process::id());
+        let st = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("ip runs");
+        assert!(st.success(), "ip netns add {name} failed");
+        Netns(name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
 /// A private runtime directory (standing for one host), removed on drop.
 pub struct RuntimeDir(pub PathBuf);
 

@@ -8,7 +8,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use vmm_tests::{guest, require_kvm, require_root, run_bounded, vmm_bin, RuntimeDir};
+use vmm_tests::{guest, require_kvm, require_root, run_bounded, vmm_bin, Netns, RuntimeDir};
 
 #[test]
 fn taps_passed_over_the_api_socket_carry_the_guests_frames() {
@@ -17,22 +17,10 @@ fn taps_passed_over_the_api_socket_carry_the_guests_frames() {
         return;
     }
     let dir = RuntimeDir::new("fd-passing");
-    let ns = format!("vmm-fd-{}", std::process::id());
-    assert!(Command::new("ip")
-        .args(["netns", "add", &ns])
-        .status()
-        .unwrap()
-        .success());
-    struct Netns(String);
-    impl Drop for Netns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        }
-    }
-    let _ns = Netns(ns.clone());
+    let ns = Netns::new("fd");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/api/fd_passing.py");
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &ns, "python3", script])
+    cmd.args(["netns", "exec", &ns.0, "python3", script])
         .arg(vmm_bin())
         .arg(guest("net_rx"))
         .arg(dir.0.join("work"));

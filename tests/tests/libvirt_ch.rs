@@ -24,7 +24,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vmm_tests::{guest, libvirt_prefix, require_kvm, require_root, skip, vmm_bin, RuntimeDir};
+use vmm_tests::{
+    guest, libvirt_prefix, require_kvm, require_root, skip, vmm_bin, Netns, RuntimeDir,
+};
 
 const T: Duration = Duration::from_secs(60);
 const NAME: &str = "vmmtiny";
@@ -33,15 +35,6 @@ const TAP: &str = "lvtap0";
 fn ip(args: &[&str]) {
     let st = Command::new("ip").args(args).status().expect("ip runs");
     assert!(st.success(), "ip {args:?} failed");
-}
-
-/// A network namespace for the daemon and its VMs, with a tap; deleted on drop.
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
 }
 
 /// virtchd from the private prefix, stopped (by PID) on drop.
@@ -218,8 +211,8 @@ fn virsh_drives_the_vmm_through_libvirts_cloud_hypervisor_driver() {
         .set_len(16 << 20)
         .unwrap();
 
-    let ns = Netns(format!("vmm-lv-{}", std::process::id()));
-    ip(&["netns", "add", &ns.0]);
+    // The daemon and its VMs' network namespace, with a tap.
+    let ns = Netns::new("lv");
     ip(&["-n", &ns.0, "tuntap", "add", "dev", TAP, "mode", "tap"]);
     ip(&["-n", &ns.0, "link", "set", TAP, "up"]);
     let path = format!(
