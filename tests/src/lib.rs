@@ -155,6 +155,49 @@ pub fn run_bounded(mut cmd: Command, what: &str, limit: Duration) -> ExitStatus 
     }
 }
 
+/// Everything a reader (a child's stdout, a terminal's master side) has produced so far, read
+/// by a thread of its own until it ends, for tests that wait for what a console shows.
+pub struct Screen(Arc<Mutex<Vec<u8>>>);
+
+impl Screen {
+    pub fn collect(mut reader: impl Read + Send + 'static) -> Self {
+        let bytes = Arc::new(Mutex::new(Vec::new()));
+        let theirs = bytes.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            // Ends at EOF, or EIO once a terminal's last other holder exits.
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                theirs.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Screen(bytes)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    pub fn shows(&self, needle: &str) -> bool {
+        self.text().contains(needle)
+    }
+
+    /// Waits until `needle` has been shown; fails the test after `timeout`.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.shows(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "{needle:?} was never shown within {timeout:?}: {:?}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// A network namespace a test made (`ip netns add`), named after `tag` and this process;
 /// deleted on drop.
 pub struct Netns(pub String);

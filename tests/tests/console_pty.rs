@@ -3,12 +3,11 @@
 //! Ctrl-] while the guest runs on, and attaches again; `vmm info` names the PTY, and the
 //! console reports when the VMM exits.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use vmm_tests::{guest, require_kvm, vmm_bin, vmm_cli, RuntimeDir, VmProcess};
+use vmm_tests::{guest, require_kvm, vmm_bin, vmm_cli, RuntimeDir, Screen, VmProcess};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -16,7 +15,7 @@ const T: Duration = Duration::from_secs(60);
 struct Attached {
     child: Child,
     keys: ChildStdin,
-    screen: Arc<Mutex<Vec<u8>>>,
+    screen: Screen,
 }
 
 impl Attached {
@@ -31,18 +30,7 @@ impl Attached {
             .spawn()
             .expect("spawn vmm console");
         let keys = child.stdin.take().unwrap();
-        let mut out = child.stdout.take().unwrap();
-        let screen = Arc::new(Mutex::new(Vec::new()));
-        let theirs = screen.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 1024];
-            while let Ok(n) = out.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                theirs.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
+        let screen = Screen::collect(child.stdout.take().unwrap());
         Attached {
             child,
             keys,
@@ -51,15 +39,7 @@ impl Attached {
     }
 
     fn wait_for(&self, needle: &str) {
-        let deadline = Instant::now() + T;
-        while !String::from_utf8_lossy(&self.screen.lock().unwrap()).contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "{needle:?} never reached the console: {:?}",
-                String::from_utf8_lossy(&self.screen.lock().unwrap())
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.screen.wait_for(needle, T);
     }
 
     fn type_keys(&mut self, keys: &[u8]) {

@@ -16,16 +16,15 @@
 //! `persistent` (see the end of the test). Newer libvirt gates fd passing on v22; this VMM
 //! reports v21, so it is driven the 9.0 way, with tap names.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vmm_tests::{
-    guest, libvirt_prefix, require_kvm, require_root, skip, vmm_bin, Netns, RuntimeDir,
+    guest, libvirt_prefix, require_kvm, require_root, skip, vmm_bin, Netns, RuntimeDir, Screen,
 };
 
 const T: Duration = Duration::from_secs(60);
@@ -71,7 +70,7 @@ fn virsh(prefix: &Path, args: &[&str]) -> String {
 struct Console {
     child: Child,
     master: std::fs::File,
-    screen: Arc<Mutex<Vec<u8>>>,
+    screen: Screen,
 }
 
 impl Console {
@@ -107,18 +106,7 @@ impl Console {
             });
         }
         let child = cmd.spawn().expect("virsh console starts");
-        let screen = Arc::new(Mutex::new(Vec::new()));
-        let (theirs, mut reader) = (screen.clone(), master.try_clone().unwrap());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 1024];
-            // Ends with EIO once virsh (the last holder of the slave) exits.
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                theirs.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
+        let screen = Screen::collect(master.try_clone().unwrap());
         Console {
             child,
             master,
@@ -127,19 +115,11 @@ impl Console {
     }
 
     fn shows(&self, needle: &str) -> bool {
-        String::from_utf8_lossy(&self.screen.lock().unwrap()).contains(needle)
+        self.screen.shows(needle)
     }
 
     fn wait_for(&self, needle: &str) {
-        let deadline = Instant::now() + T;
-        while !self.shows(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "{needle:?} never reached virsh console: {:?}",
-                String::from_utf8_lossy(&self.screen.lock().unwrap())
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.screen.wait_for(needle, T);
     }
 
     fn type_keys(&mut self, keys: &[u8]) {
