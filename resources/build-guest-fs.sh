@@ -8,7 +8,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 cache=${VMM_CACHE_DIR:-/var/cache/vmm}
 "$here/apt-install.sh" busybox-static cpio e2fsprogs gzip gcc libc6-dev >&2
 bb_version=$(dpkg-query -W -f='${Version}' busybox-static)
-key=$( (cat "$0" "$here/guest/init"; find "$here/guest/workloads" "$here/guest/tools" -type f | sort | xargs cat; echo "$bb_version"; gcc --version | head -1) | sha256sum | cut -c1-16)
+key=$( (cat "$0" "$here/guest/init"; find "$here/guest/workloads" "$here/guest/tools" -type f | sort | xargs cat; echo "$bb_version"; gcc --version | sed -n 1p) | sha256sum | cut -c1-16)
 out="$cache/guestfs-$key"
 if [ -f "$out/initramfs.cpio.gz" ] && [ -f "$out/rootfs.ext4" ]; then
   echo "build-guest-fs: cached $out" >&2

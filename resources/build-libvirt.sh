@@ -27,7 +27,8 @@ fi
   libxml2-utils libgnutls28-dev libtirpc-dev libyajl-dev libcurl4-gnutls-dev xsltproc \
   python3-docutils xz-utils >&2
 
-version=$(apt-cache showsrc libvirt | awk '/^Version:/ {print $2; exit}')
+# awk reads to the end (no early exit): under pipefail, apt-cache would die of SIGPIPE.
+version=$(apt-cache showsrc libvirt | awk '/^Version:/ && v == "" {v = $2} END {print v}')
 [ -n "$version" ] || { echo "build-libvirt: no libvirt source package in the apt sources" >&2; exit 1; }
 key=$( (cat "$0"; echo "$version") | sha256sum | cut -c1-16)
 out="$cache/libvirt-${version%%-*}-$key"

@@ -11,11 +11,11 @@ cache=${VMM_CACHE_DIR:-/var/cache/vmm}
 "$here/../apt-install.sh" busybox-static cpio gzip kmod qemu-system-x86 gcc libc6-dev openssl >&2
 
 # The cloud kernel package, by the version the meta-package points at.
-pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ && p == "" {p = $2} END {print p}')
 if [ -z "$pkg" ]; then
   "$here/../apt-install.sh" apt-utils >&2 || true
   apt-get update -q >&2
-  pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+  pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/ && p == "" {p = $2} END {print p}')
 fi
 [ -n "$pkg" ] || { echo "build-l1: cannot find the linux-image-cloud-amd64 package" >&2; exit 1; }
 # Modules the L1 host loads, in dependency order: KVM; tun for the guests' taps; virtio-pci,

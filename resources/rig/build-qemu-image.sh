@@ -19,4 +19,4 @@ cp -L /usr/share/qemu/bios-microvm.bin /usr/share/qemu/qboot.rom "$stage/share/"
 size=$(( $(du -sm "$stage" | cut -f1) + 32 ))
 mkfs.ext4 -q -F -L qemu -d "$stage" "$out.tmp" "${size}M"
 mv "$out.tmp" "$out"
-echo "build-qemu-image: $out ($size MiB, $("$qemu" --version | head -n1))" >&2
+echo "build-qemu-image: $out ($size MiB, $("$qemu" --version | sed -n 1p))" >&2
