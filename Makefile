@@ -78,6 +78,7 @@ rig-test:
 
 lint:
 	cargo clippy --workspace --all-targets -- -D warnings
+	python3 resources/tools/vmm-rooms.py
 
 # Fuzzing (tests/fuzz): FUZZ_SECONDS per target; `make test` runs a short pass on the corpus.
 FUZZ_SECONDS ?= 60

@@ -1,16 +1,19 @@
-//! Events delivered to the thread that owns a running VM.
+//! Events delivered to the thread that owns a VM (or an empty VMM): from its vCPUs, its
+//! devices' lines (the guest's reset), the console, the API server and the process's signals.
+//! Defined below every room that posts them; they carry only what is defined at or below
+//! here (an incoming VM's result travels in its thread's `JoinHandle`, not in an event).
 
-use tokio::sync::oneshot;
+use crate::api::request::{ApiRequest, Responder};
+use crate::api::server::RequestSink;
 
-use crate::api::request::{ApiRequest, ApiResponse};
-use crate::vcpu::VcpuOutcome;
-
-/// Where the answer to an API request goes.
-pub type Responder = oneshot::Sender<ApiResponse>;
-
-/// Sends an answer; a client that went away does not matter.
-pub fn respond(reply: Responder, answer: ApiResponse) {
-    let _ = reply.send(answer);
+/// What ended a vCPU's run loop.
+#[derive(Debug)]
+pub enum VcpuOutcome {
+    /// The guest asked for a reset (i8042, KVM system event) or power-off.
+    Reset,
+    PowerOff,
+    /// The guest or KVM failed; the message says how.
+    Failed(String),
 }
 
 pub enum VmEvent {
@@ -37,8 +40,9 @@ pub enum VmEvent {
     IncomingCommitted,
     /// The committed VM waits for a disk another process still holds.
     IncomingWaitingForDisks(String),
-    /// A waiting destination's receive ended: the VM it received, or why nothing was started.
-    IncomingFinished(Box<Result<crate::migrate::target::Incoming, anyhow::Error>>),
+    /// A waiting destination's receive ended; its thread's result says with what (the VM it
+    /// received, or why nothing was started).
+    IncomingFinished,
 }
 
 /// An [`devices::Interrupt`] that posts a fixed event to the VM's owner.
@@ -58,5 +62,16 @@ impl devices::Interrupt for EventLine {
         self.tx.send((self.make)()).map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the VM owner has gone")
         })
+    }
+}
+
+/// The API server hands its requests and the process's signals to the owner as events.
+impl RequestSink for std::sync::mpsc::Sender<VmEvent> {
+    fn request(&self, request: ApiRequest, reply: Responder) -> bool {
+        self.send(VmEvent::Api(request, reply)).is_ok()
+    }
+
+    fn signal(&self, name: &'static str) -> bool {
+        self.send(VmEvent::Signal(name)).is_ok()
     }
 }

@@ -1,28 +1,28 @@
-//! The VMM: CLI-facing operations, VM construction and lifecycle, vCPU threads, the API
-//! socket and the console.
+//! The VMM, in rooms by plane. Each room's `mod.rs` says what it holds and what it may call;
+//! a room calls only the rooms listed below it here, never one above (docs/design.md, "The
+//! vmm crate"):
+//!
+//! ```text
+//!   cli          the `vmm` and `cloud-hypervisor` command lines          (calls everything)
+//!   lifecycle    one VMM process's states and the owner of a running VM
+//!   migrate      the VMM's side of live migration (source, destination, worker)
+//!   vm           a VM: assembly, vCPUs, memory, dirty log, device loop, saved state
+//!   events       what the owner of a VM is told (by vCPUs, devices, the API, signals)
+//!   api          Cloud Hypervisor's REST API: requests, bodies, server, client
+//!   console      the serial console's host side: terminal, PTY, output buffer, client
+//!   config, paths, unix_socket, event_monitor      the VM's config and host-side plumbing
+//! ```
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod console;
-pub mod console_client;
-pub mod console_output;
-pub mod console_pty;
-pub mod cpu;
-pub mod dirty_log;
-pub mod event_loop;
 pub mod event_monitor;
 pub mod events;
-pub mod host;
-pub mod machine;
-pub mod memory;
+pub mod lifecycle;
 pub mod migrate;
-pub mod owner;
 pub mod paths;
-pub mod run;
 pub mod unix_socket;
-pub mod vcpu;
-pub mod vcpu_state;
 pub mod vm;
-pub mod vm_state;
 
 pub use migration::error_chain;

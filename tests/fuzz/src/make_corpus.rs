@@ -114,7 +114,7 @@ fn main() {
     };
     let config = MigrationConfig {
         vm,
-        cpu: vmm::cpu::GuestCpu {
+        cpu: vmm::vm::cpu::GuestCpu {
             cpuids: vec![vec![kvm_bindings::kvm_cpuid_entry2::default(); 8]; 2],
             tsc_khz: Some(2_000_000),
         },
@@ -143,14 +143,14 @@ fn main() {
         ..Default::default()
     };
     let state = MigrationState {
-        vm: vmm::vm_state::VmState {
+        vm: vmm::vm::vm_state::VmState {
             pit: Default::default(),
             clock: Default::default(),
             pic_master: Default::default(),
             pic_slave: Default::default(),
             ioapic: Default::default(),
         },
-        vcpus: vec![vmm::vcpu_state::VcpuState {
+        vcpus: vec![vmm::vm::vcpu_state::VcpuState {
             cpuid: vec![Default::default(); 4],
             mp_state: Default::default(),
             regs: Default::default(),

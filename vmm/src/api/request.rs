@@ -65,6 +65,14 @@ pub const ENDPOINTS: &[(&str, Method, bool)] = &[
     ("vm.receive-migration", Method::Put, true),
 ];
 
+/// Where the answer to an API request goes.
+pub type Responder = tokio::sync::oneshot::Sender<ApiResponse>;
+
+/// Sends an answer; a client that went away does not matter.
+pub fn respond(reply: Responder, answer: ApiResponse) {
+    let _ = reply.send(answer);
+}
+
 /// An answer: a status code and, unless it is 204, a JSON body.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ApiResponse {

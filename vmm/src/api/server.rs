@@ -1,14 +1,13 @@
 //! The API server: HTTP/1.1 (hyper) over the VM's Unix socket, on a current-thread tokio
 //! runtime of its own thread. Each connection's peer is checked (SO_PEERCRED: this user or
 //! root; anyone else gets 403). `vmm.ping` and `vm.migration-progress` are answered here from
-//! shared state; every other request goes to the thread that owns the VM as a
-//! [`VmEvent::Api`], which answers through a oneshot channel. The same runtime turns
-//! SIGINT/SIGTERM/SIGHUP into events, so the owner stops the VM cleanly.
+//! shared state; every other request goes to the [`RequestSink`] the server was started with
+//! (the thread that owns the VM), which answers through a oneshot channel. The same runtime
+//! hands SIGINT/SIGTERM/SIGHUP to the sink, so the owner stops the VM cleanly.
 
 use std::convert::Infallible;
 use std::os::unix::net::UnixListener as StdUnixListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -22,10 +21,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{oneshot, watch};
 
 use super::fd_stream::{FdStream, ReceivedFds};
-use super::request::{self, ApiRequest, ApiResponse, Method, MAX_BODY};
+use super::request::{self, ApiRequest, ApiResponse, Method, Responder, MAX_BODY};
 use super::types::VmmPing;
-use crate::events::VmEvent;
-use crate::migrate::status::MigrationStatus;
+use crate::api::migration_status::MigrationStatus;
 
 /// How long a client may take to send its request headers, and then its body.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,8 +47,16 @@ pub const FEATURES: &[&str] = &[
     "fd-passing",
 ];
 
+/// Who takes the requests the server does not answer itself, and the process's signals.
+pub trait RequestSink: Send + Sync + 'static {
+    /// An API request and where its answer goes; false once nobody takes requests.
+    fn request(&self, request: ApiRequest, reply: Responder) -> bool;
+    /// SIGINT, SIGTERM or SIGHUP reached the process; false once nobody listens.
+    fn signal(&self, name: &'static str) -> bool;
+}
+
 struct Shared {
-    events: Sender<VmEvent>,
+    sink: Arc<dyn RequestSink>,
     status: Arc<MigrationStatus>,
 }
 
@@ -62,7 +68,7 @@ pub struct ApiServer {
 impl ApiServer {
     pub fn start(
         listener: StdUnixListener,
-        events: Sender<VmEvent>,
+        sink: impl RequestSink,
         status: Arc<MigrationStatus>,
     ) -> std::io::Result<Self> {
         listener.set_nonblocking(true)?;
@@ -81,14 +87,15 @@ impl ApiServer {
                             return;
                         }
                     };
+                    let sink: Arc<dyn RequestSink> = Arc::new(sink);
                     let shared = Arc::new(Shared {
-                        events: events.clone(),
+                        sink: sink.clone(),
                         status,
                     });
                     let open = Arc::new(AtomicUsize::new(0));
                     tokio::select! {
                         _ = accept_loop(listener, shared, open.clone(), shutdown_rx.clone()) => {}
-                        _ = forward_signals(events) => {}
+                        _ = forward_signals(sink) => {}
                         _ = wait_shutdown(shutdown_rx) => {}
                     }
                     // Connections finish the request they are answering, then close.
@@ -123,7 +130,7 @@ async fn wait_shutdown(mut rx: watch::Receiver<bool>) {
     }
 }
 
-async fn forward_signals(events: Sender<VmEvent>) {
+async fn forward_signals(sink: Arc<dyn RequestSink>) {
     let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
@@ -138,7 +145,7 @@ async fn forward_signals(events: Sender<VmEvent>) {
             _ = term.recv() => "SIGTERM",
             _ = hup.recv() => "SIGHUP",
         };
-        if events.send(VmEvent::Signal(name)).is_err() {
+        if !sink.signal(name) {
             return;
         }
     }
@@ -259,7 +266,7 @@ async fn answer(
         ApiRequest::MigrationProgress => ApiResponse::json(&shared.status.snapshot()),
         other => {
             let (tx, rx) = oneshot::channel();
-            if shared.events.send(VmEvent::Api(other, tx)).is_err() {
+            if !shared.sink.request(other, tx) {
                 return ApiResponse::error(503, "the VMM is shutting down");
             }
             rx.await

@@ -182,7 +182,7 @@ pub enum SerialSink {
     Stdout,
     Discard,
     File(PathBuf),
-    Pty(std::sync::Arc<crate::console_pty::PtyConsole>),
+    Pty(std::sync::Arc<crate::console::pty::PtyConsole>),
 }
 
 impl SerialSink {
@@ -332,7 +332,7 @@ fn serial_sink(
         }
     };
     let open_pty = |via_console| {
-        crate::console_pty::PtyConsole::open(via_console)
+        crate::console::pty::PtyConsole::open(via_console)
             .map(SerialSink::Pty)
             .map_err(|e| format!("cannot open a PTY for the console: {e}"))
     };

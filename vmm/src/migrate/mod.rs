@@ -1,10 +1,11 @@
 //! The VMM's side of live migration: the source adapter over a running [`Machine`], the
-//! destination builder, the state that travels, and the worker that runs a migration.
+//! destination builder, the state that travels, and the worker that runs a migration. It may
+//! call `vm`, `events`, `api` (the bodies it is asked with, the progress it reports), `config`
+//! and the `migration` crate (the protocol itself); never `lifecycle` or `cli`.
 
 pub mod security;
 pub mod source;
 pub mod state;
-pub mod status;
 pub mod target;
 pub mod transport;
 pub mod worker;

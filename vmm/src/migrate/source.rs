@@ -9,7 +9,7 @@ use migration::vm::{RamRegion, SourceVm, VmError, VmResult};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::state::{MigrationConfig, MigrationState};
-use crate::machine::Machine;
+use crate::vm::machine::Machine;
 
 pub struct MachineSource {
     pub machine: Arc<Machine>,
@@ -59,7 +59,7 @@ impl SourceVm for MachineSource {
         };
         let cfg = MigrationConfig {
             vm,
-            cpu: crate::cpu::GuestCpu {
+            cpu: crate::vm::cpu::GuestCpu {
                 cpuids: m.cpuids.iter().map(|c| c.as_slice().to_vec()).collect(),
                 tsc_khz: m.tsc_khz,
             },
@@ -98,10 +98,10 @@ impl SourceVm for MachineSource {
 
     fn start_dirty_log(&self) -> VmResult<()> {
         let m = self.m();
-        let manual = crate::dirty_log::enable_manual_protect(&m.kvm, &m.vm_fd);
+        let manual = crate::vm::dirty_log::enable_manual_protect(&m.kvm, &m.vm_fd);
         self.manual_protect
             .store(manual, std::sync::atomic::Ordering::Relaxed);
-        crate::memory::register(&m.vm_fd, &m.memory, KVM_MEM_LOG_DIRTY_PAGES)
+        crate::vm::memory::register(&m.vm_fd, &m.memory, KVM_MEM_LOG_DIRTY_PAGES)
             .map_err(|e| VmError::DirtyLog(e.into()))?;
         // Forget everything recorded so far: round 0 sends all memory anyway (with manual
         // protection KVM's log starts full and round 0 clears it as it goes).
@@ -120,7 +120,7 @@ impl SourceVm for MachineSource {
         }
         let m = self.m();
         let slot_pages = m.memory.iter().nth(region).map_or(0, |r| r.len() / 4096);
-        crate::dirty_log::clear(
+        crate::vm::dirty_log::clear(
             &m.vm_fd,
             region as u32,
             slot_pages,
@@ -132,7 +132,7 @@ impl SourceVm for MachineSource {
 
     fn stop_dirty_log(&self) {
         let m = self.m();
-        if let Err(e) = crate::memory::register(&m.vm_fd, &m.memory, 0) {
+        if let Err(e) = crate::vm::memory::register(&m.vm_fd, &m.memory, 0) {
             log::warn!("cannot turn the dirty log off: {e}");
         }
     }
@@ -218,7 +218,7 @@ impl SourceVm for MachineSource {
 
     fn save_state(&self) -> VmResult<Vec<u8>> {
         let m = self.m();
-        let vm = crate::vm_state::save(&m.vm_fd).map_err(|e| VmError::Save(e.into()))?;
+        let vm = crate::vm::vm_state::save(&m.vm_fd).map_err(|e| VmError::Save(e.into()))?;
         let msr_list = Arc::new(m.msr_list.clone());
         let cpuids: Arc<Vec<Vec<kvm_bindings::kvm_cpuid_entry2>>> =
             Arc::new(m.cpuids.iter().map(|c| c.as_slice().to_vec()).collect());
@@ -227,7 +227,7 @@ impl SourceVm for MachineSource {
             .on_each(move |i, fd| {
                 let cpuid = kvm_bindings::CpuId::from_entries(&cpuids[i as usize])
                     .map_err(|e| format!("{e:?}"))?;
-                crate::vcpu_state::save(fd, &msr_list, &cpuid)
+                crate::vm::vcpu_state::save(fd, &msr_list, &cpuid)
             })
             .map_err(|e| VmError::Save(e.into()))?
             .into_iter()

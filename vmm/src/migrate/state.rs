@@ -6,9 +6,9 @@ use devices::virtio::mmio::TransportSnapshot;
 use serde::{Deserialize, Serialize};
 
 use crate::config::VmConfig;
-use crate::cpu::GuestCpu;
-use crate::vcpu_state::VcpuState;
-use crate::vm_state::VmState;
+use crate::vm::cpu::GuestCpu;
+use crate::vm::vcpu_state::VcpuState;
+use crate::vm::vm_state::VmState;
 
 #[derive(Serialize, Deserialize)]
 pub struct MigrationConfig {

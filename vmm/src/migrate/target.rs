@@ -13,10 +13,10 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::state::{MigrationConfig, MigrationState};
 use crate::config::{self, DiskConfig, NetConfig, VmConfig};
-use crate::event_loop::EventLoop;
 use crate::events::VmEvent;
-use crate::machine::Machine;
-use crate::vcpu::VcpuSet;
+use crate::vm::event_loop::EventLoop;
+use crate::vm::machine::Machine;
+use crate::vm::vcpu::VcpuSet;
 
 /// What a successful incoming migration leaves behind for `vmm run` to keep running.
 pub struct Incoming {
@@ -50,7 +50,7 @@ pub struct IncomingBuilder {
     pub name: Option<String>,
     pub grants: Grants,
     /// Guest memory prepared before the source arrived (see [`Grants::memory`]).
-    pub prepared: Option<crate::memory::GuestMemoryMmap>,
+    pub prepared: Option<crate::vm::memory::GuestMemoryMmap>,
     pub events: Sender<VmEvent>,
     pub result: Option<Incoming>,
 }
@@ -74,10 +74,10 @@ fn check_limits(vm: &VmConfig, cfg: &MigrationConfig) -> Result<(), String> {
     config::validate_vcpus(u64::from(vm.vcpus)).map_err(malformed)?;
     config::validate_memory(vm.memory_bytes).map_err(malformed)?;
     let devices = vm.disks.len() + vm.nets.len();
-    if devices > crate::vm::MAX_VIRTIO_DEVICES {
+    if devices > crate::vm::assembly::MAX_VIRTIO_DEVICES {
         return Err(format!(
             "malformed config: {devices} devices (at most {})",
-            crate::vm::MAX_VIRTIO_DEVICES
+            crate::vm::assembly::MAX_VIRTIO_DEVICES
         ));
     }
     if cfg.disk_sizes.len() != vm.disks.len() {
@@ -127,7 +127,7 @@ pub fn decode_state(bytes: &[u8]) -> VmResult<MigrationState> {
     if s.vcpus.is_empty() || s.vcpus.len() > usize::from(arch::mptable::MAX_VCPUS) {
         return Err(malformed(format!("{} vCPUs", s.vcpus.len())));
     }
-    if s.transports.len() > crate::vm::MAX_VIRTIO_DEVICES {
+    if s.transports.len() > crate::vm::assembly::MAX_VIRTIO_DEVICES {
         return Err(malformed(format!("{} devices", s.transports.len())));
     }
     s.serial.validate().map_err(|e| malformed(e.to_string()))?;
@@ -244,7 +244,7 @@ impl IncomingBuilder {
                 "the VM shows hardware virtualization to its guest; it cannot migrate".into(),
             );
         }
-        let supported = crate::cpu::supported_cpuid(kvm).map_err(|e| crate::error_chain(&e))?;
+        let supported = crate::vm::cpu::supported_cpuid(kvm).map_err(|e| crate::error_chain(&e))?;
         let mut missing: Vec<String> = Vec::new();
         for table in &cfg.cpu.cpuids {
             for m in arch::cpuid::missing_features(table, supported.as_slice()) {
@@ -313,9 +313,9 @@ impl TargetBuilder for IncomingBuilder {
         let local = self.local_config(&cfg.vm);
         let prepared = self.prepared.take();
         let was_prepared = prepared.is_some();
-        let built = crate::vm::build(
+        let built = crate::vm::assembly::build(
             &local,
-            crate::vm::BuildMode::Incoming,
+            crate::vm::assembly::BuildMode::Incoming,
             Some(&cfg.cpu),
             prepared,
             Box::new(std::io::stdout()),
@@ -330,7 +330,7 @@ impl TargetBuilder for IncomingBuilder {
         // Fault the memory in beside the receive path (a prepared one already is), once the
         // threads that map their stacks have started.
         if !was_prepared {
-            crate::memory::prefault_in_background(&memory, || {});
+            crate::vm::memory::prefault_in_background(&memory, || {});
         }
         self.result = Some(Incoming {
             machine: machine.clone(),
@@ -402,13 +402,13 @@ impl MachineTarget {
             .into());
         }
         // VM-wide state (clock, irqchip, PIT) before any vCPU.
-        crate::vm_state::restore(&m.vm_fd, &s.vm)?;
+        crate::vm::vm_state::restore(&m.vm_fd, &s.vm)?;
         let vcpus = Arc::new(s.vcpus);
         for (i, r) in m
             .vcpus
             .on_each({
                 let vcpus = vcpus.clone();
-                move |i, fd| crate::vcpu_state::restore(fd, &vcpus[i as usize])
+                move |i, fd| crate::vm::vcpu_state::restore(fd, &vcpus[i as usize])
             })?
             .into_iter()
             .enumerate()
@@ -433,7 +433,7 @@ mod tests {
     fn config(vm: VmConfig) -> MigrationConfig {
         MigrationConfig {
             disk_sizes: vec![1 << 20; vm.disks.len()],
-            cpu: crate::cpu::GuestCpu {
+            cpu: crate::vm::cpu::GuestCpu {
                 cpuids: vec![vec![kvm_bindings::kvm_cpuid_entry2::default(); 4]; vm.vcpus.into()],
                 tsc_khz: None,
             },
@@ -535,7 +535,7 @@ mod tests {
             (
                 "CPUID",
                 MigrationConfig {
-                    cpu: crate::cpu::GuestCpu {
+                    cpu: crate::vm::cpu::GuestCpu {
                         cpuids: vec![vec![], vec![]],
                         tsc_khz: None,
                     },
@@ -545,7 +545,7 @@ mod tests {
             (
                 "CPUID",
                 MigrationConfig {
-                    cpu: crate::cpu::GuestCpu {
+                    cpu: crate::vm::cpu::GuestCpu {
                         cpuids: vec![vec![Default::default(); 4]],
                         tsc_khz: None,
                     },
@@ -555,7 +555,7 @@ mod tests {
             (
                 "CPUID",
                 MigrationConfig {
-                    cpu: crate::cpu::GuestCpu {
+                    cpu: crate::vm::cpu::GuestCpu {
                         cpuids: vec![
                             vec![
                                 Default::default();

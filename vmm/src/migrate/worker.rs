@@ -15,12 +15,12 @@ use migration::sender::{OnTimeout, SendEvent, SendOptions};
 
 use super::security::{self, SecurityOptions};
 use super::source::MachineSource;
-use super::status::{MigrationPlan, MigrationStatus};
 use super::transport::{Endpoint, EndpointConnector, DEFAULT_IO_TIMEOUT};
+use crate::api::migration_status::{MigrationPlan, MigrationStatus};
 use crate::api::types::{ChTransportationMode, SendMigration};
 use crate::event_monitor::EventMonitor;
 use crate::events::VmEvent;
-use crate::machine::Machine;
+use crate::vm::machine::Machine;
 use migration::protocol::Connector;
 
 /// Checks the request and starts the worker; errors are about the request itself. The VM was

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
 
-use crate::console::RawTerminal;
+use crate::console::terminal::RawTerminal;
 
 /// The byte that detaches: Ctrl-].
 pub const DETACH: u8 = 0x1d;

@@ -23,10 +23,10 @@ use linux_loader::cmdline::Cmdline;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::VmConfig;
-use crate::event_loop::VirtioSubscriber;
 use crate::events::{EventLine, VmEvent};
-use crate::memory::{self, GuestMemoryMmap};
-use crate::vcpu::VcpuContext;
+use crate::vm::event_loop::VirtioSubscriber;
+use crate::vm::memory::{self, GuestMemoryMmap};
+use crate::vm::vcpu::VcpuContext;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -68,7 +68,7 @@ pub enum BuildError {
     #[error("cannot start the console's output thread")]
     Thread(#[source] std::io::Error),
     #[error(transparent)]
-    Cpu(#[from] crate::cpu::CpuError),
+    Cpu(#[from] crate::vm::cpu::CpuError),
     #[error("cannot place a device on the bus")]
     Bus(#[from] devices::BusError),
     #[error(transparent)]
@@ -168,7 +168,7 @@ const REQUIRED_CAPS: &[Cap] = &[
 pub fn build(
     config: &VmConfig,
     mode: BuildMode,
-    guest_cpu: Option<&crate::cpu::GuestCpu>,
+    guest_cpu: Option<&crate::vm::cpu::GuestCpu>,
     prepared: Option<GuestMemoryMmap>,
     console_out: Box<dyn Write + Send>,
     events: Sender<VmEvent>,
@@ -261,8 +261,8 @@ pub fn build(
     vm_fd
         .register_irqfd(&serial_irq, COM1_IRQ)
         .map_err(kvm_err("KVM_IRQFD (COM1)"))?;
-    // The vCPU never waits for the console's reader (see console_output).
-    let console_out = crate::console_output::buffered(console_out).map_err(BuildError::Thread)?;
+    // The vCPU never waits for the console's reader (see console::output).
+    let console_out = crate::console::output::buffered(console_out).map_err(BuildError::Thread)?;
     let serial = Arc::new(Mutex::new(Serial::new(Arc::new(serial_irq), console_out)));
     let i8042 = Arc::new(Mutex::new(I8042::new(Arc::new(EventLine::new(
         events.clone(),
@@ -282,7 +282,7 @@ pub fn build(
         (&pio, &mmio, &events),
     )?;
     let msr_list =
-        crate::vcpu_state::saveable_msrs(&kvm, &vcpus[0].fd).map_err(BuildError::Msrs)?;
+        crate::vm::vcpu_state::saveable_msrs(&kvm, &vcpus[0].fd).map_err(BuildError::Msrs)?;
     let transports = virtio.iter().map(|s| s.transport()).collect();
     Ok(BuiltVm {
         kvm,
@@ -398,7 +398,7 @@ fn create_vcpus(
     kvm: &Kvm,
     vm_fd: &VmFd,
     config: &VmConfig,
-    guest_cpu: Option<&crate::cpu::GuestCpu>,
+    guest_cpu: Option<&crate::vm::cpu::GuestCpu>,
     entry: Option<vm_memory::GuestAddress>,
     (pio, mmio, events): (&Arc<Bus>, &Arc<Bus>, &Sender<VmEvent>),
 ) -> Result<CreatedVcpus, BuildError> {
@@ -406,7 +406,7 @@ fn create_vcpus(
     let mut cpuids = match guest_cpu {
         // The guest's own tables, exactly: never this host's.
         Some(g) => g.tables(count)?,
-        None => crate::cpu::boot_tables(kvm, config)?,
+        None => crate::vm::cpu::boot_tables(kvm, config)?,
     };
     let mut out = Vec::new();
     let mut tsc_khz = None;
@@ -415,8 +415,8 @@ fn create_vcpus(
             .create_vcpu(u64::from(index))
             .map_err(kvm_err("KVM_CREATE_VCPU"))?;
         if let Some(khz) = guest_cpu.and_then(|g| g.tsc_khz) {
-            let invariant = crate::cpu::shows_invariant_tsc(cpuid.as_slice());
-            crate::cpu::set_guest_tsc(kvm, &fd, khz, invariant)?;
+            let invariant = crate::vm::cpu::shows_invariant_tsc(cpuid.as_slice());
+            crate::vm::cpu::set_guest_tsc(kvm, &fd, khz, invariant)?;
         }
         if tsc_khz.is_none() {
             tsc_khz = fd.get_tsc_khz().ok();

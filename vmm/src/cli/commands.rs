@@ -1,4 +1,4 @@
-//! Subcommands and their options.
+//! The `vmm` command line: its subcommands, their options, and what each does.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -7,18 +7,18 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use serde::Serialize;
-use vmm::api::client::ApiClient;
-use vmm::api::types::{
+use crate::api::client::ApiClient;
+use crate::api::types::{
     ApiDisk, ApiNet, ApiVmInfo, ApiVmState, ConsoleConfig, ConsoleMode, MigrationOutcome,
     MigrationProgress, MigrationRole, ReceiveMigration, SendMigration, SerialSink,
 };
-use vmm::config::{self, VmConfig, DEFAULT_CMDLINE};
-use vmm::event_monitor::EventMonitor;
-use vmm::migrate::transport::Endpoint;
-use vmm::paths;
-use vmm::run::{self, ReceiveSpec, Start, VmmOptions};
-use vmm::unix_socket::ApiSocketAddr;
+use crate::config::{self, VmConfig, DEFAULT_CMDLINE};
+use crate::event_monitor::EventMonitor;
+use crate::lifecycle::run::{self, ReceiveSpec, Start, VmmOptions};
+use crate::migrate::transport::Endpoint;
+use crate::paths;
+use crate::unix_socket::ApiSocketAddr;
+use serde::Serialize;
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
 /// A cancel is answered once the guest is back: within the migration's own deadlines.
@@ -398,8 +398,8 @@ fn raw_request(
         client(dir, target)?
     };
     let method = match method.to_ascii_uppercase().as_str() {
-        "GET" => vmm::api::request::Method::Get,
-        "PUT" => vmm::api::request::Method::Put,
+        "GET" => crate::api::request::Method::Get,
+        "PUT" => crate::api::request::Method::Put,
         other => anyhow::bail!("the API uses GET and PUT, not {other}"),
     };
     let endpoint = endpoint
@@ -477,7 +477,7 @@ fn migrate(dir: &std::path::Path, args: MigrateArgs) -> anyhow::Result<u8> {
     };
     let endpoint = Endpoint::parse(&args.to).map_err(anyhow::Error::msg)?;
     if args.insecure {
-        if let Some(w) = vmm::migrate::security::insecure_warning(&endpoint) {
+        if let Some(w) = crate::migrate::security::insecure_warning(&endpoint) {
             eprintln!("vmm: {w}");
         }
     }
@@ -492,7 +492,7 @@ fn migrate(dir: &std::path::Path, args: MigrateArgs) -> anyhow::Result<u8> {
         let p: MigrationProgress = api
             .get("vm.migration-progress", CLIENT_TIMEOUT)
             .map_err(|e| match e {
-                vmm::api::client::ClientError::NotRunning { .. } => anyhow::anyhow!(
+                crate::api::client::ClientError::NotRunning { .. } => anyhow::anyhow!(
                     "the VMM of '{}' exited before reporting the migration's outcome",
                     args.name
                 ),
@@ -687,7 +687,7 @@ fn run_vm(
             payload: args
                 .kernel
                 .as_ref()
-                .map(|k| vmm::api::types::PayloadConfig {
+                .map(|k| crate::api::types::PayloadConfig {
                     kernel: Some(k.clone()),
                     initramfs: args.initrd.clone(),
                     cmdline: Some(args.cmdline.clone()),
@@ -807,11 +807,11 @@ fn console(dir: &std::path::Path, name: &str) -> anyhow::Result<u8> {
         "vmm: attached to {name}'s console ({}); Ctrl-] detaches",
         path.display()
     );
-    let ended = vmm::console_client::attach(&path)
+    let ended = crate::console::client::attach(&path)
         .with_context(|| format!("cannot open the console {}", path.display()))?;
     match ended {
-        vmm::console_client::Detached::ByUser => eprintln!("\r\nvmm: detached from {name}"),
-        vmm::console_client::Detached::ConsoleClosed => {
+        crate::console::client::Detached::ByUser => eprintln!("\r\nvmm: detached from {name}"),
+        crate::console::client::Detached::ConsoleClosed => {
             eprintln!("\r\nvmm: {name}'s console closed (its VMM exited)")
         }
     }

@@ -8,8 +8,8 @@ use devices::virtio::mmio::MmioTransport;
 use kvm_ioctls::{Kvm, VmFd};
 
 use crate::config::VmConfig;
-use crate::memory::GuestMemoryMmap;
-use crate::vcpu::VcpuSet;
+use crate::vm::memory::GuestMemoryMmap;
+use crate::vm::vcpu::VcpuSet;
 
 pub struct Machine {
     pub config: VmConfig,
@@ -19,7 +19,7 @@ pub struct Machine {
     pub serial: Arc<Mutex<Serial>>,
     pub transports: Vec<Arc<Mutex<MmioTransport>>>,
     pub vcpus: VcpuSet,
-    /// What the guest's vCPUs see (and what a migration sends): see `crate::cpu`.
+    /// What the guest's vCPUs see (and what a migration sends): see `crate::vm::cpu`.
     pub cpuids: Vec<kvm_bindings::CpuId>,
     pub tsc_khz: Option<u32>,
     pub msr_list: Vec<u32>,
@@ -39,7 +39,7 @@ impl Machine {
     }
 
     /// Puts a built VM and its started vCPUs together.
-    pub fn new(config: VmConfig, built: crate::vm::BuiltParts, vcpus: VcpuSet) -> Self {
+    pub fn new(config: VmConfig, built: crate::vm::assembly::BuiltParts, vcpus: VcpuSet) -> Self {
         Machine {
             config,
             kvm: built.kvm,
@@ -62,7 +62,7 @@ impl Machine {
     }
 
     /// Stops the vCPUs, then the devices (docs/design.md section 4).
-    pub fn pause_all(&self) -> Result<(), crate::vcpu::VcpuError> {
+    pub fn pause_all(&self) -> Result<(), crate::vm::vcpu::VcpuError> {
         self.vcpus.pause()?;
         self.each_transport(|t| t.freeze());
         Ok(())

@@ -1,6 +1,6 @@
 //! The serial console on a pseudo-terminal (`serial.mode Pty`, as Cloud Hypervisor offers it,
 //! and as libvirt's ch driver asks for it): the VMM opens a PTY pair and keeps both ends. The
-//! guest's output goes to the master through console_output's bounded buffer, so a PTY nobody
+//! guest's output goes to the master through console::output's bounded buffer, so a PTY nobody
 //! reads never blocks a vCPU; what a client types on the slave (`vmm console NAME`,
 //! `virsh console`, `screen PATH`) reaches the UART. Holding the slave open keeps the master
 //! from reading EIO while nobody is attached. One PTY lives as long as the VM's config: a
@@ -157,7 +157,7 @@ fn forward_input(pty: Weak<PtyConsole>) {
         let target = pty.target.lock().unwrap_or_else(|e| e.into_inner()).clone();
         // Between boots, typed input is dropped, as on a machine that is off.
         if let Some(serial) = target {
-            crate::console::feed_uart(&serial, &buf[..n]);
+            crate::console::terminal::feed_uart(&serial, &buf[..n]);
         }
     }
 }

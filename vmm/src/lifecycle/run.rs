@@ -8,7 +8,7 @@
 //!
 //! `vmm run` starts it at Created and boots at once, `vmm run --incoming` starts it waiting;
 //! both exit when their VM ends. `vmm --api-socket PATH` starts it empty and stays until
-//! `vmm.shutdown` (or a signal), as Cloud Hypervisor does. While a VM runs, [`crate::owner`]
+//! `vmm.shutdown` (or a signal), as Cloud Hypervisor does. While a VM runs, [`crate::lifecycle::owner`]
 //! owns it. Concurrency: this thread drains the event channel in every state; the API server,
 //! the receive and the migration run on their own threads and post events.
 
@@ -19,24 +19,25 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use crate::api::migration_status::MigrationStatus;
+use crate::api::request::{respond, Responder};
 use crate::api::request::{ApiRequest, ApiResponse};
 use crate::api::server::ApiServer;
 use crate::api::types::{
     ApiVmConfig, ApiVmInfo, ApiVmState, MigrationInfo, MigrationRole, ReceiveMigration, SerialSink,
 };
 use crate::config::{self, VmConfig};
-use crate::event_loop::EventLoop;
 use crate::event_monitor::EventMonitor;
-use crate::events::{respond, Responder, VmEvent};
-use crate::host::{self, HostKvm};
-use crate::machine::Machine;
-use crate::migrate::status::MigrationStatus;
-use crate::migrate::target::Grants;
+use crate::events::VmEvent;
+use crate::lifecycle::owner::{OwnerContext, RunEnd};
+use crate::migrate::target::{Grants, Incoming};
 use crate::migrate::transport::Endpoint;
-use crate::owner::OwnerContext;
 use crate::paths::{socket_path, NameLock};
 use crate::unix_socket::ApiSocketAddr;
-use crate::vcpu::VcpuSet;
+use crate::vm::event_loop::EventLoop;
+use crate::vm::host::{self, HostKvm};
+use crate::vm::machine::Machine;
+use crate::vm::vcpu::VcpuSet;
 
 /// How long an exiting VMM keeps answering while the outcome of its last migration has not
 /// been read, so the client that started the migration (`vmm migrate` polls every 200 ms) can
@@ -133,52 +134,6 @@ impl ReceiveSpec {
                 payload,
             },
         })
-    }
-}
-
-/// How the VM ended.
-#[derive(Debug)]
-pub enum RunEnd {
-    Rebooted,
-    PoweredOff,
-    /// `vmm stop` or `vmm.shutdown`: the VMM exits.
-    StopRequested,
-    /// `vm.shutdown`: the VM stops, the VMM stays (unless it was started by `vmm run`).
-    ShutdownRequested,
-    /// `vm.reboot`.
-    RebootRequested,
-    /// `vm.delete`.
-    DeleteRequested,
-    Signal(&'static str),
-    ConsoleQuit,
-    MigratedAway(String),
-    Failed(String),
-}
-
-impl RunEnd {
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            RunEnd::Failed(_) => 1,
-            _ => 0,
-        }
-    }
-
-    pub fn describe(&self, name: &str) -> String {
-        match self {
-            RunEnd::Rebooted => format!("guest '{name}' rebooted; the VM has stopped"),
-            RunEnd::PoweredOff => format!("guest '{name}' powered off"),
-            RunEnd::StopRequested | RunEnd::ShutdownRequested => {
-                format!("VM '{name}' stopped on request")
-            }
-            RunEnd::RebootRequested => format!("VM '{name}' rebooted on request"),
-            RunEnd::DeleteRequested => format!("VM '{name}' deleted on request"),
-            RunEnd::Signal(s) => format!("{s} received; VM '{name}' stopped"),
-            RunEnd::ConsoleQuit => format!("console escape (Ctrl-A x); VM '{name}' stopped"),
-            RunEnd::MigratedAway(to) => {
-                format!("VM '{name}' migrated to {to}; it runs there now and this copy has stopped")
-            }
-            RunEnd::Failed(m) => format!("VM '{name}' failed: {m}"),
-        }
     }
 }
 
@@ -428,9 +383,9 @@ impl Vmm {
             let console = serial
                 .open()
                 .with_context(|| format!("cannot open the serial output {serial:?}"))?;
-            let built = crate::vm::build(
+            let built = crate::vm::assembly::build(
                 &config,
-                crate::vm::BuildMode::Boot,
+                crate::vm::assembly::BuildMode::Boot,
                 None,
                 None,
                 console,
@@ -480,7 +435,7 @@ impl Vmm {
             serial,
         };
         let bootable = machine.config.has_kernel();
-        let end = crate::owner::own(machine, event_loop, ctx, &self.rx);
+        let end = crate::lifecycle::owner::own(machine, event_loop, ctx, &self.rx);
         let monitor = &self.opts.monitor;
         if !bootable && matches!(end, RunEnd::Rebooted) && !self.exit_with_vm {
             // A received VM boots only what this host's operator granted (nothing was).
@@ -534,12 +489,16 @@ impl Vmm {
                 let tx = self.tx.clone();
                 move || {
                     let result = receive(spec, expected_name, token, tx.clone());
-                    let _ = tx.send(VmEvent::IncomingFinished(Box::new(result)));
+                    let _ = tx.send(VmEvent::IncomingFinished);
+                    result
                 }
             })
             .context("cannot start the incoming-migration thread")?;
-        let waited = self.wait_for_incoming(&address, &canceller, reply);
-        let _ = receiver.join();
+        let mut receiver = Some(receiver);
+        let waited = self.wait_for_incoming(&address, &canceller, reply, &mut receiver);
+        if let Some(receiver) = receiver {
+            let _ = receiver.join();
+        }
         let monitor = self.opts.monitor.clone();
         match waited {
             Waited::Received(incoming, stop) => {
@@ -591,6 +550,7 @@ impl Vmm {
         address: &str,
         canceller: &migration::cancel::Canceller,
         mut reply: Option<Responder>,
+        receiver: &mut Option<std::thread::JoinHandle<anyhow::Result<Incoming>>>,
     ) -> Waited {
         let mut ending: Option<RunEnd> = None;
         // A stop that came after the commit: carried out once the guest runs here.
@@ -631,8 +591,13 @@ impl Vmm {
                     eprintln!("vmm: the committed VM waits for its disks: {why}");
                     detail = Some(why);
                 }
-                VmEvent::IncomingFinished(result) => {
-                    return match (*result, ending) {
+                VmEvent::IncomingFinished => {
+                    // The receiving thread's result: it posts this event as its last act.
+                    let result = match receiver.take().map(|r| r.join()) {
+                        Some(Ok(result)) => result,
+                        _ => Err(anyhow::anyhow!("the incoming-migration thread failed")),
+                    };
+                    return match (result, ending) {
                         (_, Some(end)) => Waited::Ended(end),
                         (Ok(incoming), None) => Waited::Received(incoming, stop_when_running),
                         (Err(e), None) => {
@@ -719,7 +684,7 @@ enum LateStop {
 
 enum Waited {
     /// The VM runs here; with a stop to carry out at once, if one came after the commit.
-    Received(crate::migrate::target::Incoming, Option<LateStop>),
+    Received(Incoming, Option<LateStop>),
     Ended(RunEnd),
     Failed(anyhow::Error),
 }
@@ -731,7 +696,7 @@ fn receive(
     name: Option<String>,
     mut token: migration::cancel::CancelToken,
     events: Sender<VmEvent>,
-) -> anyhow::Result<crate::migrate::target::Incoming> {
+) -> anyhow::Result<Incoming> {
     let shown_name = name
         .as_ref()
         .map_or_else(|| "a VM".to_string(), |n| format!("VM '{n}'"));
@@ -739,9 +704,9 @@ fn receive(
     // is connected: the migration then writes into memory that is already there.
     let prepared = match spec.grants.memory {
         Some(size) => {
-            let mem = crate::memory::create(&arch::MemoryLayout::new(size))
+            let mem = crate::vm::memory::create(&arch::MemoryLayout::new(size))
                 .context("cannot map the guest memory")?;
-            crate::memory::prefault_in_background(&mem, move || {
+            crate::vm::memory::prefault_in_background(&mem, move || {
                 eprintln!("vmm: guest memory of {} MiB prepared", size >> 20)
             });
             Some(mem)

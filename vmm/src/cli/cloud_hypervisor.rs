@@ -3,16 +3,16 @@
 //! scripts around ch-remote): `--api-socket path=P|fd=N|P` starts an empty VMM they then drive
 //! through the API; `--event-monitor`, `-v`, `--log-file` and `--seccomp` are understood;
 //! `--version` prints `cloud-hypervisor vX.Y.Z`, the API level served
-//! (vmm::api::CLOUD_HYPERVISOR_API_LEVEL). Booting a VM from command-line options
+//! (crate::api::CLOUD_HYPERVISOR_API_LEVEL). Booting a VM from command-line options
 //! (`--kernel`, `--cpus`, ...) is not offered under this name: `vmm run` does that.
 
 use anyhow::Context;
 use clap::Parser;
 
-use vmm::paths;
-use vmm::unix_socket::ApiSocketAddr;
+use crate::paths;
+use crate::unix_socket::ApiSocketAddr;
 
-use crate::cli::{empty_vmm, event_monitor, Logging};
+use super::commands::{empty_vmm, event_monitor, Logging};
 
 /// A KVM VMM for x86-64 microVMs that serves Cloud Hypervisor's REST API. Under this name it
 /// starts empty on its API socket and waits for vm.create / vm.boot or vm.receive-migration.
@@ -45,7 +45,7 @@ pub fn main() -> anyhow::Result<u8> {
     if cli.version {
         println!(
             "cloud-hypervisor v{}\nvmm {}: this VMM, serving Cloud Hypervisor's API at that level",
-            vmm::api::CLOUD_HYPERVISOR_API_LEVEL,
+            crate::api::CLOUD_HYPERVISOR_API_LEVEL,
             env!("CARGO_PKG_VERSION")
         );
         return Ok(0);

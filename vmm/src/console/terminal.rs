@@ -3,13 +3,10 @@
 //! signal, panic). Ctrl-A x ends the VM, Ctrl-A Ctrl-A sends a literal Ctrl-A.
 
 use std::io::Read;
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use devices::legacy::Serial;
-
-use crate::events::VmEvent;
 
 const ESCAPE: u8 = 0x01; // Ctrl-A
 
@@ -88,7 +85,12 @@ pub(crate) fn feed_uart(serial: &Mutex<Serial>, bytes: &[u8]) {
 
 /// Copies stdin into the UART until stdin ends. The thread is detached: a blocking read on
 /// stdin cannot be interrupted portably, and the process exits with the VM.
-pub fn spawn_stdin_forwarder(serial: Arc<Mutex<Serial>>, events: Sender<VmEvent>) {
+///
+/// Ctrl-A x triggers `on_quit` (the owner's console-quit line) and ends the thread.
+pub fn spawn_stdin_forwarder(
+    serial: Arc<Mutex<Serial>>,
+    on_quit: impl devices::Interrupt + 'static,
+) {
     let spawned = std::thread::Builder::new()
         .name("console-in".into())
         .spawn(move || {
@@ -106,7 +108,7 @@ pub fn spawn_stdin_forwarder(serial: Arc<Mutex<Serial>>, events: Sender<VmEvent>
                         escape_pending = false;
                         match b {
                             b'x' | b'X' => {
-                                let _ = events.send(VmEvent::ConsoleQuit);
+                                let _ = on_quit.trigger();
                                 return;
                             }
                             ESCAPE => out.push(ESCAPE),

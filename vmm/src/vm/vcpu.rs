@@ -18,7 +18,7 @@ use kvm_bindings::kvm_run;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::events::VmEvent;
+use crate::events::{VcpuOutcome, VmEvent};
 
 /// KVM_SYSTEM_EVENT_* types.
 const SYSTEM_EVENT_SHUTDOWN: u32 = 1;
@@ -102,16 +102,6 @@ impl VcpuControl {
     fn lock(&self) -> std::sync::MutexGuard<'_, Gate> {
         self.gate.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-/// What ended a vCPU's run loop.
-#[derive(Debug)]
-pub enum VcpuOutcome {
-    /// The guest asked for a reset (i8042, KVM system event) or power-off.
-    Reset,
-    PowerOff,
-    /// The guest or KVM failed; the message says how.
-    Failed(String),
 }
 
 /// Everything one vCPU thread needs.

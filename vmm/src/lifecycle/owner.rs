@@ -15,19 +15,64 @@ use std::time::Instant;
 
 use migration::cancel::Canceller;
 
+use crate::api::migration_status::MigrationStatus;
+use crate::api::request::{respond, Responder};
 use crate::api::request::{ApiRequest, ApiResponse};
 use crate::api::types::{
     ApiVmConfig, ApiVmInfo, ApiVmState, MigrationInfo, MigrationOutcome, MigrationRole, SerialSink,
 };
-use crate::console::{spawn_stdin_forwarder, RawTerminal};
-use crate::event_loop::EventLoop;
+use crate::console::terminal::{spawn_stdin_forwarder, RawTerminal};
 use crate::event_monitor::EventMonitor;
-use crate::events::{respond, Responder, VmEvent};
-use crate::machine::Machine;
-use crate::migrate::status::MigrationStatus;
+use crate::events::{EventLine, VcpuOutcome, VmEvent};
 use crate::migrate::worker::Reporting;
-use crate::run::RunEnd;
-use crate::vcpu::VcpuOutcome;
+use crate::vm::event_loop::EventLoop;
+use crate::vm::machine::Machine;
+
+/// How the VM ended.
+#[derive(Debug)]
+pub enum RunEnd {
+    Rebooted,
+    PoweredOff,
+    /// `vmm stop` or `vmm.shutdown`: the VMM exits.
+    StopRequested,
+    /// `vm.shutdown`: the VM stops, the VMM stays (unless it was started by `vmm run`).
+    ShutdownRequested,
+    /// `vm.reboot`.
+    RebootRequested,
+    /// `vm.delete`.
+    DeleteRequested,
+    Signal(&'static str),
+    ConsoleQuit,
+    MigratedAway(String),
+    Failed(String),
+}
+
+impl RunEnd {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunEnd::Failed(_) => 1,
+            _ => 0,
+        }
+    }
+
+    pub fn describe(&self, name: &str) -> String {
+        match self {
+            RunEnd::Rebooted => format!("guest '{name}' rebooted; the VM has stopped"),
+            RunEnd::PoweredOff => format!("guest '{name}' powered off"),
+            RunEnd::StopRequested | RunEnd::ShutdownRequested => {
+                format!("VM '{name}' stopped on request")
+            }
+            RunEnd::RebootRequested => format!("VM '{name}' rebooted on request"),
+            RunEnd::DeleteRequested => format!("VM '{name}' deleted on request"),
+            RunEnd::Signal(s) => format!("{s} received; VM '{name}' stopped"),
+            RunEnd::ConsoleQuit => format!("console escape (Ctrl-A x); VM '{name}' stopped"),
+            RunEnd::MigratedAway(to) => {
+                format!("VM '{name}' migrated to {to}; it runs there now and this copy has stopped")
+            }
+            RunEnd::Failed(m) => format!("VM '{name}' failed: {m}"),
+        }
+    }
+}
 
 /// What ends the VM once a migration that is being cancelled has given the guest back.
 enum AfterCancel {
@@ -83,7 +128,10 @@ pub(crate) fn own(
 ) -> RunEnd {
     let raw_terminal = (ctx.serial == SerialSink::Stdout).then(RawTerminal::enable);
     match &ctx.serial {
-        SerialSink::Stdout => spawn_stdin_forwarder(machine.serial.clone(), ctx.events.clone()),
+        SerialSink::Stdout => spawn_stdin_forwarder(
+            machine.serial.clone(),
+            EventLine::new(ctx.events.clone(), || VmEvent::ConsoleQuit),
+        ),
         SerialSink::Pty(pty) => pty.attach(machine.serial.clone()),
         SerialSink::Discard | SerialSink::File(_) => {}
     }
@@ -146,7 +194,7 @@ impl Owner {
             VmEvent::Signal(name) => self.guest_ended(RunEnd::Signal(name)),
             VmEvent::ConsoleQuit => self.guest_ended(RunEnd::ConsoleQuit),
             // Events of a receive that is over are not for a running VM.
-            VmEvent::IncomingFinished(_)
+            VmEvent::IncomingFinished
             | VmEvent::IncomingListening(_)
             | VmEvent::IncomingStarted(_)
             | VmEvent::IncomingCommitted

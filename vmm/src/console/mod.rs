@@ -1,0 +1,9 @@
+//! The serial console's host side: the terminal (stdin into the UART, raw mode, Ctrl-A x), the
+//! bounded output buffer and its writer thread, the PTY console, and `vmm console`'s client.
+//! It may call only `config`-level plumbing and the `devices` crate: what it reports upward
+//! (the user quit) goes through a [`devices::Interrupt`] its caller hands it.
+
+pub mod client;
+pub mod output;
+pub mod pty;
+pub mod terminal;

@@ -1,0 +1,7 @@
+//! One VMM process's life: `run` takes it through its states (empty, created, waiting for an
+//! incoming VM, running one, shut down) and answers the API in each; `owner` is the thread that
+//! owns a running VM and decides when it ends. It calls every room below it (migrate, vm, api,
+//! events, console); only `cli` calls it.
+
+pub mod owner;
+pub mod run;

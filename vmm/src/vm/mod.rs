@@ -1,0 +1,16 @@
+//! A VM on this host: its assembly from a config (`assembly`, the one linear place where a VM
+//! is put together), the shareable running machine, vCPU threads, guest memory and KVM's
+//! dirty log, the device event loop, the guest-visible CPU, and the saved vCPU and VM-wide
+//! KVM state. It may call `events` (a vCPU's exit, the guest's reset line), `console`,
+//! `config` and the `arch` and `devices` crates; nothing of the API, migration or lifecycle.
+
+pub mod assembly;
+pub mod cpu;
+pub mod dirty_log;
+pub mod event_loop;
+pub mod host;
+pub mod machine;
+pub mod memory;
+pub mod vcpu;
+pub mod vcpu_state;
+pub mod vm_state;
