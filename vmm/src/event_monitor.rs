@@ -10,7 +10,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 #[derive(Clone)]
-pub struct EventMonitor {
+pub(crate) struct EventMonitor {
     out: Option<Arc<Mutex<Box<dyn Write + Send>>>>,
     start: Instant,
 }
@@ -30,7 +30,7 @@ struct Event<'a> {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum EventMonitorError {
+pub(crate) enum EventMonitorError {
     #[error("--event-monitor takes path=FILE or fd=N, not '{0}'")]
     Syntax(String),
     #[error("--event-monitor: cannot open {path}")]
@@ -45,7 +45,7 @@ pub enum EventMonitorError {
 
 impl EventMonitor {
     /// A monitor that writes nothing.
-    pub fn none() -> Self {
+    pub(crate) fn none() -> Self {
         EventMonitor {
             out: None,
             start: Instant::now(),
@@ -54,7 +54,7 @@ impl EventMonitor {
 
     /// Parses `path=FILE` (created or appended to) or `fd=N` (an open descriptor this process
     /// inherited, which it then owns).
-    pub fn open(arg: &str) -> Result<Self, EventMonitorError> {
+    pub(crate) fn open(arg: &str) -> Result<Self, EventMonitorError> {
         let out: Box<dyn Write + Send> = match arg.split_once('=') {
             Some(("path", path)) if !path.is_empty() => Box::new(
                 std::fs::OpenOptions::new()
@@ -90,7 +90,7 @@ impl EventMonitor {
     }
 
     /// Writes one event; a write error is logged, never fatal.
-    pub fn emit(&self, source: &str, event: &str, properties: Option<serde_json::Value>) {
+    pub(crate) fn emit(&self, source: &str, event: &str, properties: Option<serde_json::Value>) {
         let Some(out) = &self.out else {
             return;
         };

@@ -8,7 +8,7 @@ use crate::api::server::RequestSink;
 
 /// What ended a vCPU's run loop.
 #[derive(Debug)]
-pub enum VcpuOutcome {
+pub(crate) enum VcpuOutcome {
     /// The guest asked for a reset (i8042, KVM system event) or power-off.
     Reset,
     PowerOff,
@@ -16,7 +16,7 @@ pub enum VcpuOutcome {
     Failed(String),
 }
 
-pub enum VmEvent {
+pub(crate) enum VmEvent {
     /// An API request and where to send its answer.
     Api(ApiRequest, Responder),
     /// The destination did not confirm the commit in time: the outcome is unknown.
@@ -27,7 +27,7 @@ pub enum VmEvent {
     /// The guest wrote the reset command to the i8042 controller.
     GuestReset,
     /// A vCPU thread ended on its own.
-    VcpuExited { index: u8, outcome: VcpuOutcome },
+    VcpuExited { outcome: VcpuOutcome },
     /// SIGINT, SIGTERM or SIGHUP reached the process.
     Signal(&'static str),
     /// The console user typed the escape sequence (Ctrl-A x).
@@ -46,13 +46,13 @@ pub enum VmEvent {
 }
 
 /// An [`devices::Interrupt`] that posts a fixed event to the VM's owner.
-pub struct EventLine {
+pub(crate) struct EventLine {
     tx: std::sync::mpsc::Sender<VmEvent>,
     make: fn() -> VmEvent,
 }
 
 impl EventLine {
-    pub fn new(tx: std::sync::mpsc::Sender<VmEvent>, make: fn() -> VmEvent) -> Self {
+    pub(crate) fn new(tx: std::sync::mpsc::Sender<VmEvent>, make: fn() -> VmEvent) -> Self {
         EventLine { tx, make }
     }
 }

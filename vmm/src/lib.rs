@@ -17,12 +17,12 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod console;
-pub mod event_monitor;
-pub mod events;
-pub mod lifecycle;
+pub(crate) mod event_monitor;
+pub(crate) mod events;
+pub(crate) mod lifecycle;
 pub mod migrate;
-pub mod paths;
-pub mod unix_socket;
+pub(crate) mod paths;
+pub(crate) mod unix_socket;
 pub mod vm;
 
-pub use migration::error_chain;
+pub(crate) use migration::error_chain;

@@ -8,7 +8,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
-pub enum PathsError {
+pub(crate) enum PathsError {
     #[error("cannot create the runtime directory {0}")]
     CreateDir(PathBuf, #[source] std::io::Error),
     #[error("cannot open {0}")]
@@ -24,7 +24,7 @@ pub enum PathsError {
 }
 
 /// `$VMM_RUNTIME_DIR`, else `$XDG_RUNTIME_DIR/vmm`, else `/run/vmm`.
-pub fn runtime_dir() -> PathBuf {
+pub(crate) fn runtime_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("VMM_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(d);
     }
@@ -34,7 +34,7 @@ pub fn runtime_dir() -> PathBuf {
     PathBuf::from("/run/vmm")
 }
 
-pub fn socket_path(dir: &Path, name: &str) -> PathBuf {
+pub(crate) fn socket_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.sock"))
 }
 
@@ -43,14 +43,14 @@ fn lock_path(dir: &Path, name: &str) -> PathBuf {
 }
 
 /// Held for the life of a VM: an exclusive flock on `<dir>/<name>.lock` holding our pid.
-pub struct NameLock {
+pub(crate) struct NameLock {
     _file: File,
     path: PathBuf,
 }
 
 /// Creates the runtime directory (mode 0700) if needed, and refuses one that another user could
 /// tamper with: not a directory, owned by another user (root excepted), or writable by others.
-pub fn ensure_runtime_dir(dir: &Path) -> Result<(), PathsError> {
+pub(crate) fn ensure_runtime_dir(dir: &Path) -> Result<(), PathsError> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -81,7 +81,7 @@ pub fn ensure_runtime_dir(dir: &Path) -> Result<(), PathsError> {
 }
 
 impl NameLock {
-    pub fn acquire(dir: &Path, name: &str) -> Result<Self, PathsError> {
+    pub(crate) fn acquire(dir: &Path, name: &str) -> Result<Self, PathsError> {
         ensure_runtime_dir(dir)?;
         let path = lock_path(dir, name);
         // O_NOFOLLOW: a symbolic link planted at the lock's name is refused, not written through.
@@ -120,7 +120,7 @@ impl Drop for NameLock {
 }
 
 /// Names of the VMs with a API socket in `dir`, sorted.
-pub fn list_sockets(dir: &Path) -> Vec<String> {
+pub(crate) fn list_sockets(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()

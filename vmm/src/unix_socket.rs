@@ -41,7 +41,7 @@ fn check_replaceable(path: &Path) -> io::Result<()> {
 /// directory beside `path` and renamed into place, so no other user can reach it while its
 /// mode is still the default; only a stale socket of ours at `path` is replaced (see
 /// [`check_replaceable`]).
-pub fn bind_private(path: &Path) -> io::Result<UnixListener> {
+pub(crate) fn bind_private(path: &Path) -> io::Result<UnixListener> {
     check_replaceable(path)?;
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -77,13 +77,13 @@ pub fn bind_private(path: &Path) -> io::Result<UnixListener> {
 /// a socket the caller created, bound and listens on (libvirt's ch driver starts the VMM so),
 /// inherited as descriptor N and never unlinked by us.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ApiSocketAddr {
+pub(crate) enum ApiSocketAddr {
     Path(std::path::PathBuf),
     Fd(std::os::fd::RawFd),
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ApiSocketError {
+pub(crate) enum ApiSocketError {
     #[error("--api-socket takes path=PATH, fd=N or PATH, not '{0}'")]
     Syntax(String),
     #[error("--api-socket fd={0}: {1}")]
@@ -122,7 +122,7 @@ impl std::fmt::Display for ApiSocketAddr {
 /// Takes over the listening socket inherited as `fd`, after checking that it is one: an open
 /// descriptor of a Unix stream socket in the listening state (anything else, a file, a
 /// connected socket, a datagram socket, is refused and left open). It is made close-on-exec.
-pub fn inherited_listener(fd: std::os::fd::RawFd) -> Result<UnixListener, ApiSocketError> {
+pub(crate) fn inherited_listener(fd: std::os::fd::RawFd) -> Result<UnixListener, ApiSocketError> {
     use std::os::fd::FromRawFd;
     // SAFETY: F_GETFD only reads the descriptor's flags; it tells whether `fd` is open.
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
@@ -173,14 +173,14 @@ pub fn inherited_listener(fd: std::os::fd::RawFd) -> Result<UnixListener, ApiSoc
 }
 
 /// Whether a peer with `uid` may use our sockets: the same user, or root.
-pub fn peer_allowed(uid: u32) -> bool {
+pub(crate) fn peer_allowed(uid: u32) -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     uid == me || uid == 0
 }
 
 /// Checks the peer of a connected socket; the error says who it was.
-pub fn check_peer(stream: &tokio::net::UnixStream) -> io::Result<()> {
+pub(crate) fn check_peer(stream: &tokio::net::UnixStream) -> io::Result<()> {
     let cred = stream.peer_cred()?;
     if peer_allowed(cred.uid()) {
         return Ok(());

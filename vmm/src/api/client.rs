@@ -13,7 +13,7 @@ use super::request::{Method, API_PREFIX};
 use super::types::ErrorBody;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub(crate) enum ClientError {
     #[error("no VM named '{name}' is running (no API socket at {path})")]
     NotRunning { name: String, path: PathBuf },
     #[error("cannot talk to the VM at {path}")]
@@ -32,13 +32,13 @@ pub enum ClientError {
 }
 
 /// One API socket and the name of its VM (for messages).
-pub struct ApiClient {
-    pub socket: PathBuf,
-    pub name: String,
+pub(crate) struct ApiClient {
+    pub(crate) socket: PathBuf,
+    pub(crate) name: String,
 }
 
 impl ApiClient {
-    pub fn new(socket: &Path, name: &str) -> Self {
+    pub(crate) fn new(socket: &Path, name: &str) -> Self {
         ApiClient {
             socket: socket.to_path_buf(),
             name: name.to_string(),
@@ -46,7 +46,7 @@ impl ApiClient {
     }
 
     /// Sends `PUT endpoint` with an optional JSON body; a 2xx answer's body (if any) is returned.
-    pub fn put(
+    pub(crate) fn put(
         &self,
         endpoint: &str,
         body: Option<&impl serde::Serialize>,
@@ -60,7 +60,7 @@ impl ApiClient {
     }
 
     /// Sends `GET endpoint` and decodes the JSON answer.
-    pub fn get<T: DeserializeOwned>(
+    pub(crate) fn get<T: DeserializeOwned>(
         &self,
         endpoint: &str,
         timeout: Duration,
@@ -79,7 +79,7 @@ impl ApiClient {
     }
 
     /// Sends any request; a 2xx answer's body (if any) is returned.
-    pub fn call(
+    pub(crate) fn call(
         &self,
         method: Method,
         endpoint: &str,

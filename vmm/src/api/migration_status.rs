@@ -12,16 +12,16 @@ use crate::api::types::{
 
 /// What a migration was asked to do, for the Cloud Hypervisor view of its progress.
 #[derive(Clone, Debug)]
-pub struct MigrationPlan {
-    pub downtime_ms: u64,
-    pub transport: ChTransportationMode,
-    pub memory_bytes: u64,
+pub(crate) struct MigrationPlan {
+    pub(crate) downtime_ms: u64,
+    pub(crate) transport: ChTransportationMode,
+    pub(crate) memory_bytes: u64,
 }
 
 const PAGE: u64 = 4096;
 
 #[derive(Default)]
-pub struct MigrationStatus {
+pub(crate) struct MigrationStatus {
     inner: Mutex<Inner>,
 }
 
@@ -137,7 +137,7 @@ impl MigrationStatus {
     }
 
     /// A migration to `destination` starts: the previous one's outcome is forgotten.
-    pub fn start(&self, destination: &str, plan: MigrationPlan) {
+    pub(crate) fn start(&self, destination: &str, plan: MigrationPlan) {
         let mut s = self.lock();
         s.plan = Some(plan);
         s.begin_ms = unix_ms();
@@ -153,26 +153,26 @@ impl MigrationStatus {
     }
 
     /// A round's figures.
-    pub fn round(&self, p: &migration::progress::Progress) {
+    pub(crate) fn round(&self, p: &migration::progress::Progress) {
         let mut s = self.lock();
         s.progress.phase = Some(MigrationPhase::Memory);
         s.progress.progress = Some(p.clone());
     }
 
     /// Commit is being sent.
-    pub fn committed(&self) {
+    pub(crate) fn committed(&self) {
         self.lock().progress.phase = Some(MigrationPhase::Committed);
     }
 
     /// The destination did not confirm the commit: the outcome is unknown (still waited for).
-    pub fn unconfirmed(&self, why: &str) {
+    pub(crate) fn unconfirmed(&self, why: &str) {
         let mut s = self.lock();
         s.progress.outcome = MigrationOutcome::Unknown;
         s.progress.error = Some(why.to_string());
     }
 
     /// The migration ended.
-    pub fn finish(
+    pub(crate) fn finish(
         &self,
         outcome: MigrationOutcome,
         summary: Option<migration::progress::Summary>,
@@ -188,7 +188,7 @@ impl MigrationStatus {
     }
 
     /// What `vm.migration-progress` answers; reading a finished migration's outcome is noted.
-    pub fn snapshot(&self) -> MigrationProgress {
+    pub(crate) fn snapshot(&self) -> MigrationProgress {
         let mut s = self.lock();
         let mut p = s.progress.clone();
         p.cloud_hypervisor = s.cloud_hypervisor_view();
@@ -203,7 +203,7 @@ impl MigrationStatus {
     }
 
     /// Whether the outcome of the last migration has been read, or there is none to read.
-    pub fn outcome_read(&self) -> bool {
+    pub(crate) fn outcome_read(&self) -> bool {
         let s = self.lock();
         s.outcome_read || s.progress.outcome == MigrationOutcome::None
     }

@@ -15,11 +15,11 @@
 /// socket serial and from v40 restore with new tap descriptors (not served). The level stays
 /// below v22 until a libvirt that passes descriptors is tested against us, so libvirt refuses
 /// what we do not serve up front instead of failing half way.
-pub const CLOUD_HYPERVISOR_API_LEVEL: &str = "21.0.0";
+pub(crate) const CLOUD_HYPERVISOR_API_LEVEL: &str = "21.0.0";
 
-pub mod client;
+pub(crate) mod client;
 pub(crate) mod fd_stream;
-pub mod migration_status;
+pub(crate) mod migration_status;
 pub mod request;
-pub mod server;
+pub(crate) mod server;
 pub mod types;

@@ -7,10 +7,10 @@ use serde::Serialize;
 use super::types::{ApiDisk, ApiNet, ApiVmConfig, ErrorBody, ReceiveMigration, SendMigration};
 
 /// Every path is under this prefix, as in Cloud Hypervisor.
-pub const API_PREFIX: &str = "/api/v1/";
+pub(crate) const API_PREFIX: &str = "/api/v1/";
 
 /// Largest request body accepted.
-pub const MAX_BODY: usize = 64 * 1024;
+pub(crate) const MAX_BODY: usize = 64 * 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ApiRequest {
@@ -46,7 +46,7 @@ pub enum Method {
 }
 
 /// The endpoints: name, method, whether a JSON body is required.
-pub const ENDPOINTS: &[(&str, Method, bool)] = &[
+pub(crate) const ENDPOINTS: &[(&str, Method, bool)] = &[
     ("vmm.ping", Method::Get, false),
     ("vmm.shutdown", Method::Put, false),
     ("vm.create", Method::Put, true),
@@ -69,7 +69,7 @@ pub const ENDPOINTS: &[(&str, Method, bool)] = &[
 pub type Responder = tokio::sync::oneshot::Sender<ApiResponse>;
 
 /// Sends an answer; a client that went away does not matter.
-pub fn respond(reply: Responder, answer: ApiResponse) {
+pub(crate) fn respond(reply: Responder, answer: ApiResponse) {
     let _ = reply.send(answer);
 }
 
@@ -81,14 +81,14 @@ pub struct ApiResponse {
 }
 
 impl ApiResponse {
-    pub fn no_content() -> Self {
+    pub(crate) fn no_content() -> Self {
         ApiResponse {
             status: 204,
             body: None,
         }
     }
 
-    pub fn json(value: &impl Serialize) -> Self {
+    pub(crate) fn json(value: &impl Serialize) -> Self {
         match serde_json::to_value(value) {
             Ok(v) => ApiResponse {
                 status: 200,
@@ -98,7 +98,7 @@ impl ApiResponse {
         }
     }
 
-    pub fn error(status: u16, message: impl Into<String>) -> Self {
+    pub(crate) fn error(status: u16, message: impl Into<String>) -> Self {
         ApiResponse {
             status,
             body: serde_json::to_value(ErrorBody(vec![message.into()])).ok(),
@@ -106,22 +106,18 @@ impl ApiResponse {
     }
 
     /// 400: the request itself is wrong.
-    pub fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::error(400, message)
     }
 
     /// 404: there is no VM to act on.
-    pub fn no_vm() -> Self {
+    pub(crate) fn no_vm() -> Self {
         Self::error(404, "no VM has been created in this VMM")
     }
 
     /// 405: the VM's state forbids this now.
-    pub fn not_now(message: impl Into<String>) -> Self {
+    pub(crate) fn not_now(message: impl Into<String>) -> Self {
         Self::error(405, message)
-    }
-
-    pub fn is_success(&self) -> bool {
-        (200..300).contains(&self.status)
     }
 }
 
@@ -197,7 +193,7 @@ pub fn parse(method: Method, path: &str, body: &[u8]) -> Result<ApiRequest, ApiR
 /// `vm.receive-migration` hand them out in order to the NICs whose `fds` (or `net_fds`
 /// entry) asks for them. A request that leaves any unclaimed, or any other request that
 /// carries some, is refused (400), and every descriptor it carried is closed.
-pub fn give_fds(
+pub(crate) fn give_fds(
     request: &mut ApiRequest,
     fds: Vec<std::os::fd::OwnedFd>,
     overflowed: usize,

@@ -31,7 +31,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const RESPONSE_GRACE: Duration = Duration::from_secs(2);
 
 /// What the features list of `vmm.ping` names.
-pub const FEATURES: &[&str] = &[
+pub(crate) const FEATURES: &[&str] = &[
     "kvm",
     "virtio-mmio",
     "virtio-blk",
@@ -48,7 +48,7 @@ pub const FEATURES: &[&str] = &[
 ];
 
 /// Who takes the requests the server does not answer itself, and the process's signals.
-pub trait RequestSink: Send + Sync + 'static {
+pub(crate) trait RequestSink: Send + Sync + 'static {
     /// An API request and where its answer goes; false once nobody takes requests.
     fn request(&self, request: ApiRequest, reply: Responder) -> bool;
     /// SIGINT, SIGTERM or SIGHUP reached the process; false once nobody listens.
@@ -60,13 +60,13 @@ struct Shared {
     status: Arc<MigrationStatus>,
 }
 
-pub struct ApiServer {
+pub(crate) struct ApiServer {
     shutdown: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl ApiServer {
-    pub fn start(
+    pub(crate) fn start(
         listener: StdUnixListener,
         sink: impl RequestSink,
         status: Arc<MigrationStatus>,

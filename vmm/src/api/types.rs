@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{self, DiskConfig, NetConfig, VmConfig};
 
 /// Memory of a VM created without `memory.size`.
-pub const DEFAULT_MEMORY: u64 = 256 << 20;
+pub(crate) const DEFAULT_MEMORY: u64 = 256 << 20;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CpusConfig {
@@ -187,7 +187,7 @@ pub enum SerialSink {
 
 impl SerialSink {
     /// `vmm run --serial tty|pty|file=PATH|null`.
-    pub fn parse(arg: &str) -> Result<Self, String> {
+    pub(crate) fn parse(arg: &str) -> Result<Self, String> {
         let (mode, file) = match arg {
             "tty" => (ConsoleMode::Tty, None),
             "pty" => (ConsoleMode::Pty, None),
@@ -201,7 +201,7 @@ impl SerialSink {
     }
 
     /// Opens the sink (a file is created or appended to).
-    pub fn open(&self) -> std::io::Result<Box<dyn std::io::Write + Send>> {
+    pub(crate) fn open(&self) -> std::io::Result<Box<dyn std::io::Write + Send>> {
         Ok(match self {
             SerialSink::Stdout => Box::new(std::io::stdout()),
             SerialSink::Discard => Box::new(std::io::sink()),
@@ -261,7 +261,7 @@ impl ApiVmConfig {
     }
 
     /// The API's view of a VM's config.
-    pub fn from_config(vm: &VmConfig, serial: &SerialSink) -> Self {
+    pub(crate) fn from_config(vm: &VmConfig, serial: &SerialSink) -> Self {
         ApiVmConfig {
             cpus: CpusConfig {
                 boot_vcpus: vm.vcpus,
@@ -358,7 +358,7 @@ fn serial_sink(
 
 /// `vm.add-net` before `vm.boot`: the NIC joins the created VM's config (a MAC derived from
 /// its position when none is given); a tap the VM uses already is refused.
-pub fn add_net(vm: &mut VmConfig, net: &ApiNet) -> Result<AddedDevice, String> {
+pub(crate) fn add_net(vm: &mut VmConfig, net: &ApiNet) -> Result<AddedDevice, String> {
     let index = vm.nets.len();
     let (_, mut nics) = devices_from_api(None, Some(std::slice::from_ref(net)), &vm.name)?;
     let mut nic = nics.pop().ok_or("vm.add-net: no NIC")?;
@@ -376,7 +376,7 @@ pub fn add_net(vm: &mut VmConfig, net: &ApiNet) -> Result<AddedDevice, String> {
 
 /// `vm.add-disk` before `vm.boot`: the disk joins the created VM's config; an image the VM
 /// has already is refused.
-pub fn add_disk(vm: &mut VmConfig, disk: &ApiDisk) -> Result<AddedDevice, String> {
+pub(crate) fn add_disk(vm: &mut VmConfig, disk: &ApiDisk) -> Result<AddedDevice, String> {
     let index = vm.disks.len();
     let (mut disks, _) = devices_from_api(Some(std::slice::from_ref(disk)), None, &vm.name)?;
     let d = disks.pop().ok_or("vm.add-disk: no disk")?;
@@ -392,7 +392,7 @@ pub fn add_disk(vm: &mut VmConfig, disk: &ApiDisk) -> Result<AddedDevice, String
 /// Checks the `disks` and `net` of a request (`vm.create`, or the grants of
 /// `vm.receive-migration`) as `vmm run` checks `--disk` and `--net`; a NIC without a MAC gets
 /// one derived from `vm_name` and its position.
-pub fn devices_from_api(
+pub(crate) fn devices_from_api(
     disks: Option<&[ApiDisk]>,
     nets: Option<&[ApiNet]>,
     vm_name: &str,
@@ -677,7 +677,7 @@ pub struct MigrationProgress {
 }
 
 impl MigrationProgress {
-    pub fn none() -> Self {
+    pub(crate) fn none() -> Self {
         MigrationProgress {
             outcome: MigrationOutcome::None,
             phase: None,
@@ -760,11 +760,11 @@ pub struct ChMemoryTransmissionInfo {
 /// the error first and then what caused it (here the message carries its causes, so the
 /// array has one).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorBody(pub Vec<String>);
+pub struct ErrorBody(pub(crate) Vec<String>);
 
 impl ErrorBody {
     /// The messages joined, as one line for a user.
-    pub fn message(&self) -> String {
+    pub(crate) fn message(&self) -> String {
         self.0.join(": ")
     }
 }

@@ -40,7 +40,7 @@ struct ChCli {
 }
 
 /// Parses the command line given under the name `cloud-hypervisor` and runs it.
-pub fn main() -> anyhow::Result<u8> {
+pub(crate) fn main() -> anyhow::Result<u8> {
     let cli = ChCli::parse();
     if cli.version {
         println!(

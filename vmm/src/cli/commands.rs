@@ -38,7 +38,7 @@ const PROGRESS_POLL: Duration = Duration::from_millis(200);
 /// Cloud Hypervisor does; it exits on vmm.shutdown. See docs/api.yaml.
 #[derive(Parser, Debug)]
 #[command(name = "vmm", version, propagate_version = true)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Directory holding the VMs' API sockets.
     #[arg(long, global = true, value_name = "DIR")]
     runtime_dir: Option<PathBuf>,
@@ -56,31 +56,31 @@ pub struct Cli {
     #[arg(long, value_name = "NAME")]
     vm_name: Option<String>,
     #[command(flatten)]
-    pub logging: Logging,
+    pub(crate) logging: Logging,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
 /// Logging and sandbox options, the same under both names (`vmm` and `cloud-hypervisor`).
 #[derive(Args, Debug)]
-pub struct Logging {
+pub(crate) struct Logging {
     /// More log output: -v info, -vv debug, -vvv trace (warnings and errors otherwise;
     /// RUST_LOG, when set and no -v is given, chooses instead).
     #[arg(short = 'v', action = clap::ArgAction::Count, global = true)]
-    pub verbose: u8,
+    pub(crate) verbose: u8,
     /// Write the log to this file (appended) instead of stderr.
     #[arg(long, value_name = "FILE", global = true)]
-    pub log_file: Option<PathBuf>,
+    pub(crate) log_file: Option<PathBuf>,
     /// Cloud Hypervisor's seccomp switch, accepted so its command lines work: true, false or
     /// log. This VMM installs no seccomp filter yet (README, Security): `true` says so on
     /// stderr.
     #[arg(long, value_name = "true|false|log", global = true, value_parser = ["true", "false", "log"])]
-    pub seccomp: Option<String>,
+    pub(crate) seccomp: Option<String>,
 }
 
 impl Logging {
     /// Starts the logger as the options ask.
-    pub fn init(&self) -> anyhow::Result<()> {
+    pub(crate) fn init(&self) -> anyhow::Result<()> {
         let mut builder = if self.verbose == 0 {
             env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         } else {
@@ -319,14 +319,14 @@ struct RunArgs {
 }
 
 /// The event monitor `--event-monitor` asks for, or none.
-pub fn event_monitor(arg: &Option<String>) -> anyhow::Result<EventMonitor> {
+pub(crate) fn event_monitor(arg: &Option<String>) -> anyhow::Result<EventMonitor> {
     Ok(match arg {
         Some(arg) => EventMonitor::open(arg)?,
         None => EventMonitor::none(),
     })
 }
 
-pub fn execute(cli: Cli) -> anyhow::Result<u8> {
+pub(crate) fn execute(cli: Cli) -> anyhow::Result<u8> {
     let dir = cli.runtime_dir.unwrap_or_else(paths::runtime_dir);
     let Some(command) = cli.command else {
         let socket = cli.api_socket.context(
@@ -419,7 +419,7 @@ fn raw_request(
 }
 
 /// `vmm --api-socket PATH`: an empty VMM until the API gives it a VM.
-pub fn empty_vmm(
+pub(crate) fn empty_vmm(
     socket: ApiSocketAddr,
     vm_name: Option<String>,
     runtime_dir: PathBuf,

@@ -10,11 +10,11 @@ use std::path::Path;
 use crate::console::terminal::RawTerminal;
 
 /// The byte that detaches: Ctrl-].
-pub const DETACH: u8 = 0x1d;
+pub(crate) const DETACH: u8 = 0x1d;
 
 /// How an attachment ended.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Detached {
+pub(crate) enum Detached {
     /// Ctrl-] (or the end of stdin).
     ByUser,
     /// The PTY closed: the VMM exited.
@@ -23,7 +23,7 @@ pub enum Detached {
 
 /// Attaches stdin/stdout to the PTY at `path` until Ctrl-], the end of stdin, or the PTY
 /// closing.
-pub fn attach(path: &Path) -> std::io::Result<Detached> {
+pub(crate) fn attach(path: &Path) -> std::io::Result<Detached> {
     use std::os::unix::fs::OpenOptionsExt;
     let pty = std::fs::OpenOptions::new()
         .read(true)

@@ -3,7 +3,7 @@
 //! It may call only `config`-level plumbing and the `devices` crate: what it reports upward
 //! (the user quit) goes through a [`devices::Interrupt`] its caller hands it.
 
-pub mod client;
-pub mod output;
+pub(crate) mod client;
+pub(crate) mod output;
 pub mod pty;
-pub mod terminal;
+pub(crate) mod terminal;

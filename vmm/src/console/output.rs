@@ -55,12 +55,12 @@ impl Shared {
 static OPEN: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
 
 /// The UART's side of the buffer (see the module doc).
-pub struct ConsoleOutput {
+pub(crate) struct ConsoleOutput {
     shared: Arc<Shared>,
 }
 
 /// Wraps `sink`: output goes through a bounded buffer drained by a thread of its own.
-pub fn buffered(sink: Box<dyn Write + Send>) -> std::io::Result<Box<dyn Write + Send>> {
+pub(crate) fn buffered(sink: Box<dyn Write + Send>) -> std::io::Result<Box<dyn Write + Send>> {
     let shared = Arc::new(Shared {
         state: Mutex::new(State::default()),
         changed: Condvar::new(),
@@ -143,7 +143,7 @@ impl Drop for ConsoleOutput {
 
 /// Gives every console buffer up to `timeout` to write out what it holds (at exit: the
 /// guest's last words reach the reader unless it is stalled).
-pub fn drain_all(timeout: Duration) {
+pub(crate) fn drain_all(timeout: Duration) {
     let open: Vec<Arc<Shared>> = OPEN
         .lock()
         .unwrap_or_else(|e| e.into_inner())

@@ -29,7 +29,7 @@ pub struct PtyConsole {
     /// The UART that input goes to: the running VM's, none between boots.
     target: Mutex<Option<Arc<Mutex<Serial>>>>,
     /// Asked for as the (virtio) console rather than the serial port: reported as both.
-    pub via_console: bool,
+    pub(crate) via_console: bool,
 }
 
 impl std::fmt::Debug for PtyConsole {
@@ -53,7 +53,7 @@ fn last_error(what: &str) -> std::io::Error {
 
 impl PtyConsole {
     /// Opens a new PTY pair (slave in raw mode) and starts its input thread.
-    pub fn open(via_console: bool) -> std::io::Result<Arc<Self>> {
+    pub(crate) fn open(via_console: bool) -> std::io::Result<Arc<Self>> {
         // SAFETY: posix_openpt takes flags only and returns a new descriptor or -1.
         let fd = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
         if fd < 0 {
@@ -95,17 +95,17 @@ impl PtyConsole {
     }
 
     /// The slave's path, for clients (`vm.info`'s `config.serial.file`).
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// A handle on the master for the guest's output.
-    pub fn writer(&self) -> std::io::Result<File> {
+    pub(crate) fn writer(&self) -> std::io::Result<File> {
         self.master.try_clone()
     }
 
     /// Input goes to this UART from now on (the VM booted or was received).
-    pub fn attach(&self, serial: Arc<Mutex<Serial>>) {
+    pub(crate) fn attach(&self, serial: Arc<Mutex<Serial>>) {
         *self.target.lock().unwrap_or_else(|e| e.into_inner()) = Some(serial);
     }
 }

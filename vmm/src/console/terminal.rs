@@ -19,10 +19,10 @@ fn stdin_is_tty() -> bool {
 }
 
 /// Puts stdin in raw mode while alive, if it is a terminal.
-pub struct RawTerminal(());
+pub(crate) struct RawTerminal(());
 
 impl RawTerminal {
-    pub fn enable() -> Option<Self> {
+    pub(crate) fn enable() -> Option<Self> {
         if !stdin_is_tty() {
             return None;
         }
@@ -56,7 +56,7 @@ impl Drop for RawTerminal {
 }
 
 /// Puts the terminal back as it was; safe to call more than once.
-pub fn restore_terminal() {
+pub(crate) fn restore_terminal() {
     if let Some(t) = SAVED_TERMIOS
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -87,7 +87,7 @@ pub(crate) fn feed_uart(serial: &Mutex<Serial>, bytes: &[u8]) {
 /// stdin cannot be interrupted portably, and the process exits with the VM.
 ///
 /// Ctrl-A x triggers `on_quit` (the owner's console-quit line) and ends the thread.
-pub fn spawn_stdin_forwarder(
+pub(crate) fn spawn_stdin_forwarder(
     serial: Arc<Mutex<Serial>>,
     on_quit: impl devices::Interrupt + 'static,
 ) {

@@ -30,7 +30,7 @@ use crate::vm::machine::Machine;
 
 /// How the VM ended.
 #[derive(Debug)]
-pub enum RunEnd {
+pub(crate) enum RunEnd {
     Rebooted,
     PoweredOff,
     /// `vmm stop` or `vmm.shutdown`: the VMM exits.
@@ -48,14 +48,14 @@ pub enum RunEnd {
 }
 
 impl RunEnd {
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self {
             RunEnd::Failed(_) => 1,
             _ => 0,
         }
     }
 
-    pub fn describe(&self, name: &str) -> String {
+    pub(crate) fn describe(&self, name: &str) -> String {
         match self {
             RunEnd::Rebooted => format!("guest '{name}' rebooted; the VM has stopped"),
             RunEnd::PoweredOff => format!("guest '{name}' powered off"),
@@ -104,10 +104,10 @@ struct Unknown {
 
 /// What the owner needs besides the VM: where events go and where a migration reports.
 pub(crate) struct OwnerContext {
-    pub events: Sender<VmEvent>,
-    pub status: Arc<MigrationStatus>,
-    pub monitor: EventMonitor,
-    pub serial: SerialSink,
+    pub(crate) events: Sender<VmEvent>,
+    pub(crate) status: Arc<MigrationStatus>,
+    pub(crate) monitor: EventMonitor,
+    pub(crate) serial: SerialSink,
 }
 
 struct Owner {
@@ -186,7 +186,7 @@ impl Owner {
             }
             VmEvent::MigrationFinished(result) => self.migration_finished(result),
             VmEvent::GuestReset => self.guest_ended(RunEnd::Rebooted),
-            VmEvent::VcpuExited { outcome, .. } => self.guest_ended(match outcome {
+            VmEvent::VcpuExited { outcome } => self.guest_ended(match outcome {
                 VcpuOutcome::Reset => RunEnd::Rebooted,
                 VcpuOutcome::PowerOff => RunEnd::PoweredOff,
                 VcpuOutcome::Failed(msg) => RunEnd::Failed(msg),

@@ -44,22 +44,22 @@ use crate::vm::vcpu::VcpuSet;
 /// read it.
 const OUTCOME_LINGER: Duration = Duration::from_secs(5);
 
-pub struct VmmOptions {
+pub(crate) struct VmmOptions {
     /// The VM's name. With `vmm run` it names the API socket and lock in `runtime_dir`; an
     /// empty VMM gives it to a VM created through the API.
-    pub name: String,
-    pub runtime_dir: PathBuf,
+    pub(crate) name: String,
+    pub(crate) runtime_dir: PathBuf,
     /// The API socket, when not `<runtime_dir>/<name>.sock`.
-    pub api_socket: Option<ApiSocketAddr>,
-    pub monitor: EventMonitor,
+    pub(crate) api_socket: Option<ApiSocketAddr>,
+    pub(crate) monitor: EventMonitor,
     /// Start a Linux kernel even on a PVM host, where it is emulated.
-    pub allow_emulated_kernel: bool,
+    pub(crate) allow_emulated_kernel: bool,
     /// The serial port of a VM booted or received by this process (`vm.create` gives its own).
-    pub serial: SerialSink,
+    pub(crate) serial: SerialSink,
 }
 
 /// Where a VMM process starts.
-pub enum Start {
+pub(crate) enum Start {
     /// `vmm --api-socket PATH`: nothing until the API says.
     Empty,
     /// `vmm run`: boot this VM now; the process exits when it ends.
@@ -69,18 +69,18 @@ pub enum Start {
 }
 
 /// How to wait for an incoming VM.
-pub struct ReceiveSpec {
-    pub listen: Endpoint,
-    pub security: migration::channel::DestinationSecurity,
+pub(crate) struct ReceiveSpec {
+    pub(crate) listen: Endpoint,
+    pub(crate) security: migration::channel::DestinationSecurity,
     /// How long a read or write on the migration connection may make no progress.
-    pub io_timeout: Duration,
+    pub(crate) io_timeout: Duration,
     /// The disks and NICs this destination's operator lets the incoming VM have.
-    pub grants: Grants,
+    pub(crate) grants: Grants,
 }
 
 impl ReceiveSpec {
     /// The spec of a `vm.receive-migration` request (its fields are the grants).
-    pub fn from_api(req: &ReceiveMigration, vm_name: &str) -> Result<Self, String> {
+    pub(crate) fn from_api(req: &ReceiveMigration, vm_name: &str) -> Result<Self, String> {
         use crate::migrate::security::{self, SecurityOptions};
         let listen = Endpoint::parse(&req.receiver_url)?;
         let security = security::for_destination(
@@ -219,7 +219,7 @@ struct Vmm {
 }
 
 /// Runs one VMM process until it exits; returns how its (last) VM ended.
-pub fn run(opts: VmmOptions, start: Start) -> anyhow::Result<RunEnd> {
+pub(crate) fn run(opts: VmmOptions, start: Start) -> anyhow::Result<RunEnd> {
     let exit_with_vm = !matches!(start, Start::Empty);
     let _lock = match opts.api_socket {
         None => Some(NameLock::acquire(&opts.runtime_dir, &opts.name)?),

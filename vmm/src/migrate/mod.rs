@@ -3,9 +3,9 @@
 //! call `vm`, `events`, `api` (the bodies it is asked with, the progress it reports), `config`
 //! and the `migration` crate (the protocol itself); never `lifecycle` or `cli`.
 
-pub mod security;
-pub mod source;
+pub(crate) mod security;
+pub(crate) mod source;
 pub mod state;
 pub mod target;
-pub mod transport;
-pub mod worker;
+pub(crate) mod transport;
+pub(crate) mod worker;

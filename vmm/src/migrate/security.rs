@@ -12,16 +12,16 @@ use super::transport::Endpoint;
 
 /// The security options of one end, as given on its command line or API call.
 #[derive(Clone, Debug, Default)]
-pub struct SecurityOptions {
-    pub auth_key_file: Option<PathBuf>,
-    pub tls_dir: Option<PathBuf>,
+pub(crate) struct SecurityOptions {
+    pub(crate) auth_key_file: Option<PathBuf>,
+    pub(crate) tls_dir: Option<PathBuf>,
     /// The name the destination's certificate must carry, when not the host of the endpoint.
-    pub tls_hostname: Option<String>,
-    pub insecure: bool,
+    pub(crate) tls_hostname: Option<String>,
+    pub(crate) insecure: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum SecurityError {
+pub(crate) enum SecurityError {
     #[error("choose one of --auth-key-file, --tls-dir and --insecure")]
     Conflicting,
     #[error("refusing to {what} {endpoint} unauthenticated and unencrypted: pass --auth-key-file FILE or --tls-dir DIR (the same kind on both hosts), or --insecure on both ends if every host that can reach it is trusted")]
@@ -59,7 +59,10 @@ fn chosen(
 }
 
 /// The source's channel to `ep`.
-pub fn for_source(opts: &SecurityOptions, ep: &Endpoint) -> Result<SourceSecurity, SecurityError> {
+pub(crate) fn for_source(
+    opts: &SecurityOptions,
+    ep: &Endpoint,
+) -> Result<SourceSecurity, SecurityError> {
     Ok(match chosen(opts, ep, "send guest memory to")? {
         None => SourceSecurity::Insecure,
         Some(true) => SourceSecurity::Psk(Key::from_file(
@@ -82,7 +85,7 @@ pub fn for_source(opts: &SecurityOptions, ep: &Endpoint) -> Result<SourceSecurit
 }
 
 /// The destination's channel on `ep`.
-pub fn for_destination(
+pub(crate) fn for_destination(
     opts: &SecurityOptions,
     ep: &Endpoint,
 ) -> Result<DestinationSecurity, SecurityError> {
@@ -98,7 +101,7 @@ pub fn for_destination(
 }
 
 /// The warning both ends print when they run with `--insecure` over TCP.
-pub fn insecure_warning(ep: &Endpoint) -> Option<String> {
+pub(crate) fn insecure_warning(ep: &Endpoint) -> Option<String> {
     ep.is_tcp().then(|| {
         format!("warning: --insecure: the migration over {ep} is neither encrypted nor authenticated; anyone on the path can read and alter the guest's memory")
     })

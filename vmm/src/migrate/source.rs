@@ -11,16 +11,16 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use super::state::{MigrationConfig, MigrationState};
 use crate::vm::machine::Machine;
 
-pub struct MachineSource {
-    pub machine: Arc<Machine>,
+pub(crate) struct MachineSource {
+    pub(crate) machine: Arc<Machine>,
     /// The user had paused the VM before the migration: giving up leaves its vCPUs paused.
-    pub user_paused: bool,
+    pub(crate) user_paused: bool,
     /// KVM's dirty log is cleared lazily, by [`SourceVm::clear_dirty`] (manual protection).
-    pub manual_protect: std::sync::atomic::AtomicBool,
+    pub(crate) manual_protect: std::sync::atomic::AtomicBool,
 }
 
 impl MachineSource {
-    pub fn new(machine: Arc<Machine>, user_paused: bool) -> Self {
+    pub(crate) fn new(machine: Arc<Machine>, user_paused: bool) -> Self {
         MachineSource {
             machine,
             user_paused,

@@ -19,40 +19,40 @@ use crate::vm::machine::Machine;
 use crate::vm::vcpu::VcpuSet;
 
 /// What a successful incoming migration leaves behind for `vmm run` to keep running.
-pub struct Incoming {
-    pub machine: Arc<Machine>,
-    pub event_loop: EventLoop,
+pub(crate) struct Incoming {
+    pub(crate) machine: Arc<Machine>,
+    pub(crate) event_loop: EventLoop,
 }
 
 /// What this destination's operator lets an incoming VM have.
 #[derive(Clone, Debug, Default)]
-pub struct Grants {
-    pub disks: Vec<DiskConfig>,
-    pub nets: Vec<NetConfig>,
+pub(crate) struct Grants {
+    pub(crate) disks: Vec<DiskConfig>,
+    pub(crate) nets: Vec<NetConfig>,
     /// The VM's memory size, when the operator gave it (`--memory`): the memory is then mapped
     /// and faulted in while the destination waits, and a VM of another size is refused.
-    pub memory: Option<u64>,
+    pub(crate) memory: Option<u64>,
     /// What the VM boots here when it reboots, when the operator granted it.
-    pub payload: Option<Payload>,
+    pub(crate) payload: Option<Payload>,
 }
 
 /// A kernel, initrd and command line on this host, granted for a received VM's reboots.
 #[derive(Clone, Debug)]
-pub struct Payload {
-    pub kernel: std::path::PathBuf,
-    pub initrd: Option<std::path::PathBuf>,
-    pub cmdline: String,
+pub(crate) struct Payload {
+    pub(crate) kernel: std::path::PathBuf,
+    pub(crate) initrd: Option<std::path::PathBuf>,
+    pub(crate) cmdline: String,
 }
 
-pub struct IncomingBuilder {
+pub(crate) struct IncomingBuilder {
     /// The name this destination was started with (the source's must match); none for an
     /// empty VMM started with `--api-socket` alone, which takes the source's name.
-    pub name: Option<String>,
-    pub grants: Grants,
+    pub(crate) name: Option<String>,
+    pub(crate) grants: Grants,
     /// Guest memory prepared before the source arrived (see [`Grants::memory`]).
-    pub prepared: Option<crate::vm::memory::GuestMemoryMmap>,
-    pub events: Sender<VmEvent>,
-    pub result: Option<Incoming>,
+    pub(crate) prepared: Option<crate::vm::memory::GuestMemoryMmap>,
+    pub(crate) events: Sender<VmEvent>,
+    pub(crate) result: Option<Incoming>,
 }
 
 /// Longest path or command-line string taken from a peer (shown by `vmm info`, never opened).

@@ -16,23 +16,23 @@ use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::task::JoinSet;
 
 /// Default for how long a read or write on a migration connection may make no progress.
-pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long an accepted connection has to complete its handshake and its first frame.
-pub const PRE_AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const PRE_AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at once (each a task and a socket: a few KiB). A connection beyond
 /// them evicts the oldest one still unauthenticated, so idle connections kept open cannot keep
 /// a real source out: the source's handshake takes milliseconds, a squatter's never ends.
-pub const MAX_PENDING_HANDSHAKES: usize = 256;
+pub(crate) const MAX_PENDING_HANDSHAKES: usize = 256;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Endpoint {
+pub(crate) enum Endpoint {
     Tcp(String),
     Unix(PathBuf),
 }
 
 impl Endpoint {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub(crate) fn parse(s: &str) -> Result<Self, String> {
         if let Some(rest) = s.strip_prefix("tcp:") {
             let (host, port) = rest
                 .rsplit_once(':')
@@ -55,7 +55,7 @@ impl Endpoint {
 
     /// The host part of a TCP endpoint (what a TLS certificate must name), without the
     /// brackets of an IPv6 address.
-    pub fn host(&self) -> Option<&str> {
+    pub(crate) fn host(&self) -> Option<&str> {
         match self {
             Endpoint::Tcp(addr) => addr
                 .rsplit_once(':')
@@ -64,7 +64,7 @@ impl Endpoint {
         }
     }
 
-    pub fn is_tcp(&self) -> bool {
+    pub(crate) fn is_tcp(&self) -> bool {
         matches!(self, Endpoint::Tcp(_))
     }
 }
@@ -96,7 +96,10 @@ fn tune_tcp(s: &TcpStream, io_timeout: Duration) -> std::io::Result<()> {
 
 /// Connects to a destination, checking a Unix socket's owner (this user or root); every read
 /// and write then has `io_timeout` to make progress.
-pub async fn connect(ep: &Endpoint, io_timeout: Duration) -> std::io::Result<Box<dyn Transport>> {
+pub(crate) async fn connect(
+    ep: &Endpoint,
+    io_timeout: Duration,
+) -> std::io::Result<Box<dyn Transport>> {
     match ep {
         Endpoint::Tcp(addr) => {
             let s = tokio::time::timeout(io_timeout, TcpStream::connect(addr.as_str()))
@@ -116,7 +119,7 @@ pub async fn connect(ep: &Endpoint, io_timeout: Duration) -> std::io::Result<Box
 }
 
 /// Connects and secures the connection as the source.
-pub async fn connect_secured(
+pub(crate) async fn connect_secured(
     ep: &Endpoint,
     security: &SourceSecurity,
     io_timeout: Duration,
@@ -132,10 +135,10 @@ pub async fn connect_secured(
 }
 
 /// Opens a migration's extra connections, secured like its first.
-pub struct EndpointConnector {
-    pub endpoint: Endpoint,
-    pub security: SourceSecurity,
-    pub io_timeout: Duration,
+pub(crate) struct EndpointConnector {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) security: SourceSecurity,
+    pub(crate) io_timeout: Duration,
 }
 
 impl Connector for EndpointConnector {
@@ -208,7 +211,7 @@ type Handshake = (
 /// handshake of `security`, at most [`MAX_PENDING_HANDSHAKES`] at once; connections that fail
 /// (wrong key or certificate, another mode, garbage, silence) are logged and closed, and the
 /// listener goes on. It stays open for a migration's extra connections.
-pub struct MigrationListener {
+pub(crate) struct MigrationListener {
     listener: Listener,
     security: DestinationSecurity,
     io_timeout: Duration,
@@ -219,7 +222,7 @@ pub struct MigrationListener {
 
 impl MigrationListener {
     /// Binds `ep`; `listening` is told the address.
-    pub async fn bind(
+    pub(crate) async fn bind(
         ep: &Endpoint,
         security: DestinationSecurity,
         io_timeout: Duration,
@@ -237,7 +240,7 @@ impl MigrationListener {
     }
 
     /// The next connection that completes the handshake, and who it is from.
-    pub async fn next(&mut self) -> std::io::Result<(Channel, String)> {
+    pub(crate) async fn next(&mut self) -> std::io::Result<(Channel, String)> {
         loop {
             tokio::select! {
                 accepted = self.listener.accept(self.io_timeout) => {

@@ -25,7 +25,7 @@ use migration::protocol::Connector;
 
 /// Checks the request and starts the worker; errors are about the request itself. The VM was
 /// paused by its user when `user_paused`: a failed migration leaves it paused.
-pub fn start(
+pub(crate) fn start(
     machine: Arc<Machine>,
     req: SendMigration,
     user_paused: bool,
@@ -150,14 +150,14 @@ pub fn start(
 
 /// Where a migration's progress goes.
 #[derive(Clone)]
-pub struct Reporting {
-    pub status: Arc<MigrationStatus>,
-    pub monitor: EventMonitor,
+pub(crate) struct Reporting {
+    pub(crate) status: Arc<MigrationStatus>,
+    pub(crate) monitor: EventMonitor,
 }
 
 /// `zstd` or `zstd:LEVEL` (1 to 19; 1 when not given: fast, for links slower than the
 /// compressor).
-pub fn parse_compress(s: &str) -> Result<i32, String> {
+pub(crate) fn parse_compress(s: &str) -> Result<i32, String> {
     let bad = || format!("--compress takes zstd or zstd:LEVEL (1 to 19), not '{s}'");
     match s.split_once(':') {
         None if s == "zstd" => Ok(1),

@@ -29,7 +29,7 @@ use crate::vm::memory::{self, GuestMemoryMmap};
 use crate::vm::vcpu::VcpuContext;
 
 #[derive(Debug, thiserror::Error)]
-pub enum BuildError {
+pub(crate) enum BuildError {
     #[error("cannot open /dev/kvm (is KVM available and are you allowed to use it?)")]
     OpenKvm(#[source] kvm_ioctls::Error),
     #[error("this KVM lacks a required capability: {0:?}")]
@@ -86,7 +86,7 @@ pub enum BuildError {
 }
 
 /// IOAPIC pins 5..23 are free for virtio devices.
-pub const MAX_VIRTIO_DEVICES: usize =
+pub(crate) const MAX_VIRTIO_DEVICES: usize =
     (arch::layout::IOAPIC_PINS - arch::layout::FIRST_DEVICE_IRQ) as usize;
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
@@ -94,20 +94,20 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> BuildError {
 }
 
 /// What stays with the VM once its vCPU contexts and device subscribers are handed to their threads.
-pub struct BuiltParts {
-    pub kvm: Kvm,
-    pub vm_fd: Arc<VmFd>,
-    pub memory: GuestMemoryMmap,
-    pub serial: Arc<Mutex<Serial>>,
-    pub transports: Vec<Arc<Mutex<MmioTransport>>>,
-    pub cpuids: Vec<kvm_bindings::CpuId>,
-    pub tsc_khz: Option<u32>,
-    pub msr_list: Vec<u32>,
+pub(crate) struct BuiltParts {
+    pub(crate) kvm: Kvm,
+    pub(crate) vm_fd: Arc<VmFd>,
+    pub(crate) memory: GuestMemoryMmap,
+    pub(crate) serial: Arc<Mutex<Serial>>,
+    pub(crate) transports: Vec<Arc<Mutex<MmioTransport>>>,
+    pub(crate) cpuids: Vec<kvm_bindings::CpuId>,
+    pub(crate) tsc_khz: Option<u32>,
+    pub(crate) msr_list: Vec<u32>,
 }
 
 impl BuiltVm {
     /// Splits off the vCPU contexts (for their threads) and the device subscribers (for the event loop).
-    pub fn split(self) -> (BuiltParts, Vec<VcpuContext>, Vec<VirtioSubscriber>) {
+    pub(crate) fn split(self) -> (BuiltParts, Vec<VcpuContext>, Vec<VirtioSubscriber>) {
         let parts = BuiltParts {
             kvm: self.kvm,
             vm_fd: self.vm_fd,
@@ -124,7 +124,7 @@ impl BuiltVm {
 
 /// How the VM's initial state comes about.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum BuildMode {
+pub(crate) enum BuildMode {
     /// Load the kernel and boot it.
     Boot,
     /// Leave memory empty and the vCPUs unset: a migration fills them in. Disks are opened
@@ -133,23 +133,21 @@ pub enum BuildMode {
 }
 
 /// A VM ready to run: everything but the vCPU threads.
-pub struct BuiltVm {
-    pub kvm: Kvm,
-    pub vm_fd: Arc<VmFd>,
-    pub memory: GuestMemoryMmap,
-    pub serial: Arc<Mutex<Serial>>,
-    pub pio: Arc<Bus>,
-    pub mmio: Arc<Bus>,
-    pub vcpus: Vec<VcpuContext>,
+pub(crate) struct BuiltVm {
+    pub(crate) kvm: Kvm,
+    pub(crate) vm_fd: Arc<VmFd>,
+    pub(crate) memory: GuestMemoryMmap,
+    pub(crate) serial: Arc<Mutex<Serial>>,
+    pub(crate) vcpus: Vec<VcpuContext>,
     /// Virtio devices with their queue eventfds, for the event loop.
-    pub virtio: Vec<VirtioSubscriber>,
-    pub transports: Vec<Arc<Mutex<MmioTransport>>>,
+    pub(crate) virtio: Vec<VirtioSubscriber>,
+    pub(crate) transports: Vec<Arc<Mutex<MmioTransport>>>,
     /// Each vCPU's CPUID table: what the guest sees, and what travels with it.
-    pub cpuids: Vec<kvm_bindings::CpuId>,
+    pub(crate) cpuids: Vec<kvm_bindings::CpuId>,
     /// The guest's TSC frequency (where KVM reports it).
-    pub tsc_khz: Option<u32>,
+    pub(crate) tsc_khz: Option<u32>,
     /// MSRs that are saved and restored.
-    pub msr_list: Vec<u32>,
+    pub(crate) msr_list: Vec<u32>,
 }
 
 const REQUIRED_CAPS: &[Cap] = &[
@@ -165,7 +163,7 @@ const REQUIRED_CAPS: &[Cap] = &[
 /// that mapped and faulted it in while it waited; it must have the config's layout). Guest
 /// console output goes to `console_out`. A received VM's vCPUs get `guest_cpu` (the
 /// source's CPUID tables and TSC rate); a booted one this host's CPU under its CPU model.
-pub fn build(
+pub(crate) fn build(
     config: &VmConfig,
     mode: BuildMode,
     guest_cpu: Option<&crate::vm::cpu::GuestCpu>,
@@ -289,8 +287,6 @@ pub fn build(
         vm_fd: Arc::new(vm_fd),
         memory,
         serial,
-        pio,
-        mmio,
         vcpus,
         virtio,
         transports,

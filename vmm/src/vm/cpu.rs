@@ -35,7 +35,7 @@ pub enum CpuError {
 /// This host's KVM-supported CPUID. A test build (`failpoints`) can make the host look
 /// smaller: `VMM_TEST_HIDE_CPUID=0x7.0.ebx.5,...` clears those bits, as a host without the
 /// features would lack them.
-pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, CpuError> {
+pub(crate) fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, CpuError> {
     #[allow(unused_mut)]
     let mut supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -73,7 +73,7 @@ fn hide_for_test(entries: &mut [kvm_cpuid_entry2], spec: &str) {
 
 /// Whether a CPUID table shows the guest an invariant TSC (leaf 0x80000007 EDX bit 8): a
 /// guest told so may count time by the TSC alone, at the rate it measured once.
-pub fn shows_invariant_tsc(table: &[kvm_cpuid_entry2]) -> bool {
+pub(crate) fn shows_invariant_tsc(table: &[kvm_cpuid_entry2]) -> bool {
     table
         .iter()
         .any(|e| e.function == 0x8000_0007 && e.edx & (1 << 8) != 0)
@@ -81,7 +81,10 @@ pub fn shows_invariant_tsc(table: &[kvm_cpuid_entry2]) -> bool {
 
 /// A booted VM's tables: this host's supported CPUID under the VM's CPU model (VMX/SVM hidden
 /// unless it is nested), with each vCPU's place in the topology.
-pub fn boot_tables(kvm: &Kvm, config: &crate::config::VmConfig) -> Result<Vec<CpuId>, CpuError> {
+pub(crate) fn boot_tables(
+    kvm: &Kvm,
+    config: &crate::config::VmConfig,
+) -> Result<Vec<CpuId>, CpuError> {
     let mut host = supported_cpuid(kvm)?;
     config.cpu_model().apply(host.as_mut_slice());
     if !config.nested {
@@ -106,7 +109,7 @@ pub fn boot_tables(kvm: &Kvm, config: &crate::config::VmConfig) -> Result<Vec<Cp
 
 impl GuestCpu {
     /// The tables of a received VM's `count` vCPUs, as KVM takes them.
-    pub fn tables(&self, count: u8) -> Result<Vec<CpuId>, CpuError> {
+    pub(crate) fn tables(&self, count: u8) -> Result<Vec<CpuId>, CpuError> {
         (0..count)
             .map(|index| {
                 self.cpuids
@@ -122,7 +125,7 @@ impl GuestCpu {
 /// is within KVM's tolerance of it, scaled where KVM can scale. Where it can do neither, a
 /// guest shown an invariant TSC is refused (its clock would drift); any other guest keeps
 /// time by kvmclock, which KVM corrects for this host's rate, and runs on at that rate.
-pub fn set_guest_tsc(
+pub(crate) fn set_guest_tsc(
     kvm: &Kvm,
     fd: &VcpuFd,
     guest_khz: u32,

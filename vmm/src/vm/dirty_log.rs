@@ -15,7 +15,7 @@ const MANUAL_PROTECT_ENABLE: u64 = 1;
 
 /// Turns manual protection on for this VM if KVM offers it; returns whether it did. It stays
 /// on for the VM's life (every later migration uses it too).
-pub fn enable_manual_protect(kvm: &Kvm, vm: &VmFd) -> bool {
+pub(crate) fn enable_manual_protect(kvm: &Kvm, vm: &VmFd) -> bool {
     let offered =
         kvm.check_extension_raw(u64::from(kvm_bindings::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2));
     if offered <= 0 {
@@ -40,7 +40,7 @@ pub fn enable_manual_protect(kvm: &Kvm, vm: &VmFd) -> bool {
 
 /// Clears the pages set in `words` (64 a word) from `first_page` (a multiple of 64) of memory
 /// slot `slot`, which has `slot_pages` pages.
-pub fn clear(
+pub(crate) fn clear(
     vm: &VmFd,
     slot: u32,
     slot_pages: u64,

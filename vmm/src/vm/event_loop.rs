@@ -15,14 +15,14 @@ use vmm_sys_util::eventfd::EventFd;
 const BACKEND_TOKEN: u32 = 1 << 16;
 
 /// Watches one virtio device's queue eventfds and backend fds.
-pub struct VirtioSubscriber {
+pub(crate) struct VirtioSubscriber {
     transport: Arc<Mutex<MmioTransport>>,
     queue_events: Vec<EventFd>,
     backend_fds: Vec<RawFd>,
 }
 
 impl VirtioSubscriber {
-    pub fn new(transport: Arc<Mutex<MmioTransport>>, queue_events: Vec<EventFd>) -> Self {
+    pub(crate) fn new(transport: Arc<Mutex<MmioTransport>>, queue_events: Vec<EventFd>) -> Self {
         let backend_fds = transport
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -37,7 +37,7 @@ impl VirtioSubscriber {
 }
 
 impl VirtioSubscriber {
-    pub fn transport(&self) -> Arc<Mutex<MmioTransport>> {
+    pub(crate) fn transport(&self) -> Arc<Mutex<MmioTransport>> {
         self.transport.clone()
     }
 }
@@ -76,7 +76,7 @@ impl MutEventSubscriber for VirtioSubscriber {
     }
 }
 
-pub struct EventLoop {
+pub(crate) struct EventLoop {
     stop: Arc<AtomicBool>,
     wake: EventFd,
     thread: Option<JoinHandle<()>>,
@@ -95,7 +95,7 @@ impl MutEventSubscriber for Waker {
 }
 
 impl EventLoop {
-    pub fn start(subscribers: Vec<VirtioSubscriber>) -> std::io::Result<Self> {
+    pub(crate) fn start(subscribers: Vec<VirtioSubscriber>) -> std::io::Result<Self> {
         let mut manager: EventManager<Box<dyn MutEventSubscriber + Send>> =
             EventManager::new().map_err(|e| std::io::Error::other(format!("{e:?}")))?;
         for s in subscribers {

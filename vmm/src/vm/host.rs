@@ -4,13 +4,13 @@
 use std::path::Path;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HostKvm {
+pub(crate) enum HostKvm {
     Hardware,
     Pvm,
     Unknown,
 }
 
-pub fn detect() -> HostKvm {
+pub(crate) fn detect() -> HostKvm {
     detect_in(Path::new("/sys/module"))
 }
 
@@ -26,7 +26,7 @@ fn detect_in(modules: &Path) -> HostKvm {
 }
 
 /// The message `vmm run` gives instead of starting a stock Linux kernel on a PVM host.
-pub const PVM_LINUX_REFUSAL: &str = "this host's /dev/kvm is PVM (module kvm_pvm, no kvm_intel/kvm_amd): \
+pub(crate) const PVM_LINUX_REFUSAL: &str = "this host's /dev/kvm is PVM (module kvm_pvm, no kvm_intel/kvm_amd): \
 it runs only PVM-aware guest kernels natively and emulates any other kernel instruction by instruction \
 (about 3000x slower), so a stock Linux guest would appear to hang. Run Linux guests on a host with \
 hardware KVM, or inside the project's nested test rig (`make run` uses it); pass --allow-emulated-kernel \

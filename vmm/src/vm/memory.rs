@@ -5,10 +5,10 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
-pub use devices::virtio::GuestMemoryMmap;
+pub(crate) use devices::virtio::GuestMemoryMmap;
 
 #[derive(Debug, thiserror::Error)]
-pub enum MemoryError {
+pub(crate) enum MemoryError {
     #[error("cannot map {0} MiB of guest memory")]
     Map(u64, #[source] vm_memory::mmap::FromRangesError),
     #[error("KVM_SET_USER_MEMORY_REGION for slot {slot} failed")]
@@ -19,7 +19,7 @@ pub enum MemoryError {
     },
 }
 
-pub fn create(layout: &arch::MemoryLayout) -> Result<GuestMemoryMmap, MemoryError> {
+pub(crate) fn create(layout: &arch::MemoryLayout) -> Result<GuestMemoryMmap, MemoryError> {
     let mem = GuestMemoryMmap::from_ranges(&layout.ram)
         .map_err(|e| MemoryError::Map(layout.total() >> 20, e))?;
     // Transparent huge pages where the host offers them (`madvise` mode): fewer faults and
@@ -39,7 +39,7 @@ pub fn create(layout: &arch::MemoryLayout) -> Result<GuestMemoryMmap, MemoryErro
 }
 
 /// Whether `mem` has exactly the regions of `layout`.
-pub fn matches(mem: &GuestMemoryMmap, layout: &arch::MemoryLayout) -> bool {
+pub(crate) fn matches(mem: &GuestMemoryMmap, layout: &arch::MemoryLayout) -> bool {
     let have: Vec<(u64, usize)> = mem
         .iter()
         .map(|r| (r.start_addr().0, r.len() as usize))
@@ -49,7 +49,7 @@ pub fn matches(mem: &GuestMemoryMmap, layout: &arch::MemoryLayout) -> bool {
 }
 
 /// Registers every region with KVM, slot i for region i.
-pub fn register(vm: &VmFd, mem: &GuestMemoryMmap, flags: u32) -> Result<(), MemoryError> {
+pub(crate) fn register(vm: &VmFd, mem: &GuestMemoryMmap, flags: u32) -> Result<(), MemoryError> {
     for (slot, region) in mem.iter().enumerate() {
         let slot = slot as u32;
         let r = kvm_userspace_memory_region {
@@ -71,7 +71,7 @@ pub fn register(vm: &VmFd, mem: &GuestMemoryMmap, flags: u32) -> Result<(), Memo
 /// migration destination does this while pages arrive, so the kernel's zeroing of fresh pages
 /// (first touch) happens beside the receive path rather than in it. Pages already written are
 /// left as they are (MADV_POPULATE_WRITE only fills holes). `done` runs when it is over.
-pub fn prefault_in_background(mem: &GuestMemoryMmap, done: impl FnOnce() + Send + 'static) {
+pub(crate) fn prefault_in_background(mem: &GuestMemoryMmap, done: impl FnOnce() + Send + 'static) {
     let mem = mem.clone();
     let spawned = std::thread::Builder::new()
         .name("prefault".into())

@@ -4,13 +4,13 @@
 //! KVM state. It may call `events` (a vCPU's exit, the guest's reset line), `console`,
 //! `config` and the `arch` and `devices` crates; nothing of the API, migration or lifecycle.
 
-pub mod assembly;
+pub(crate) mod assembly;
 pub mod cpu;
-pub mod dirty_log;
-pub mod event_loop;
-pub mod host;
-pub mod machine;
-pub mod memory;
-pub mod vcpu;
+pub(crate) mod dirty_log;
+pub(crate) mod event_loop;
+pub(crate) mod host;
+pub(crate) mod machine;
+pub(crate) mod memory;
+pub(crate) mod vcpu;
 pub mod vcpu_state;
 pub mod vm_state;

@@ -46,7 +46,7 @@ extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
 }
 
 /// Installs the kick handler once per process.
-pub fn install_kick_handler() -> std::io::Result<()> {
+pub(crate) fn install_kick_handler() -> std::io::Result<()> {
     static ONCE: std::sync::OnceLock<Result<(), i32>> = std::sync::OnceLock::new();
     ONCE.get_or_init(|| register_signal_handler(kick_signal(), kick_handler).map_err(|e| e.errno()))
         .map_err(std::io::Error::from_raw_os_error)
@@ -70,7 +70,7 @@ struct Gate {
 }
 
 /// Shared run/pause/stop control of all vCPUs of a VM.
-pub struct VcpuControl {
+pub(crate) struct VcpuControl {
     gate: Mutex<Gate>,
     changed: Condvar,
     /// Share of each 10 ms slice the vCPUs sleep (auto-converge), in percent.
@@ -105,16 +105,16 @@ impl VcpuControl {
 }
 
 /// Everything one vCPU thread needs.
-pub struct VcpuContext {
-    pub index: u8,
-    pub fd: VcpuFd,
-    pub pio: Arc<Bus>,
-    pub mmio: Arc<Bus>,
-    pub events: Sender<VmEvent>,
+pub(crate) struct VcpuContext {
+    pub(crate) index: u8,
+    pub(crate) fd: VcpuFd,
+    pub(crate) pio: Arc<Bus>,
+    pub(crate) mmio: Arc<Bus>,
+    pub(crate) events: Sender<VmEvent>,
 }
 
 /// The running vCPU threads of a VM.
-pub struct VcpuSet {
+pub(crate) struct VcpuSet {
     control: Arc<VcpuControl>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     count: usize,
@@ -122,7 +122,7 @@ pub struct VcpuSet {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum VcpuError {
+pub(crate) enum VcpuError {
     #[error("cannot install the vCPU kick signal handler")]
     Signal(#[source] std::io::Error),
     #[error("cannot start the thread of vCPU {0}")]
@@ -136,7 +136,7 @@ pub enum VcpuError {
 impl VcpuSet {
     /// Starts one thread per vCPU; they begin running the guest at once, or park paused
     /// (a migration destination restores their state first).
-    pub fn start(contexts: Vec<VcpuContext>, start_paused: bool) -> Result<Self, VcpuError> {
+    pub(crate) fn start(contexts: Vec<VcpuContext>, start_paused: bool) -> Result<Self, VcpuError> {
         install_kick_handler().map_err(VcpuError::Signal)?;
         let count = contexts.len();
         let control = VcpuControl::new(count, start_paused);
@@ -201,19 +201,19 @@ impl VcpuSet {
     }
 
     /// Stops all vCPUs in guest mode; returns once each has left KVM_RUN.
-    pub fn pause(&self) -> Result<(), VcpuError> {
+    pub(crate) fn pause(&self) -> Result<(), VcpuError> {
         self.control.lock().request = Request::Pause;
         self.kick_all();
         self.wait_parked(Duration::from_secs(10))
     }
 
-    pub fn resume(&self) {
+    pub(crate) fn resume(&self) {
         self.control.lock().request = Request::Run;
         self.control.changed.notify_all();
     }
 
     /// Ends every vCPU thread and joins them.
-    pub fn stop(&self) -> Result<(), VcpuError> {
+    pub(crate) fn stop(&self) -> Result<(), VcpuError> {
         self.throttle(0);
         self.control.lock().request = Request::Stop;
         self.control.changed.notify_all();
@@ -240,13 +240,13 @@ impl VcpuSet {
         Ok(())
     }
 
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.count
     }
 
     /// Runs `f` on every vCPU's own thread, with its fd, and returns the results in vCPU
     /// order. The vCPUs must be paused.
-    pub fn on_each<T, F>(&self, f: F) -> Result<Vec<T>, VcpuError>
+    pub(crate) fn on_each<T, F>(&self, f: F) -> Result<Vec<T>, VcpuError>
     where
         T: Send + 'static,
         F: Fn(u8, &mut VcpuFd) -> T + Send + Sync + 'static,
@@ -280,7 +280,7 @@ impl VcpuSet {
 
     /// Makes the vCPUs sleep `percent` of every 10 ms slice (0 stops throttling): a kicker
     /// thread interrupts them each slice, and each sleeps its share before re-entering the guest.
-    pub fn throttle(&self, percent: u8) {
+    pub(crate) fn throttle(&self, percent: u8) {
         let percent = percent.min(99);
         self.control
             .throttle
@@ -335,10 +335,7 @@ fn vcpu_thread(mut ctx: VcpuContext, control: Arc<VcpuControl>) {
         control.changed.notify_all();
     }
     if let Some(outcome) = outcome {
-        let _ = ctx.events.send(VmEvent::VcpuExited {
-            index: ctx.index,
-            outcome,
-        });
+        let _ = ctx.events.send(VmEvent::VcpuExited { outcome });
     }
 }
 

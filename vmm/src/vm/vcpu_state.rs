@@ -42,7 +42,7 @@ const MTRR_MSRS: &[u32] = &[
 
 /// Every MSR in KVM_GET_MSR_INDEX_LIST plus the MTRRs, keeping only those this vCPU can read
 /// (some in the list are absent on a given CPU model; KVM_GET_MSRS stops at the first).
-pub fn saveable_msrs(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>, String> {
+pub(crate) fn saveable_msrs(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>, String> {
     let mut list: Vec<u32> = kvm
         .get_msr_index_list()
         .map_err(e("KVM_GET_MSR_INDEX_LIST"))?
@@ -76,7 +76,7 @@ pub fn saveable_msrs(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>, String> {
     Ok(readable)
 }
 
-pub fn save(vcpu: &VcpuFd, msr_list: &[u32], cpuid: &CpuId) -> Result<VcpuState, String> {
+pub(crate) fn save(vcpu: &VcpuFd, msr_list: &[u32], cpuid: &CpuId) -> Result<VcpuState, String> {
     let mp_state = vcpu.get_mp_state().map_err(e("KVM_GET_MP_STATE"))?;
     let regs = vcpu.get_regs().map_err(e("KVM_GET_REGS"))?;
     let sregs = vcpu.get_sregs().map_err(e("KVM_GET_SREGS"))?;
@@ -115,7 +115,7 @@ pub fn save(vcpu: &VcpuFd, msr_list: &[u32], cpuid: &CpuId) -> Result<VcpuState,
     })
 }
 
-pub fn restore(vcpu: &VcpuFd, s: &VcpuState) -> Result<(), String> {
+pub(crate) fn restore(vcpu: &VcpuFd, s: &VcpuState) -> Result<(), String> {
     let cpuid = CpuId::from_entries(&s.cpuid).map_err(|e| format!("CPUID table: {e:?}"))?;
     vcpu.set_cpuid2(&cpuid).map_err(e("KVM_SET_CPUID2"))?;
     vcpu.set_mp_state(s.mp_state)

@@ -66,7 +66,7 @@ fn chip(vm: &VmFd, id: u32) -> Result<kvm_irqchip, String> {
     Ok(c)
 }
 
-pub fn save(vm: &VmFd) -> Result<VmState, String> {
+pub(crate) fn save(vm: &VmFd) -> Result<VmState, String> {
     Ok(VmState {
         pit: vm
             .get_pit2()
@@ -80,7 +80,7 @@ pub fn save(vm: &VmFd) -> Result<VmState, String> {
     })
 }
 
-pub fn restore(vm: &VmFd, s: &VmState) -> Result<(), String> {
+pub(crate) fn restore(vm: &VmFd, s: &VmState) -> Result<(), String> {
     vm.set_pit2(&s.pit)
         .map_err(|e| format!("KVM_SET_PIT2 failed: {e}"))?;
     restore_clock(vm, &s.clock)?;
