@@ -56,14 +56,7 @@ pub(crate) fn saveable_msrs(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>, String
     let mut readable = Vec::with_capacity(list.len());
     let mut rest = &list[..];
     while !rest.is_empty() {
-        let entries: Vec<kvm_msr_entry> = rest
-            .iter()
-            .map(|&index| kvm_msr_entry {
-                index,
-                ..Default::default()
-            })
-            .collect();
-        let mut msrs = Msrs::from_entries(&entries).map_err(|e| format!("MSR list: {e:?}"))?;
+        let mut msrs = msrs_to_read(rest)?;
         let n = vcpu.get_msrs(&mut msrs).map_err(e("KVM_GET_MSRS"))?;
         readable.extend_from_slice(&rest[..n]);
         if n < rest.len() {
@@ -76,6 +69,18 @@ pub(crate) fn saveable_msrs(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>, String
     Ok(readable)
 }
 
+/// A KVM_GET_MSRS buffer asking for `indices`, values zero.
+fn msrs_to_read(indices: &[u32]) -> Result<Msrs, String> {
+    let entries: Vec<kvm_msr_entry> = indices
+        .iter()
+        .map(|&index| kvm_msr_entry {
+            index,
+            ..Default::default()
+        })
+        .collect();
+    Msrs::from_entries(&entries).map_err(|e| format!("MSR list: {e:?}"))
+}
+
 pub(crate) fn save(vcpu: &VcpuFd, msr_list: &[u32], cpuid: &CpuId) -> Result<VcpuState, String> {
     let mp_state = vcpu.get_mp_state().map_err(e("KVM_GET_MP_STATE"))?;
     let regs = vcpu.get_regs().map_err(e("KVM_GET_REGS"))?;
@@ -84,20 +89,13 @@ pub(crate) fn save(vcpu: &VcpuFd, msr_list: &[u32], cpuid: &CpuId) -> Result<Vcp
     let xcrs = vcpu.get_xcrs().map_err(e("KVM_GET_XCRS"))?;
     let debugregs = vcpu.get_debug_regs().map_err(e("KVM_GET_DEBUGREGS"))?;
     let lapic = vcpu.get_lapic().map_err(e("KVM_GET_LAPIC"))?;
-    let entries: Vec<kvm_msr_entry> = msr_list
-        .iter()
-        .map(|&index| kvm_msr_entry {
-            index,
-            ..Default::default()
-        })
-        .collect();
-    let mut msrs = Msrs::from_entries(&entries).map_err(|e| format!("MSR list: {e:?}"))?;
+    let mut msrs = msrs_to_read(msr_list)?;
     let n = vcpu.get_msrs(&mut msrs).map_err(e("KVM_GET_MSRS"))?;
-    if n != entries.len() {
+    if n != msr_list.len() {
         return Err(format!(
             "KVM_GET_MSRS read {n} of {} MSRs; MSR {:#x} failed",
-            entries.len(),
-            entries[n].index
+            msr_list.len(),
+            msr_list[n]
         ));
     }
     let vcpu_events = vcpu.get_vcpu_events().map_err(e("KVM_GET_VCPU_EVENTS"))?;
