@@ -64,7 +64,7 @@ impl Reg {
 
 /// Every register that holds feature bits (or, for 0xD.0, the XCR0 bits the guest may
 /// enable): what a model masks and what a destination must offer.
-pub const FEATURE_REGISTERS: &[(u32, u32, Reg)] = &[
+pub(crate) const FEATURE_REGISTERS: &[(u32, u32, Reg)] = &[
     (0x1, 0, Reg::Ecx),
     (0x1, 0, Reg::Edx),
     (0x7, 0, Reg::Ebx),

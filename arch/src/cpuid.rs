@@ -100,7 +100,7 @@ fn normalize_entry(e: &mut kvm_cpuid_entry2, t: VcpuTopology) {
 const LEAF_HYPERVISOR: u32 = 0x4000_0000;
 /// The hypervisor timing leaf (VMware's, which QEMU and Cloud Hypervisor also fill): EAX the
 /// TSC frequency in kHz, EBX the local APIC timer's bus frequency in kHz.
-pub const LEAF_TIMING: u32 = 0x4000_0010;
+pub(crate) const LEAF_TIMING: u32 = 0x4000_0010;
 /// KVM's local APIC timer counts at 1 GHz.
 const KVM_APIC_BUS_KHZ: u32 = 1_000_000;
 

@@ -3,11 +3,6 @@
 
 use kvm_bindings::kvm_segment;
 
-/// Selectors of the boot GDT entries.
-pub const CODE_SELECTOR: u16 = 0x08;
-pub const DATA_SELECTOR: u16 = 0x10;
-pub const TSS_SELECTOR: u16 = 0x18;
-
 /// Packs a segment descriptor: flags are the access byte in bits 0-7 and the
 /// granularity/size nibble in bits 12-15, as in the SDM's descriptor layout.
 pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
@@ -19,7 +14,7 @@ pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 }
 
 /// The boot GDT: null, code (L=1), data, TSS.
-pub fn boot_gdt() -> [u64; 4] {
+pub(crate) fn boot_gdt() -> [u64; 4] {
     [
         gdt_entry(0, 0, 0),
         gdt_entry(0xa09b, 0, 0xfffff),
@@ -29,7 +24,7 @@ pub fn boot_gdt() -> [u64; 4] {
 }
 
 /// Decodes a descriptor into the form KVM expects for a loaded segment register.
-pub fn kvm_segment_from_gdt(entry: u64, table_index: u8) -> kvm_segment {
+pub(crate) fn kvm_segment_from_gdt(entry: u64, table_index: u8) -> kvm_segment {
     let base = ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000);
     let raw_limit = (((entry >> 32) & 0x000f_0000) | (entry & 0x0000_ffff)) as u32;
     let g = ((entry >> 55) & 1) as u8;
@@ -60,6 +55,11 @@ pub fn kvm_segment_from_gdt(entry: u64, table_index: u8) -> kvm_segment {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Selectors of the boot GDT entries, as the boot registers load them.
+    const CODE_SELECTOR: u16 = 0x08;
+    const DATA_SELECTOR: u16 = 0x10;
+    const TSS_SELECTOR: u16 = 0x18;
 
     #[test]
     fn code_segment_is_64_bit_flat() {

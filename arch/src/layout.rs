@@ -7,37 +7,37 @@
 use vm_memory::GuestAddress;
 
 /// GDT used for the 64-bit entry.
-pub const BOOT_GDT_START: u64 = 0x500;
+pub(crate) const BOOT_GDT_START: u64 = 0x500;
 /// An empty IDT: the guest installs its own before enabling interrupts.
-pub const BOOT_IDT_START: u64 = 0x520;
+pub(crate) const BOOT_IDT_START: u64 = 0x520;
 /// Linux zero page (struct boot_params).
-pub const ZERO_PAGE_START: u64 = 0x7000;
+pub(crate) const ZERO_PAGE_START: u64 = 0x7000;
 /// Initial stack pointer of the boot vCPU.
-pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+pub(crate) const BOOT_STACK_POINTER: u64 = 0x8ff0;
 /// Identity page tables: PML4, one PDPT, four page directories of 2 MiB pages (4 GiB).
-pub const PML4_START: u64 = 0x9000;
-pub const PDPTE_START: u64 = 0xa000;
-pub const PDE_START: u64 = 0xb000;
+pub(crate) const PML4_START: u64 = 0x9000;
+pub(crate) const PDPTE_START: u64 = 0xa000;
+pub(crate) const PDE_START: u64 = 0xb000;
 /// Number of page directories, each mapping 1 GiB.
-pub const PDE_PAGES: u64 = 4;
+pub(crate) const PDE_PAGES: u64 = 4;
 /// Kernel command line.
 pub const CMDLINE_START: u64 = 0x20000;
 /// Linux on x86 accepts at most 2048 bytes (COMMAND_LINE_SIZE); newer kernels more.
 pub const CMDLINE_MAX_SIZE: usize = 4096;
 /// Start of the extended BIOS data area; the MP floating pointer goes here (Linux scans 639K-640K).
-pub const EBDA_START: u64 = 0x9fc00;
+pub(crate) const EBDA_START: u64 = 0x9fc00;
 /// First byte above the legacy hole: kernels are loaded at or above it.
-pub const HIMEM_START: u64 = 0x10_0000;
+pub(crate) const HIMEM_START: u64 = 0x10_0000;
 
 /// The 32-bit MMIO gap.
-pub const MMIO_GAP_START: u64 = 0xc000_0000;
-pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
+pub(crate) const MMIO_GAP_START: u64 = 0xc000_0000;
+pub(crate) const MMIO_GAP_END: u64 = 0x1_0000_0000;
 /// Virtio-mmio device windows, one page each, from here upwards.
 pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
 pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
 /// IOAPIC and local APIC default addresses (handled in-kernel by KVM).
-pub const IOAPIC_START: u64 = 0xfec0_0000;
-pub const APIC_START: u64 = 0xfee0_0000;
+pub(crate) const IOAPIC_START: u64 = 0xfec0_0000;
+pub(crate) const APIC_START: u64 = 0xfee0_0000;
 /// Three pages KVM needs for the TSS on Intel hosts, inside the MMIO gap.
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
 
@@ -68,7 +68,7 @@ impl MemoryLayout {
     }
 
     /// End (exclusive) of the RAM below the MMIO gap.
-    pub fn low_ram_end(&self) -> u64 {
+    pub(crate) fn low_ram_end(&self) -> u64 {
         self.ram[0].0 .0 + self.ram[0].1 as u64
     }
 

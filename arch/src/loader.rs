@@ -90,7 +90,7 @@ pub fn load_kernel<M: GuestMemoryBackend>(
 }
 
 /// Tells an ELF image from a bzImage by their magic numbers.
-pub fn detect_format(image: &mut File) -> Result<KernelFormat, LoaderError> {
+pub(crate) fn detect_format(image: &mut File) -> Result<KernelFormat, LoaderError> {
     let mut head = [0u8; 0x206];
     image.seek(SeekFrom::Start(0)).map_err(LoaderError::Io)?;
     let n = read_up_to(image, &mut head).map_err(LoaderError::Io)?;

@@ -2,17 +2,17 @@
 
 use kvm_bindings::{kvm_msr_entry, Msrs};
 
-pub const MSR_IA32_TSC: u32 = 0x10;
-pub const MSR_IA32_SYSENTER_CS: u32 = 0x174;
-pub const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
-pub const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
-pub const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
-pub const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
-pub const MSR_STAR: u32 = 0xc000_0081;
-pub const MSR_LSTAR: u32 = 0xc000_0082;
-pub const MSR_CSTAR: u32 = 0xc000_0083;
-pub const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
-pub const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+pub(crate) const MSR_IA32_TSC: u32 = 0x10;
+pub(crate) const MSR_IA32_SYSENTER_CS: u32 = 0x174;
+pub(crate) const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
+pub(crate) const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
+pub(crate) const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+pub(crate) const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
+pub(crate) const MSR_STAR: u32 = 0xc000_0081;
+pub(crate) const MSR_LSTAR: u32 = 0xc000_0082;
+pub(crate) const MSR_CSTAR: u32 = 0xc000_0083;
+pub(crate) const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
+pub(crate) const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 pub const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
 
 const MISC_ENABLE_FAST_STRING: u64 = 1;
@@ -21,7 +21,7 @@ const MTRR_ENABLE: u64 = 1 << 11;
 const MTRR_MEM_TYPE_WB: u64 = 6;
 
 /// The MSRs a freshly booted 64-bit vCPU gets, as (index, value).
-pub fn boot_msr_values() -> Vec<(u32, u64)> {
+pub(crate) fn boot_msr_values() -> Vec<(u32, u64)> {
     vec![
         (MSR_IA32_SYSENTER_CS, 0),
         (MSR_IA32_SYSENTER_ESP, 0),
@@ -38,7 +38,7 @@ pub fn boot_msr_values() -> Vec<(u32, u64)> {
 }
 
 /// Builds the FAM structure KVM_SET_MSRS takes.
-pub fn to_kvm_msrs(values: &[(u32, u64)]) -> Result<Msrs, vmm_sys_util::fam::Error> {
+pub(crate) fn to_kvm_msrs(values: &[(u32, u64)]) -> Result<Msrs, vmm_sys_util::fam::Error> {
     let entries: Vec<kvm_msr_entry> = values
         .iter()
         .map(|&(index, data)| kvm_msr_entry {

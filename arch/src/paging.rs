@@ -9,7 +9,7 @@ const PRESENT_WRITABLE: u64 = 0x3;
 const PAGE_SIZE_2M: u64 = 0x80;
 
 /// Writes the identity tables; returns the value for CR3.
-pub fn write_identity_tables<M: GuestMemory + ?Sized>(
+pub(crate) fn write_identity_tables<M: GuestMemory + ?Sized>(
     mem: &M,
 ) -> Result<u64, vm_memory::GuestMemoryError> {
     mem.write_obj(PDPTE_START | PRESENT_WRITABLE, GuestAddress(PML4_START))?;

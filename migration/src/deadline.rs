@@ -13,7 +13,7 @@ use tokio::time::Sleep;
 /// What a stalled operation fails with, inside an `io::Error` of kind `TimedOut`.
 #[derive(Debug, thiserror::Error)]
 #[error("the peer made no progress for {0} s ({1})")]
-pub struct Stalled(pub u64, pub &'static str);
+pub(crate) struct Stalled(pub u64, pub &'static str);
 
 pub struct Deadline<S> {
     inner: S,

@@ -61,7 +61,7 @@ impl DirtyBitmap {
         }
     }
 
-    pub fn is_set(&self, page: usize) -> bool {
+    pub(crate) fn is_set(&self, page: usize) -> bool {
         page < self.pages && self.words[page / 64] & (1 << (page % 64)) != 0
     }
 
@@ -102,7 +102,7 @@ impl DirtyBitmap {
 }
 
 /// True when a page holds only zero bytes (it need not be sent: fresh guest memory is zero).
-pub fn is_zero_page(page: &[u8]) -> bool {
+pub(crate) fn is_zero_page(page: &[u8]) -> bool {
     // Word compares: fast enough to run over all guest memory in round 0.
     let words = page.chunks_exact(8);
     let tail = words.remainder();

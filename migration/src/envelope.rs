@@ -5,12 +5,12 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub const MAGIC: &[u8; 4] = b"VMMS";
-pub const FORMAT_MAJOR: u16 = 1;
-pub const FORMAT_MINOR: u16 = 0;
+pub(crate) const MAGIC: &[u8; 4] = b"VMMS";
+pub(crate) const FORMAT_MAJOR: u16 = 1;
+pub(crate) const FORMAT_MINOR: u16 = 0;
 const HEADER_LEN: usize = 4 + 2 + 2 + 4;
 /// Largest payload accepted: VM state is kilobytes; memory never travels in an envelope.
-pub const MAX_PAYLOAD: usize = 64 << 20;
+pub(crate) const MAX_PAYLOAD: usize = 64 << 20;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EnvelopeError {

@@ -11,12 +11,12 @@ use sha2::Sha256;
 
 /// Keys shorter than this are refused, at least 32 bytes: the first handshake message lets anyone who records it test guesses of
 /// the key offline, so a short passphrase would be found; 32 random bytes (44 in base64) are not.
-pub const MIN_KEY_LEN: usize = 32;
+pub(crate) const MIN_KEY_LEN: usize = 32;
 /// Key files larger than this are refused before they are read (a key file of `/dev/zero`
 /// must be an error, not an out-of-memory abort).
-pub const MAX_KEY_FILE_LEN: u64 = 4096;
+pub(crate) const MAX_KEY_FILE_LEN: u64 = 4096;
 /// Length of the Noise pre-shared key.
-pub const PSK_LEN: usize = 32;
+pub(crate) const PSK_LEN: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {

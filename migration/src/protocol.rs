@@ -50,7 +50,7 @@ const HELLO_MAGIC: &str = "vmm-migration";
 /// Connections one migration may use at most.
 pub const MAX_CONNECTIONS: u32 = 128;
 /// Length of the random id that binds a migration's extra connections to it.
-pub const SESSION_LEN: usize = 16;
+pub(crate) const SESSION_LEN: usize = 16;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Hello {

@@ -13,14 +13,14 @@
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 
 /// Bytes before the body.
-pub const HEADER_LEN: usize = 4;
+pub(crate) const HEADER_LEN: usize = 4;
 /// Bytes after the body, at most (the AEAD tag; a CRC takes 4).
-pub const MAX_TRAILER_LEN: usize = 16;
+pub(crate) const MAX_TRAILER_LEN: usize = 16;
 /// Length of one direction's key.
-pub const KEY_LEN: usize = 32;
+pub(crate) const KEY_LEN: usize = 32;
 
 /// The keys of one end: what it seals with, what it opens with.
-pub struct RecordKeys {
+pub(crate) struct RecordKeys {
     pub send: [u8; KEY_LEN],
     pub recv: [u8; KEY_LEN],
 }
@@ -112,7 +112,7 @@ impl Opener {
     }
 
     /// How many bytes follow a header announcing a body of `body_len`.
-    pub fn rest_len(&self, body_len: usize) -> usize {
+    pub(crate) fn rest_len(&self, body_len: usize) -> usize {
         body_len + self.protection.trailer_len()
     }
 

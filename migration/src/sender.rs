@@ -79,7 +79,7 @@ const TELL_DESTINATION: Duration = Duration::from_secs(2);
 const STOP_GRACE: Duration = Duration::from_secs(2);
 /// How long the source waits for the destination's Resumed before it reports the outcome as
 /// unknown (it goes on waiting for a late one while the connection lasts).
-pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the source tells its caller while it runs, besides the final result.
 pub enum SendEvent<'a> {

@@ -12,7 +12,7 @@ pub struct RamRegion {
 }
 
 /// The error an implementation gives back, kept as the source of a [`VmError`].
-pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -114,7 +114,7 @@ pub trait TargetBuilder {
 }
 
 /// Finds the region holding `pages` pages at `gpa`.
-pub fn region_index(regions: &[RamRegion], gpa: u64, pages: usize) -> Option<usize> {
+pub(crate) fn region_index(regions: &[RamRegion], gpa: u64, pages: usize) -> Option<usize> {
     let end = gpa.checked_add((pages as u64).checked_mul(4096)?)?;
     regions
         .iter()

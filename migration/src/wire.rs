@@ -14,14 +14,12 @@ use crate::record::{IntegrityError, Opener, Sealer, HEADER_LEN, MAX_TRAILER_LEN}
 
 pub const PAGE_SIZE: usize = 4096;
 /// Pages per `Pages` frame at most (4 MiB of data).
-pub const MAX_PAGES_PER_FRAME: usize = 1024;
+pub(crate) const MAX_PAGES_PER_FRAME: usize = 1024;
 /// Largest frame payload: a batch of pages with their run headers, or a state envelope.
 pub const MAX_FRAME: usize = 8 << 20;
 /// Record body: the kind byte, then the payload.
 const KIND_LEN: usize = 1;
 const MAX_BODY: usize = KIND_LEN + MAX_FRAME;
-/// Bytes a frame costs on the wire beyond its payload.
-pub const FRAME_OVERHEAD: usize = HEADER_LEN + KIND_LEN + MAX_TRAILER_LEN;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -110,7 +108,7 @@ const MAX_REMOTE_TEXT: usize = 1024;
 
 /// A peer's error text made safe for a terminal and a log: control characters (escape
 /// sequences among them) become spaces, and the length is bounded.
-pub fn sanitize_remote_text(raw: &[u8]) -> String {
+pub(crate) fn sanitize_remote_text(raw: &[u8]) -> String {
     String::from_utf8_lossy(&raw[..raw.len().min(MAX_REMOTE_TEXT)])
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
@@ -150,7 +148,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 
     /// Payload bytes of the frame being built so far.
-    pub fn payload_len(&self) -> usize {
+    pub(crate) fn payload_len(&self) -> usize {
         self.len - HEADER_LEN - KIND_LEN
     }
 
@@ -167,18 +165,22 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 
     /// Drops the last `n` payload bytes (a page found to be zero after it was copied in).
-    pub fn unextend(&mut self, n: usize) {
+    pub(crate) fn unextend(&mut self, n: usize) {
         self.len -= n;
     }
 
     /// A payload byte already added, to patch (a count known only at the end).
-    pub fn payload_mut(&mut self) -> &mut [u8] {
+    pub(crate) fn payload_mut(&mut self) -> &mut [u8] {
         &mut self.buf[HEADER_LEN + KIND_LEN..self.len]
     }
 
     /// Compresses the `Pages` frame being built (zstd at `level`), when that makes it smaller:
     /// it becomes a `PagesZ` frame. `scratch` is the lane's reused compression buffer.
-    pub fn compress_payload(&mut self, level: i32, scratch: &mut Vec<u8>) -> std::io::Result<()> {
+    pub(crate) fn compress_payload(
+        &mut self,
+        level: i32,
+        scratch: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
         let payload = &self.buf[HEADER_LEN + KIND_LEN..self.len];
         let bound = zstd::zstd_safe::compress_bound(payload.len());
         if scratch.len() < bound {
@@ -356,10 +358,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
 /// A run header's count: the number of pages, with this bit set for a run of zero pages
 /// (no bytes follow: the destination zeroes them).
-pub const ZERO_RUN: u32 = 1 << 31;
+pub(crate) const ZERO_RUN: u32 = 1 << 31;
 const RUN_HEADER_LEN: usize = 12;
 /// Runs in one `Pages` frame at most.
-pub const MAX_RUNS_PER_FRAME: usize = MAX_PAGES_PER_FRAME;
+pub(crate) const MAX_RUNS_PER_FRAME: usize = MAX_PAGES_PER_FRAME;
 
 /// One run of a `Pages` frame.
 #[derive(Debug, PartialEq, Eq)]
@@ -406,7 +408,7 @@ impl PagesWriter {
     }
 
     /// Pages with bytes in the frame.
-    pub fn data_pages(&self) -> usize {
+    pub(crate) fn data_pages(&self) -> usize {
         self.data_pages
     }
 
@@ -458,7 +460,7 @@ impl PagesWriter {
 
     /// Adds guest page `page` with its bytes: `fill` copies them into the slot they will be
     /// sent from and says whether to keep them (false: the page is taken back out).
-    pub fn push_data<W: AsyncWrite + Unpin, E>(
+    pub(crate) fn push_data<W: AsyncWrite + Unpin, E>(
         &mut self,
         w: &mut FrameWriter<W>,
         page: u64,
@@ -482,7 +484,7 @@ impl PagesWriter {
     }
 
     /// Adds guest page `page` as part of a zero run (no bytes: the destination zeroes it).
-    pub fn push_zero<W: AsyncWrite + Unpin>(&mut self, w: &mut FrameWriter<W>, page: u64) {
+    pub(crate) fn push_zero<W: AsyncWrite + Unpin>(&mut self, w: &mut FrameWriter<W>, page: u64) {
         self.extend_run(w, page, true);
         self.zero_pages += 1;
     }

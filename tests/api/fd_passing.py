@@ -152,7 +152,11 @@ def main():
         expect(src, "PUT", "vm.add-net", 400, {"mac": MAC, "fds": [3]}, contains="none came with the request")
         expect(src, "GET", "vm.info", 400, None, [null], contains="takes no file descriptors")
         os.close(null)
-        after = open_fds(src_proc.pid)
+        # The server closes each connection just after its answer's last byte: wait for the
+        # count to come back, and fail if it does not.
+        end = time.time() + 5
+        while (after := open_fds(src_proc.pid)) != before and time.time() < end:
+            time.sleep(0.05)
         if after != before:
             fail(f"refused requests leaked descriptors in the VMM: {before} open before, {after} after")
 

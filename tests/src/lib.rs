@@ -636,13 +636,50 @@ pub fn test_key(dir: &Path) -> PathBuf {
     key_file(dir, "migration.key", "vmm-test-migration-key-0123456789")
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// A TCP port on 127.0.0.1 for a test's listener. A counter hands the ports out, so two tests
+/// of this process (they run in parallel threads) never get the same one; they come from
+/// below the kernel's ephemeral range (`ip_local_port_range`), so no outgoing connection's
+/// local port takes one before its listener binds it; each is checked free when handed out;
+/// and each test process starts at its own offset (from its PID), so test binaries and a
+/// bench running beside them rarely meet.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static HANDED_OUT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|&low| low > LOWEST + 1000)
+        .unwrap_or(32_768);
+    let span = ephemeral - LOWEST;
+    let offset = std::process::id().wrapping_mul(2_654_435_761) % span;
+    for _ in 0..span {
+        let n = HANDED_OUT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOWEST + (offset + n) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free TCP port in {LOWEST}..{ephemeral}");
+}
+
+/// Waits until the migration of `name` (in runtime dir `dir`) has sent `bytes` of guest memory,
+/// as its `vm.migration-progress` reports (counted at the end of each round); for tests that
+/// act in the middle of a transfer.
+pub fn wait_for_bytes_sent(dir: &Path, name: &str, bytes: u64, timeout: Duration) {
+    let socket = dir.join(format!("{name}.sock"));
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (_, p) = curl::curl(&socket, "GET", "vm.migration-progress", None);
+        if p["progress"]["bytes_sent"].as_u64().unwrap_or(0) >= bytes {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the migration of {name} did not send {bytes} bytes in {timeout:?}: {p}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Runs `vmm --runtime-dir DIR ARGS...` (a `migrate`), retrying while the destination is not

@@ -4,8 +4,6 @@
 //! that the source keeps exactly one paused copy, flagged unknown, which resumes on an
 //! explicit `vmm resume --force` with its memory intact.
 
-use std::time::Duration;
-
 use vmm_tests::pair::{hold, hold_lock, state, wait_state, Pair, T, UNKNOWN};
 use vmm_tests::proxy::Link;
 use vmm_tests::{assert_source_intact, require_kvm, vmm_cli};
@@ -39,7 +37,7 @@ fn a_lost_commit_leaves_one_paused_copy_that_resumes_on_request() {
     assert!(!st.success() && err.contains("--force"), "{err}");
     // SIGTERM does not discard it either.
     p.src.signal(libc::SIGTERM);
-    std::thread::sleep(Duration::from_millis(500));
+    p.src.wait_for_stderr("ignored: the migration to", T);
     assert_eq!(state(&p.a.0, p.name).as_deref(), Some(UNKNOWN));
     // The operator resumes it here: the disk is taken back, the guest runs on, intact.
     let (st, out, err) = vmm_cli(&p.a.0, &["resume", p.name, "--force"], T);

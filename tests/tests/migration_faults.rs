@@ -7,7 +7,7 @@ use std::time::Duration;
 use vmm_tests::proxy::{Proxy, Tamper};
 use vmm_tests::{
     assert_source_intact, free_port, migrate_retrying, require_kvm, require_root, start_dirtier,
-    test_key, RuntimeDir, VmProcess,
+    test_key, wait_for_bytes_sent, RuntimeDir, VmProcess,
 };
 
 const T: Duration = Duration::from_secs(120);
@@ -67,8 +67,10 @@ fn a_destination_killed_mid_transfer_leaves_the_guest_on_the_source() {
     let dst = destination(&b, "k1", port);
     let dst_pid = dst.pid();
     // A bandwidth cap keeps the transfer going long enough to kill the destination in it.
+    let source_dir = a.0.clone();
     let killer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(2500));
+        // Progress is counted per round: the first round is done, the next under way.
+        wait_for_bytes_sent(&source_dir, "k1", 1, T);
         // SAFETY: killing our own child process by PID.
         unsafe { libc::kill(dst_pid as i32, libc::SIGKILL) };
     });

@@ -14,25 +14,22 @@ struct TwoHosts {
     h2: String,
 }
 
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip: {e}"))?;
+fn ip(args: &[&str]) -> std::io::Result<()> {
+    let out = Command::new("ip").args(args).output()?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
+        Err(std::io::Error::other(format!(
             "ip {}: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr)
-        ))
+        )))
     }
 }
 
 impl TwoHosts {
     /// Two hosts whose names carry `tag` (tests of one process run at once).
-    fn create(tag: &str) -> Result<Self, String> {
+    fn create(tag: &str) -> std::io::Result<Self> {
         let id = format!("{}{tag}", std::process::id());
         let hosts = TwoHosts {
             h1: format!("vmmt-h1-{id}"),

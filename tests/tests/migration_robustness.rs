@@ -150,8 +150,8 @@ fn slow_migration(a: &RuntimeDir, b: &RuntimeDir, name: &str) -> (Child, VmProce
     let port = free_port();
     let mut dst = destination(b, name, port);
     let child = spawn_migrate(a, name, port, &["--max-bandwidth", "2"]);
+    // Under way once the destination has the source (its first round takes seconds at 2 MiB/s).
     dst.wait_for_stderr("migration source", T);
-    std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(info_state(a, name)["state"], "migrating");
     (child, dst)
 }

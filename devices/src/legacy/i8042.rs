@@ -8,8 +8,8 @@ use vm_superio::Trigger;
 use crate::{BusDevice, Interrupt};
 
 /// Base port 0x60; the command/status port is at offset 4 (0x64).
-pub const I8042_BASE: u64 = 0x60;
-pub const I8042_SIZE: u64 = 5;
+pub(crate) const I8042_BASE: u64 = 0x60;
+pub(crate) const I8042_SIZE: u64 = 5;
 
 struct ResetLine(Arc<dyn Interrupt>);
 

@@ -16,7 +16,7 @@ pub const SERIAL_PORT_SIZE: u64 = 8;
 
 /// Adapts an [`Interrupt`] to vm-superio's trigger trait.
 #[derive(Clone)]
-pub struct IrqTrigger(Arc<dyn Interrupt>);
+pub(crate) struct IrqTrigger(Arc<dyn Interrupt>);
 
 impl Trigger for IrqTrigger {
     type E = std::io::Error;

@@ -16,37 +16,36 @@ const MAGIC_VALUE: u32 = 0x7472_6976; // "virt"
 const MMIO_VERSION: u32 = 2;
 const VENDOR_ID: u32 = 0x1af4;
 
-pub const REG_MAGIC: u64 = 0x000;
-pub const REG_VERSION: u64 = 0x004;
-pub const REG_DEVICE_ID: u64 = 0x008;
-pub const REG_VENDOR_ID: u64 = 0x00c;
-pub const REG_DEVICE_FEATURES: u64 = 0x010;
-pub const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
+pub(crate) const REG_MAGIC: u64 = 0x000;
+pub(crate) const REG_VERSION: u64 = 0x004;
+pub(crate) const REG_DEVICE_ID: u64 = 0x008;
+pub(crate) const REG_VENDOR_ID: u64 = 0x00c;
+pub(crate) const REG_DEVICE_FEATURES: u64 = 0x010;
+pub(crate) const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
 pub const REG_DRIVER_FEATURES: u64 = 0x020;
 pub const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
 pub const REG_QUEUE_SEL: u64 = 0x030;
-pub const REG_QUEUE_NUM_MAX: u64 = 0x034;
+pub(crate) const REG_QUEUE_NUM_MAX: u64 = 0x034;
 pub const REG_QUEUE_NUM: u64 = 0x038;
 pub const REG_QUEUE_READY: u64 = 0x044;
 pub const REG_QUEUE_NOTIFY: u64 = 0x050;
-pub const REG_INTERRUPT_STATUS: u64 = 0x060;
-pub const REG_INTERRUPT_ACK: u64 = 0x064;
+pub(crate) const REG_INTERRUPT_STATUS: u64 = 0x060;
+pub(crate) const REG_INTERRUPT_ACK: u64 = 0x064;
 pub const REG_STATUS: u64 = 0x070;
 pub const REG_QUEUE_DESC_LOW: u64 = 0x080;
-pub const REG_QUEUE_DESC_HIGH: u64 = 0x084;
+pub(crate) const REG_QUEUE_DESC_HIGH: u64 = 0x084;
 pub const REG_QUEUE_DRIVER_LOW: u64 = 0x090;
-pub const REG_QUEUE_DRIVER_HIGH: u64 = 0x094;
+pub(crate) const REG_QUEUE_DRIVER_HIGH: u64 = 0x094;
 pub const REG_QUEUE_DEVICE_LOW: u64 = 0x0a0;
-pub const REG_QUEUE_DEVICE_HIGH: u64 = 0x0a4;
-pub const REG_CONFIG_GENERATION: u64 = 0x0fc;
-pub const CONFIG_SPACE: u64 = 0x100;
+pub(crate) const REG_QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+pub(crate) const REG_CONFIG_GENERATION: u64 = 0x0fc;
+pub(crate) const CONFIG_SPACE: u64 = 0x100;
 
 pub const STATUS_ACKNOWLEDGE: u32 = 1;
 pub const STATUS_DRIVER: u32 = 2;
 pub const STATUS_DRIVER_OK: u32 = 4;
 pub const STATUS_FEATURES_OK: u32 = 8;
-pub const STATUS_DEVICE_NEEDS_RESET: u32 = 64;
-pub const STATUS_FAILED: u32 = 128;
+pub(crate) const STATUS_DEVICE_NEEDS_RESET: u32 = 64;
 
 pub struct MmioTransport {
     device: Box<dyn VirtioDevice>,
@@ -280,7 +279,7 @@ impl MmioTransport {
         self.status
     }
 
-    pub fn is_active(&self) -> bool {
+    pub(crate) fn is_active(&self) -> bool {
         self.status & STATUS_DRIVER_OK != 0 && self.status & STATUS_DEVICE_NEEDS_RESET == 0
     }
 

@@ -13,6 +13,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueState};
+
+/// Why a queue's state was refused (see [`QueueSnapshot::validate`]).
+pub use virtio_queue::Error as QueueError;
 use vm_memory::bitmap::AtomicBitmap;
 
 use crate::Interrupt;
@@ -20,14 +23,14 @@ use crate::Interrupt;
 /// Guest memory as devices see it: mmap'd regions with a dirty bitmap.
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<AtomicBitmap>;
 
-pub const TYPE_NET: u32 = 1;
-pub const TYPE_BLOCK: u32 = 2;
+pub(crate) const TYPE_NET: u32 = 1;
+pub(crate) const TYPE_BLOCK: u32 = 2;
 
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
 /// Bits of the MMIO InterruptStatus register.
-pub const INTERRUPT_USED_RING: u32 = 1;
-pub const INTERRUPT_CONFIG: u32 = 2;
+pub(crate) const INTERRUPT_USED_RING: u32 = 1;
+pub(crate) const INTERRUPT_CONFIG: u32 = 2;
 
 /// A device's interrupt line plus the status the guest reads back and acknowledges.
 pub struct VirtioInterrupt {
@@ -51,12 +54,12 @@ impl VirtioInterrupt {
     }
 
     /// The device put buffers in a used ring.
-    pub fn signal_used_queue(&self) {
+    pub(crate) fn signal_used_queue(&self) {
         self.raise(INTERRUPT_USED_RING);
     }
 
     /// The configuration (or the device status, e.g. DEVICE_NEEDS_RESET) changed.
-    pub fn signal_config(&self) {
+    pub(crate) fn signal_config(&self) {
         self.raise(INTERRUPT_CONFIG);
     }
 
@@ -69,7 +72,7 @@ impl VirtioInterrupt {
     }
 
     /// Restores the pending bits (migration).
-    pub fn set_status(&self, bits: u32) {
+    pub(crate) fn set_status(&self, bits: u32) {
         self.status.store(bits, Ordering::SeqCst);
     }
 }
@@ -137,7 +140,7 @@ pub trait VirtioDevice: Send {
 }
 
 /// See [`VirtioDevice::backend_flush`].
-pub type BackendFlush = Box<dyn FnOnce() -> Result<(), BackendError> + Send>;
+pub(crate) type BackendFlush = Box<dyn FnOnce() -> Result<(), BackendError> + Send>;
 
 /// A device's host backend failed a migration step.
 #[derive(Debug, thiserror::Error)]
@@ -204,7 +207,7 @@ impl From<QueueSnapshot> for QueueState {
 
 /// Copies a little-endian config structure's bytes at `offset` into `data`; reads past the
 /// end return zeros (the spec leaves them undefined; zeros are the safe choice).
-pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     data.fill(0);
     let Ok(start) = usize::try_from(offset) else {
         return;

@@ -261,7 +261,7 @@ pub async fn secure_destination(
 
 /// The TLS alert a peer ended the session with, when it is about this end's certificate (the
 /// peer's check of it failed: another CA, or none).
-pub fn certificate_rejection(e: &io::Error) -> Option<rustls::AlertDescription> {
+pub(crate) fn certificate_rejection(e: &io::Error) -> Option<rustls::AlertDescription> {
     use rustls::AlertDescription as A;
     match e.get_ref()?.downcast_ref::<rustls::Error>()? {
         rustls::Error::AlertReceived(

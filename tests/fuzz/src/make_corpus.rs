@@ -174,6 +174,23 @@ fn main() {
     put("device_state", "seed-block", &[[1u8].as_slice(), &cbor(&block)].concat());
     put("device_state", "seed-net", &[[2u8].as_slice(), &cbor(&net)].concat());
 
+    // A whole session as receiver_session reads it: [kind index][length: u16 le][payload].
+    let session: Vec<u8> = [
+        (FrameKind::Hello, hello.clone()),
+        (FrameKind::Config, migration::envelope::seal(&config).unwrap()),
+        (FrameKind::Pages, pages.clone()),
+        (FrameKind::RoundEnd, 0u32.to_le_bytes().to_vec()),
+        (FrameKind::State, migration::envelope::seal(&state).unwrap()),
+        (FrameKind::Commit, Vec::new()),
+    ]
+    .iter()
+    .flat_map(|(kind, payload)| {
+        let len = u16::try_from(payload.len()).expect("a seed frame under 64 KiB");
+        [&[*kind as u8][..], &len.to_le_bytes(), payload].concat()
+    })
+    .collect();
+    put("receiver_session", "seed-session", &session);
+
     let mut preface = b"VMMMIGR".to_vec();
     preface.extend_from_slice(&[migration::channel::PROTOCOL_VERSION, 1]);
     put("channel_handshake", "seed-psk-preface", &[preface.as_slice(), &[0, 48], &[7u8; 48]].concat());

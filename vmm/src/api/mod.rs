@@ -18,6 +18,7 @@
 pub(crate) const CLOUD_HYPERVISOR_API_LEVEL: &str = "21.0.0";
 
 pub(crate) mod client;
+pub mod config_error;
 pub(crate) mod fd_stream;
 pub(crate) mod migration_status;
 pub mod request;

@@ -105,6 +105,20 @@ impl ApiResponse {
         }
     }
 
+    /// An error answer carrying `error` and each of its sources, one message per level.
+    pub(crate) fn from_error(status: u16, error: &dyn std::error::Error) -> Self {
+        let mut chain = vec![error.to_string()];
+        let mut cause = error.source();
+        while let Some(c) = cause {
+            chain.push(c.to_string());
+            cause = c.source();
+        }
+        ApiResponse {
+            status,
+            body: serde_json::to_value(ErrorBody(chain)).ok(),
+        }
+    }
+
     /// 400: the request itself is wrong.
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::error(400, message)
@@ -416,7 +430,7 @@ mod tests {
             ),
         ] {
             let err = cfg(json).to_config("web").unwrap_err();
-            assert!(err.contains(why), "{json}: {err}");
+            assert!(crate::error_chain(&err).contains(why), "{json}: {err}");
         }
     }
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::config_error::ConfigRequestError;
 use crate::config::{self, DiskConfig, NetConfig, VmConfig};
 
 /// Memory of a VM created without `memory.size`.
@@ -187,14 +188,14 @@ pub enum SerialSink {
 
 impl SerialSink {
     /// `vmm run --serial tty|pty|file=PATH|null`.
-    pub(crate) fn parse(arg: &str) -> Result<Self, String> {
+    pub(crate) fn parse(arg: &str) -> Result<Self, ConfigRequestError> {
         let (mode, file) = match arg {
             "tty" => (ConsoleMode::Tty, None),
             "pty" => (ConsoleMode::Pty, None),
             "null" | "off" => (ConsoleMode::Null, None),
             _ => match arg.strip_prefix("file=") {
                 Some(path) if !path.is_empty() => (ConsoleMode::File, Some(PathBuf::from(path))),
-                _ => return Err(format!("--serial {arg}: give tty, pty, file=PATH or null")),
+                _ => return Err(ConfigRequestError::SerialArg(arg.to_string())),
             },
         };
         serial_sink(Some(&ConsoleConfig { mode, file }), None)
@@ -218,21 +219,22 @@ impl SerialSink {
 
 impl ApiVmConfig {
     /// Checks the request against the limits `vmm run` applies and builds the VM's config.
-    pub fn to_config(&self, name: &str) -> Result<(VmConfig, SerialSink), String> {
+    pub fn to_config(&self, name: &str) -> Result<(VmConfig, SerialSink), ConfigRequestError> {
         let vcpus = config::validate_vcpus(u64::from(self.cpus.boot_vcpus))
-            .map_err(|e| format!("cpus.boot_vcpus: {e}"))?;
+            .map_err(|e| ConfigRequestError::Invalid("cpus.boot_vcpus", e))?;
         if let Some(max) = self.cpus.max_vcpus {
             if max != self.cpus.boot_vcpus {
-                return Err("cpus.max_vcpus must equal cpus.boot_vcpus (no CPU hotplug)".into());
+                return Err(ConfigRequestError::Hotplug);
             }
         }
-        config::validate_memory(self.memory.size).map_err(|e| format!("memory.size: {e}"))?;
+        config::validate_memory(self.memory.size)
+            .map_err(|e| ConfigRequestError::Invalid("memory.size", e))?;
         let kernel = self
             .payload
             .kernel
             .clone()
             .or_else(|| self.kernel.as_ref().map(|k| k.path.clone()))
-            .ok_or("payload.kernel is required (firmware boot is not supported)")?;
+            .ok_or(ConfigRequestError::NoKernel)?;
         let (disks, nets) = devices_from_api(self.disks.as_deref(), self.net.as_deref(), name)?;
         let serial = serial_sink(self.serial.as_ref(), self.console.as_ref())?;
         let vm = VmConfig {
@@ -254,7 +256,7 @@ impl ApiVmConfig {
             disks,
             nets,
             cpu_model: config::validate_cpu_model(self.cpus.model.as_deref().unwrap_or("host"))
-                .map_err(|e| format!("cpus.model: {e}"))?,
+                .map_err(|e| ConfigRequestError::Invalid("cpus.model", e))?,
             nested: self.cpus.nested.unwrap_or(false),
         };
         Ok((vm, serial))
@@ -321,52 +323,43 @@ impl ApiVmConfig {
 fn serial_sink(
     serial: Option<&ConsoleConfig>,
     console: Option<&ConsoleConfig>,
-) -> Result<SerialSink, String> {
+) -> Result<SerialSink, ConfigRequestError> {
     let console_pty = match console.map(|c| c.mode) {
         None | Some(ConsoleMode::Off) | Some(ConsoleMode::Null) => false,
         Some(ConsoleMode::Pty) => true,
-        Some(other) => {
-            return Err(format!(
-                "console.mode {other:?}: this VMM has no virtio console; use serial (console.mode Off, or Pty for a PTY on the serial port)"
-            ))
-        }
+        Some(other) => return Err(ConfigRequestError::Console(format!("{other:?}"))),
     };
     let open_pty = |via_console| {
         crate::console::pty::PtyConsole::open(via_console)
             .map(SerialSink::Pty)
-            .map_err(|e| format!("cannot open a PTY for the console: {e}"))
+            .map_err(ConfigRequestError::Pty)
     };
     match (serial.map(|c| c.mode), console_pty) {
         (None | Some(ConsoleMode::Off) | Some(ConsoleMode::Null), true) => open_pty(true),
-        (Some(_), true) => Err(
-            "console.mode Pty and a serial port that is not Off: this VMM has one console (the serial port); ask for one of them"
-                .into(),
-        ),
+        (Some(_), true) => Err(ConfigRequestError::TwoConsoles),
         (None, false) | (Some(ConsoleMode::Tty), false) => Ok(SerialSink::Stdout),
         (Some(ConsoleMode::Off) | Some(ConsoleMode::Null), false) => Ok(SerialSink::Discard),
         (Some(ConsoleMode::File), false) => Ok(SerialSink::File(
             serial
                 .and_then(|c| c.file.clone())
-                .ok_or("serial.file is required with mode File")?,
+                .ok_or(ConfigRequestError::SerialFile)?,
         )),
         (Some(ConsoleMode::Pty), false) => open_pty(false),
-        (Some(ConsoleMode::Socket), false) => {
-            Err("serial.mode Socket is not supported (Tty, Pty, File, Null, Off)".into())
-        }
+        (Some(ConsoleMode::Socket), false) => Err(ConfigRequestError::SerialSocket),
     }
 }
 
 /// `vm.add-net` before `vm.boot`: the NIC joins the created VM's config (a MAC derived from
 /// its position when none is given); a tap the VM uses already is refused.
-pub(crate) fn add_net(vm: &mut VmConfig, net: &ApiNet) -> Result<AddedDevice, String> {
+pub(crate) fn add_net(vm: &mut VmConfig, net: &ApiNet) -> Result<AddedDevice, ConfigRequestError> {
     let index = vm.nets.len();
     let (_, mut nics) = devices_from_api(None, Some(std::slice::from_ref(net)), &vm.name)?;
-    let mut nic = nics.pop().ok_or("vm.add-net: no NIC")?;
+    let mut nic = nics.pop().expect("one NIC asked for, one built");
     if net.mac.is_none() {
         nic.mac = devices::virtio::net::default_mac(&vm.name, index);
     }
     if vm.nets.iter().any(|n| n.tap == nic.tap) {
-        return Err(format!("the VM has a NIC on tap '{}' already", nic.tap));
+        return Err(ConfigRequestError::TapInUse(nic.tap));
     }
     vm.nets.push(nic);
     Ok(AddedDevice {
@@ -376,12 +369,15 @@ pub(crate) fn add_net(vm: &mut VmConfig, net: &ApiNet) -> Result<AddedDevice, St
 
 /// `vm.add-disk` before `vm.boot`: the disk joins the created VM's config; an image the VM
 /// has already is refused.
-pub(crate) fn add_disk(vm: &mut VmConfig, disk: &ApiDisk) -> Result<AddedDevice, String> {
+pub(crate) fn add_disk(
+    vm: &mut VmConfig,
+    disk: &ApiDisk,
+) -> Result<AddedDevice, ConfigRequestError> {
     let index = vm.disks.len();
     let (mut disks, _) = devices_from_api(Some(std::slice::from_ref(disk)), None, &vm.name)?;
-    let d = disks.pop().ok_or("vm.add-disk: no disk")?;
+    let d = disks.pop().expect("one disk asked for, one built");
     if vm.disks.iter().any(|x| x.path == d.path) {
-        return Err(format!("the VM has the disk {} already", d.path.display()));
+        return Err(ConfigRequestError::DiskInUse(d.path));
     }
     vm.disks.push(d);
     Ok(AddedDevice {
@@ -396,14 +392,14 @@ pub(crate) fn devices_from_api(
     disks: Option<&[ApiDisk]>,
     nets: Option<&[ApiNet]>,
     vm_name: &str,
-) -> Result<(Vec<DiskConfig>, Vec<NetConfig>), String> {
+) -> Result<(Vec<DiskConfig>, Vec<NetConfig>), ConfigRequestError> {
     let disks = disks
         .unwrap_or_default()
         .iter()
         .map(|d| {
             if let Some(serial) = &d.serial {
                 if serial.len() > 20 || !serial.is_ascii() {
-                    return Err("disks[].serial is at most 20 ASCII characters".to_string());
+                    return Err(ConfigRequestError::DiskSerial);
                 }
             }
             Ok(DiskConfig {
@@ -421,42 +417,41 @@ pub(crate) fn devices_from_api(
         .map(|(i, n)| {
             let passed = match (n.passed.as_slice(), &n.fds) {
                 ([], Some(named)) if !named.is_empty() => {
-                    return Err(format!(
-                        "net[{i}].fds names {} descriptor(s), but none came with the request (pass them with SCM_RIGHTS on the API socket)",
-                        named.len()
-                    ))
+                    return Err(ConfigRequestError::FdsMissing {
+                        index: i,
+                        named: named.len(),
+                    })
                 }
                 ([], _) => None,
                 ([one], _) => Some(one.clone()),
                 (many, _) => {
-                    return Err(format!(
-                        "net[{i}]: {} tap descriptors passed; this VMM's NICs have one queue pair, so exactly one",
-                        many.len()
-                    ))
+                    return Err(ConfigRequestError::TooManyFds {
+                        index: i,
+                        count: many.len(),
+                    })
                 }
             };
             let tap = match &passed {
                 Some(fd) => {
                     let name = devices::virtio::net::tap_name(&*fd.0)
-                        .map_err(|e| format!("net[{i}]: {}", crate::error_chain(&e)))?;
+                        .map_err(|e| ConfigRequestError::PassedFd(i, e))?;
                     if let Some(asked) = n.tap.as_deref().filter(|t| *t != name) {
-                        return Err(format!(
-                            "net[{i}]: the descriptor passed is tap '{name}', the request names '{asked}'"
-                        ));
+                        return Err(ConfigRequestError::FdNotThatTap {
+                            index: i,
+                            passed: name,
+                            asked: asked.to_string(),
+                        });
                     }
                     name
                 }
-                None => n
-                    .tap
-                    .clone()
-                    .ok_or("net[].tap is required (this VMM attaches NICs to tap devices: a name, or a descriptor in fds)")?,
+                None => n.tap.clone().ok_or(ConfigRequestError::NoTap)?,
             };
             let mut arg = format!("tap={tap}");
             if let Some(mac) = &n.mac {
                 arg.push_str(&format!(",mac={mac}"));
             }
             let mut nic =
-                NetConfig::parse(&arg, vm_name, i).map_err(|e| format!("net[{i}]: {e}"))?;
+                NetConfig::parse(&arg, vm_name, i).map_err(|e| ConfigRequestError::Net(i, e))?;
             nic.tap_fd = passed;
             Ok(nic)
         })
@@ -757,8 +752,7 @@ pub struct ChMemoryTransmissionInfo {
 }
 
 /// The body of every error answer, as Cloud Hypervisor writes it: a JSON array of messages,
-/// the error first and then what caused it (here the message carries its causes, so the
-/// array has one).
+/// the error first and then what caused it, one entry per level of the error's chain.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody(pub(crate) Vec<String>);
 
@@ -793,6 +787,10 @@ mod tests {
         .unwrap();
         assert_eq!(both.to_config("b").unwrap().0.kernel, PathBuf::from("/new"));
         let none: ApiVmConfig = serde_json::from_str(r#"{"memory": {"size": 67108864}}"#).unwrap();
-        assert!(none.to_config("n").unwrap_err().contains("payload.kernel"));
+        assert!(none
+            .to_config("n")
+            .unwrap_err()
+            .to_string()
+            .contains("payload.kernel"));
     }
 }

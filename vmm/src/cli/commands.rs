@@ -475,7 +475,7 @@ fn migrate(dir: &std::path::Path, args: MigrateArgs) -> anyhow::Result<u8> {
         connections: Some(args.connections),
         compress: args.compress.clone(),
     };
-    let endpoint = Endpoint::parse(&args.to).map_err(anyhow::Error::msg)?;
+    let endpoint = Endpoint::parse(&args.to)?;
     if args.insecure {
         if let Some(w) = crate::migrate::security::insecure_warning(&endpoint) {
             eprintln!("vmm: {w}");
@@ -670,7 +670,7 @@ fn run_vm(
         api_socket,
         monitor,
         allow_emulated_kernel: args.allow_emulated_kernel,
-        serial: SerialSink::parse(&args.serial).map_err(anyhow::Error::msg)?,
+        serial: SerialSink::parse(&args.serial)?,
     };
     let start = if let Some(listen) = &args.incoming {
         // The same request an orchestrator sends as vm.receive-migration.
@@ -694,9 +694,7 @@ fn run_vm(
                 }),
             net_fds: None,
         };
-        Start::Receive(Box::new(
-            ReceiveSpec::from_api(&receive, &args.name).map_err(anyhow::Error::msg)?,
-        ))
+        Start::Receive(Box::new(ReceiveSpec::from_api(&receive, &args.name)?))
     } else {
         let memory_bytes = memory_size(args.memory.as_deref().unwrap_or("256M"))?;
         let vcpus = config::validate_vcpus(args.vcpus)?;

@@ -3,5 +3,6 @@
 //! owns a running VM and decides when it ends. It calls every room below it (migrate, vm, api,
 //! events, console); only `cli` calls it.
 
+pub(crate) mod error;
 pub(crate) mod owner;
 pub(crate) mod run;

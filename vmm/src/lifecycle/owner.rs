@@ -28,6 +28,16 @@ use crate::migrate::worker::Reporting;
 use crate::vm::event_loop::EventLoop;
 use crate::vm::machine::Machine;
 
+/// `vm.resume` with `force` found a disk held elsewhere: the destination most likely runs the
+/// guest.
+#[derive(Debug, thiserror::Error)]
+#[error("not resumed; another process holds the disk, so the destination most likely runs the guest: discard this copy with `vmm stop {name}`")]
+pub(crate) struct NotResumed {
+    name: String,
+    #[source]
+    source: devices::virtio::BackendError,
+}
+
 /// How the VM ended.
 #[derive(Debug)]
 pub(crate) enum RunEnd {
@@ -285,7 +295,7 @@ impl Owner {
             ApiRequest::VmPause => respond(reply, ApiResponse::not_now(waiting.clone())),
             ApiRequest::VmResume { force: true } if unconfirmed => match self.force_resume() {
                 Ok(()) => respond(reply, ApiResponse::no_content()),
-                Err(e) => respond(reply, ApiResponse::not_now(e)),
+                Err(e) => respond(reply, ApiResponse::from_error(405, &e)),
             },
             ApiRequest::VmResume { .. } if unconfirmed => respond(
                 reply,
@@ -319,14 +329,13 @@ impl Owner {
     /// `vm.resume` with `force` after an unconfirmed commit: takes every disk back (refused,
     /// and the disks let go again, while another process holds one: the destination has the
     /// guest), stops the worker's wait, and runs the guest here again.
-    fn force_resume(&mut self) -> Result<(), String> {
-        if let Err(e) = self.machine.acquire_backends() {
+    fn force_resume(&mut self) -> Result<(), NotResumed> {
+        if let Err(source) = self.machine.acquire_backends() {
             self.machine.release_backends();
-            return Err(format!(
-                "not resumed: {}; another process holds the disk, so the destination most likely runs the guest: discard this copy with `vmm stop {}`",
-                crate::error_chain(&e),
-                self.machine.config.name
-            ));
+            return Err(NotResumed {
+                name: self.machine.config.name.clone(),
+                source,
+            });
         }
         let to = self.committed_to();
         if let Some(m) = self.migration.take() {
@@ -469,7 +478,7 @@ impl Owner {
                         });
                         respond(reply, ApiResponse::no_content());
                     }
-                    Err(e) => respond(reply, ApiResponse::bad_request(e)),
+                    Err(e) => respond(reply, ApiResponse::from_error(400, &e)),
                 }
             }
             ApiRequest::CancelMigration => match &mut self.migration {

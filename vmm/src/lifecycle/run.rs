@@ -17,8 +17,6 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-
 use crate::api::migration_status::MigrationStatus;
 use crate::api::request::{respond, Responder};
 use crate::api::request::{ApiRequest, ApiResponse};
@@ -29,6 +27,7 @@ use crate::api::types::{
 use crate::config::{self, VmConfig};
 use crate::event_monitor::EventMonitor;
 use crate::events::VmEvent;
+use crate::lifecycle::error::{ReceiveError, ReceiveSpecError, RunError};
 use crate::lifecycle::owner::{OwnerContext, RunEnd};
 use crate::migrate::target::{Grants, Incoming};
 use crate::migrate::transport::Endpoint;
@@ -80,7 +79,10 @@ pub(crate) struct ReceiveSpec {
 
 impl ReceiveSpec {
     /// The spec of a `vm.receive-migration` request (its fields are the grants).
-    pub(crate) fn from_api(req: &ReceiveMigration, vm_name: &str) -> Result<Self, String> {
+    pub(crate) fn from_api(
+        req: &ReceiveMigration,
+        vm_name: &str,
+    ) -> Result<Self, ReceiveSpecError> {
         use crate::migrate::security::{self, SecurityOptions};
         let listen = Endpoint::parse(&req.receiver_url)?;
         let security = security::for_destination(
@@ -91,8 +93,7 @@ impl ReceiveSpec {
                 insecure: req.insecure,
             },
             &listen,
-        )
-        .map_err(|e| crate::error_chain(&e))?;
+        )?;
         if req.insecure {
             if let Some(w) = security::insecure_warning(&listen) {
                 eprintln!("vmm: {w}");
@@ -102,14 +103,12 @@ impl ReceiveSpec {
         let (disks, nets) =
             crate::api::types::devices_from_api(req.disks.as_deref(), req.net.as_deref(), vm_name)?;
         if let Some(size) = req.memory_size {
-            config::validate_memory(size).map_err(|e| format!("memory_size: {e}"))?;
+            config::validate_memory(size).map_err(ReceiveSpecError::Memory)?;
         }
         let payload = match &req.payload {
             None => None,
             Some(p) => {
-                let kernel = p.kernel.clone().ok_or(
-                    "payload: a granted payload needs its kernel (the initramfs and cmdline are optional)",
-                )?;
+                let kernel = p.kernel.clone().ok_or(ReceiveSpecError::PayloadKernel)?;
                 Some(crate::migrate::target::Payload {
                     kernel,
                     initrd: p.initramfs.clone(),
@@ -137,19 +136,14 @@ impl ReceiveSpec {
     }
 }
 
-fn refuse_emulated_linux(config: &VmConfig, allowed: bool) -> anyhow::Result<()> {
+fn refuse_emulated_linux(config: &VmConfig, allowed: bool) -> Result<(), RunError> {
     if allowed || host::detect() != HostKvm::Pvm {
         return Ok(());
     }
     let path = &config.kernel;
-    let mut f = std::fs::File::open(path)
-        .with_context(|| format!("cannot open kernel {}", path.display()))?;
-    if arch::loader::is_linux_kernel(&mut f)? {
-        bail!(
-            "{} is a Linux kernel, but {}",
-            path.display(),
-            host::PVM_LINUX_REFUSAL
-        );
+    let mut f = std::fs::File::open(path).map_err(|e| RunError::KernelOpen(path.clone(), e))?;
+    if arch::loader::is_linux_kernel(&mut f).map_err(|e| RunError::KernelRead(path.clone(), e))? {
+        return Err(RunError::EmulatedLinux(path.clone()));
     }
     Ok(())
 }
@@ -167,19 +161,18 @@ impl ApiSocket {
         addr: ApiSocketAddr,
         tx: Sender<VmEvent>,
         status: Arc<MigrationStatus>,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, RunError> {
         let (listener, path) = match addr {
             ApiSocketAddr::Path(path) => {
                 // A socket file left here belongs to a VMM that died (the name lock, when
                 // there is one, is ours): replaced.
                 let listener = crate::unix_socket::bind_private(&path)
-                    .with_context(|| format!("cannot create the API socket {}", path.display()))?;
+                    .map_err(|e| RunError::ApiSocket(path.clone(), e))?;
                 (listener, Some(path))
             }
             ApiSocketAddr::Fd(fd) => (crate::unix_socket::inherited_listener(fd)?, None),
         };
-        let server =
-            ApiServer::start(listener, tx, status).context("cannot start the API server")?;
+        let server = ApiServer::start(listener, tx, status).map_err(RunError::ApiServer)?;
         Ok(ApiSocket {
             _server: server,
             path,
@@ -219,7 +212,7 @@ struct Vmm {
 }
 
 /// Runs one VMM process until it exits; returns how its (last) VM ended.
-pub(crate) fn run(opts: VmmOptions, start: Start) -> anyhow::Result<RunEnd> {
+pub(crate) fn run(opts: VmmOptions, start: Start) -> Result<RunEnd, RunError> {
     let exit_with_vm = !matches!(start, Start::Empty);
     let _lock = match opts.api_socket {
         None => Some(NameLock::acquire(&opts.runtime_dir, &opts.name)?),
@@ -302,7 +295,7 @@ impl Vmm {
                         self.opts.monitor.emit("vm", "created", None);
                         respond(reply, ApiResponse::no_content());
                     }
-                    Err(e) => respond(reply, ApiResponse::bad_request(e)),
+                    Err(e) => respond(reply, ApiResponse::from_error(400, &e)),
                 },
                 ApiRequest::VmBoot if self.created.is_some() => {
                     let config = &self.created.as_ref().expect("checked").0;
@@ -312,7 +305,7 @@ impl Vmm {
                     }
                     match refuse_emulated_linux(config, self.opts.allow_emulated_kernel) {
                         Ok(()) => return Next::Boot(Some(reply)),
-                        Err(e) => respond(reply, ApiResponse::bad_request(format!("{e:#}"))),
+                        Err(e) => respond(reply, ApiResponse::from_error(400, &e)),
                     }
                 }
                 ApiRequest::VmInfo if self.created.is_some() => {
@@ -334,14 +327,14 @@ impl Vmm {
                     let config = &mut self.created.as_mut().expect("checked").0;
                     match crate::api::types::add_net(config, &net) {
                         Ok(added) => respond(reply, ApiResponse::json(&added)),
-                        Err(e) => respond(reply, ApiResponse::bad_request(e)),
+                        Err(e) => respond(reply, ApiResponse::from_error(400, &e)),
                     }
                 }
                 ApiRequest::VmAddDisk(disk) if self.created.is_some() => {
                     let config = &mut self.created.as_mut().expect("checked").0;
                     match crate::api::types::add_disk(config, &disk) {
                         Ok(added) => respond(reply, ApiResponse::json(&added)),
-                        Err(e) => respond(reply, ApiResponse::bad_request(e)),
+                        Err(e) => respond(reply, ApiResponse::from_error(400, &e)),
                     }
                 }
                 ApiRequest::VmDelete if self.created.is_some() => {
@@ -357,7 +350,7 @@ impl Vmm {
                 ApiRequest::ReceiveMigration(req) => {
                     match ReceiveSpec::from_api(&req, &self.opts.name) {
                         Ok(spec) => return Next::Receive(Box::new(spec), Some(reply)),
-                        Err(e) => respond(reply, ApiResponse::bad_request(e)),
+                        Err(e) => respond(reply, ApiResponse::from_error(400, &e)),
                     }
                 }
                 ApiRequest::CancelMigration => {
@@ -376,13 +369,13 @@ impl Vmm {
     }
 
     /// Builds and boots the created VM, then owns it until it ends.
-    fn boot(&mut self, reply: Option<Responder>) -> anyhow::Result<Next> {
-        let (config, serial) = self.created.clone().context("no VM is created")?;
+    fn boot(&mut self, reply: Option<Responder>) -> Result<Next, RunError> {
+        let (config, serial) = self.created.clone().ok_or(RunError::NoVm)?;
         self.opts.monitor.emit("vm", "booting", None);
         let booted = (|| {
             let console = serial
                 .open()
-                .with_context(|| format!("cannot open the serial output {serial:?}"))?;
+                .map_err(|e| RunError::Serial(format!("{serial:?}"), e))?;
             let built = crate::vm::assembly::build(
                 &config,
                 crate::vm::assembly::BuildMode::Boot,
@@ -391,12 +384,11 @@ impl Vmm {
                 console,
                 self.tx.clone(),
             )
-            .with_context(|| format!("cannot build VM '{}'", config.name))?;
+            .map_err(|e| RunError::Build(config.name.clone(), e))?;
             let (parts, vcpu_contexts, subscribers) = built.split();
-            let event_loop =
-                EventLoop::start(subscribers).context("cannot start the device event loop")?;
+            let event_loop = EventLoop::start(subscribers).map_err(RunError::EventLoop)?;
             let vcpus = VcpuSet::start(vcpu_contexts, false)?;
-            Ok::<_, anyhow::Error>((
+            Ok::<_, RunError>((
                 Arc::new(Machine::new(config.clone(), parts, vcpus)),
                 event_loop,
             ))
@@ -407,11 +399,11 @@ impl Vmm {
                 self.opts.monitor.emit(
                     "vm",
                     "boot-failed",
-                    Some(serde_json::json!({ "error": format!("{e:#}") })),
+                    Some(serde_json::json!({ "error": crate::error_chain(&e) })),
                 );
                 match reply {
                     Some(r) => {
-                        let _ = r.send(ApiResponse::error(500, format!("{e:#}")));
+                        let _ = r.send(ApiResponse::from_error(500, &e));
                         return Ok(Next::Idle);
                     }
                     None => return Err(e),
@@ -476,7 +468,7 @@ impl Vmm {
     }
 
     /// Waits for the VM to arrive, answering requests meanwhile, then owns it.
-    fn receive(&mut self, spec: ReceiveSpec, reply: Option<Responder>) -> anyhow::Result<Next> {
+    fn receive(&mut self, spec: ReceiveSpec, reply: Option<Responder>) -> Result<Next, RunError> {
         let (canceller, token) = migration::cancel::cancel_pair();
         let address = spec.listen.to_string();
         let started = Instant::now();
@@ -493,7 +485,7 @@ impl Vmm {
                     result
                 }
             })
-            .context("cannot start the incoming-migration thread")?;
+            .map_err(RunError::ReceiveThread)?;
         let mut receiver = Some(receiver);
         let waited = self.wait_for_incoming(&address, &canceller, reply, &mut receiver);
         if let Some(receiver) = receiver {
@@ -533,12 +525,12 @@ impl Vmm {
                 monitor.emit(
                     "receive",
                     "failed",
-                    Some(serde_json::json!({ "error": format!("{e:#}") })),
+                    Some(serde_json::json!({ "error": crate::error_chain(&e) })),
                 );
                 if self.exit_with_vm {
-                    return Err(e);
+                    return Err(e.into());
                 }
-                log::error!("{e:#}");
+                log::error!("{}", crate::error_chain(&e));
                 Ok(Next::Idle)
             }
         }
@@ -550,7 +542,7 @@ impl Vmm {
         address: &str,
         canceller: &migration::cancel::Canceller,
         mut reply: Option<Responder>,
-        receiver: &mut Option<std::thread::JoinHandle<anyhow::Result<Incoming>>>,
+        receiver: &mut Option<std::thread::JoinHandle<Result<Incoming, ReceiveError>>>,
     ) -> Waited {
         let mut ending: Option<RunEnd> = None;
         // A stop that came after the commit: carried out once the guest runs here.
@@ -561,7 +553,7 @@ impl Vmm {
         let mut address = address.to_string();
         loop {
             let Ok(event) = self.rx.recv() else {
-                return Waited::Failed(anyhow::anyhow!("event channel closed"));
+                return Waited::Failed(ReceiveError::Thread);
             };
             match event {
                 VmEvent::IncomingListening(shown) => {
@@ -595,14 +587,14 @@ impl Vmm {
                     // The receiving thread's result: it posts this event as its last act.
                     let result = match receiver.take().map(|r| r.join()) {
                         Some(Ok(result)) => result,
-                        _ => Err(anyhow::anyhow!("the incoming-migration thread failed")),
+                        _ => Err(ReceiveError::Thread),
                     };
                     return match (result, ending) {
                         (_, Some(end)) => Waited::Ended(end),
                         (Ok(incoming), None) => Waited::Received(incoming, stop_when_running),
                         (Err(e), None) => {
                             if let Some(r) = reply.take() {
-                                let _ = r.send(ApiResponse::bad_request(format!("{e:#}")));
+                                let _ = r.send(ApiResponse::from_error(400, &e));
                             }
                             Waited::Failed(e)
                         }
@@ -686,7 +678,7 @@ enum Waited {
     /// The VM runs here; with a stop to carry out at once, if one came after the commit.
     Received(Incoming, Option<LateStop>),
     Ended(RunEnd),
-    Failed(anyhow::Error),
+    Failed(ReceiveError),
 }
 
 /// Accepts the first authenticated source and receives the VM from it; a stop or a signal
@@ -696,7 +688,7 @@ fn receive(
     name: Option<String>,
     mut token: migration::cancel::CancelToken,
     events: Sender<VmEvent>,
-) -> anyhow::Result<Incoming> {
+) -> Result<Incoming, ReceiveError> {
     let shown_name = name
         .as_ref()
         .map_or_else(|| "a VM".to_string(), |n| format!("VM '{n}'"));
@@ -705,7 +697,7 @@ fn receive(
     let prepared = match spec.grants.memory {
         Some(size) => {
             let mem = crate::vm::memory::create(&arch::MemoryLayout::new(size))
-                .context("cannot map the guest memory")?;
+                .map_err(ReceiveError::Memory)?;
             crate::vm::memory::prefault_in_background(&mem, move || {
                 eprintln!("vmm: guest memory of {} MiB prepared", size >> 20)
             });
@@ -721,7 +713,7 @@ fn receive(
         result: None,
     };
     // The extra connections of a migration are read on the runtime's threads, one core each.
-    let runtime = crate::migrate::worker::migration_runtime()?;
+    let runtime = crate::migrate::worker::migration_runtime().map_err(ReceiveError::Runtime)?;
     let outcome = runtime.block_on(async {
         let mut listener = crate::migrate::transport::MigrationListener::bind(
             &spec.listen,
@@ -733,10 +725,10 @@ fn receive(
             },
         )
         .await
-        .with_context(|| format!("cannot listen on {}", spec.listen))?;
+        .map_err(|e| ReceiveError::Listen(spec.listen.to_string(), e))?;
         let (channel, peer) = tokio::select! {
-            next = listener.next() => next?,
-            _ = token.cancelled() => anyhow::bail!("stopped while waiting"),
+            next = listener.next() => next.map_err(ReceiveError::Accept)?,
+            _ = token.cancelled() => return Err(ReceiveError::Stopped),
         };
         eprintln!("vmm: migration source {peer} connected");
         let _ = events.send(VmEvent::IncomingStarted(peer.to_string()));
@@ -752,7 +744,7 @@ fn receive(
         // discards the VM, after it a stop waits for the guest to run.
         migration::receiver::receive(channel, &mut listener, &mut builder, token, &mut told)
             .await
-            .map_err(anyhow::Error::from)
+            .map_err(ReceiveError::from)
     });
     // A flush or lock attempt stuck in the storage must not hold the VM up.
     runtime.shutdown_background();
@@ -761,12 +753,7 @@ fn receive(
         if let Some(incoming) = builder.result.take() {
             let _ = incoming.machine.vcpus.stop();
         }
-        return Err(e.context(format!(
-            "incoming migration of {shown_name} failed; nothing was started here"
-        )));
+        return Err(ReceiveError::Failed(shown_name, Box::new(e)));
     }
-    builder
-        .result
-        .take()
-        .context("the migration ended without a VM")
+    builder.result.take().ok_or(ReceiveError::NoVm)
 }

@@ -3,6 +3,7 @@
 //! call `vm`, `events`, `api` (the bodies it is asked with, the progress it reports), `config`
 //! and the `migration` crate (the protocol itself); never `lifecycle` or `cli`.
 
+pub(crate) mod refusal;
 pub(crate) mod security;
 pub(crate) mod source;
 pub mod state;

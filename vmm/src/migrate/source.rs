@@ -10,6 +10,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::state::{MigrationConfig, MigrationState};
 use crate::vm::machine::Machine;
+use crate::vm::state_error::KvmStateError;
 
 pub(crate) struct MachineSource {
     pub(crate) machine: Arc<Machine>,
@@ -226,7 +227,7 @@ impl SourceVm for MachineSource {
             .vcpus
             .on_each(move |i, fd| {
                 let cpuid = kvm_bindings::CpuId::from_entries(&cpuids[i as usize])
-                    .map_err(|e| format!("{e:?}"))?;
+                    .map_err(|_| KvmStateError::TooLong("CPUID table"))?;
                 crate::vm::vcpu_state::save(fd, &msr_list, &cpuid)
             })
             .map_err(|e| VmError::Save(e.into()))?

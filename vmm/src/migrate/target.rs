@@ -11,6 +11,7 @@ use std::sync::Arc;
 use migration::vm::{RamRegion, TargetBuilder, TargetVm, VmError, VmResult};
 use vm_memory::{Bytes, GuestAddress};
 
+use super::refusal::{Refusal, MAX_PEER_STRING};
 use super::state::{MigrationConfig, MigrationState};
 use crate::config::{self, DiskConfig, NetConfig, VmConfig};
 use crate::events::VmEvent;
@@ -55,48 +56,34 @@ pub(crate) struct IncomingBuilder {
     pub(crate) result: Option<Incoming>,
 }
 
-/// Longest path or command-line string taken from a peer (shown by `vmm info`, never opened).
-const MAX_PEER_STRING: usize = 4096;
-
-fn check_peer_string(what: &str, s: &str) -> Result<(), String> {
+fn check_peer_string(what: &'static str, s: &str) -> Result<(), Refusal> {
     if s.len() > MAX_PEER_STRING || s.chars().any(char::is_control) {
-        return Err(format!(
-            "malformed config: the {what} is longer than {MAX_PEER_STRING} bytes or holds control characters"
-        ));
+        return Err(Refusal::PeerString(what));
     }
     Ok(())
 }
 
 /// The checks that need nothing but the config: the limits `vmm run` applies.
-fn check_limits(vm: &VmConfig, cfg: &MigrationConfig) -> Result<(), String> {
-    let malformed = |e: config::ConfigError| format!("malformed config: {e}");
-    config::validate_name(&vm.name).map_err(malformed)?;
-    config::validate_vcpus(u64::from(vm.vcpus)).map_err(malformed)?;
-    config::validate_memory(vm.memory_bytes).map_err(malformed)?;
+fn check_limits(vm: &VmConfig, cfg: &MigrationConfig) -> Result<(), Refusal> {
+    config::validate_name(&vm.name).map_err(Refusal::Invalid)?;
+    config::validate_vcpus(u64::from(vm.vcpus)).map_err(Refusal::Invalid)?;
+    config::validate_memory(vm.memory_bytes).map_err(Refusal::Invalid)?;
     let devices = vm.disks.len() + vm.nets.len();
     if devices > crate::vm::assembly::MAX_VIRTIO_DEVICES {
-        return Err(format!(
-            "malformed config: {devices} devices (at most {})",
-            crate::vm::assembly::MAX_VIRTIO_DEVICES
-        ));
+        return Err(Refusal::TooManyDevices(devices));
     }
     if cfg.disk_sizes.len() != vm.disks.len() {
-        return Err("malformed config: disk sizes do not match the disks".into());
+        return Err(Refusal::DiskSizes);
     }
     if cfg.cpu.cpuids.len() != usize::from(vm.vcpus) {
-        return Err(format!(
-            "malformed config: CPUID tables for {} vCPUs, the VM has {}",
-            cfg.cpu.cpuids.len(),
-            vm.vcpus
-        ));
+        return Err(Refusal::CpuidTables {
+            tables: cfg.cpu.cpuids.len(),
+            vcpus: vm.vcpus,
+        });
     }
     for table in &cfg.cpu.cpuids {
         if table.is_empty() || table.len() > kvm_bindings::KVM_MAX_CPUID_ENTRIES {
-            return Err(format!(
-                "malformed config: {} CPUID entries (1 to {})",
-                table.len(),
-                kvm_bindings::KVM_MAX_CPUID_ENTRIES
-            ));
+            return Err(Refusal::CpuidEntries(table.len()));
         }
     }
     check_peer_string("kernel path", &vm.kernel.to_string_lossy())?;
@@ -114,115 +101,146 @@ fn check_limits(vm: &VmConfig, cfg: &MigrationConfig) -> Result<(), String> {
 pub fn decode_config(bytes: &[u8]) -> VmResult<MigrationConfig> {
     let cfg: MigrationConfig = migration::envelope::open(bytes)
         .map_err(|e| VmError::Refused(format!("malformed config: {e}")))?;
-    check_limits(&cfg.vm, &cfg).map_err(VmError::Refused)?;
+    check_limits(&cfg.vm, &cfg)?;
     Ok(cfg)
+}
+
+/// A state the source sent that no VM could take; checked before anything is restored.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum MalformedState {
+    #[error("malformed state")]
+    Envelope(#[source] migration::envelope::EnvelopeError),
+    #[error("malformed state: {0} vCPUs")]
+    VcpuCount(usize),
+    #[error("malformed state: {0} devices")]
+    DeviceCount(usize),
+    #[error("malformed state: the serial port")]
+    Serial(#[source] devices::legacy::SerialRestoreError),
+    #[error("malformed state: device {device} queue {queue}")]
+    Queue {
+        device: usize,
+        queue: usize,
+        #[source]
+        source: devices::virtio::QueueError,
+    },
+}
+
+/// Restoring checked state into this VM failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RestoreError {
+    #[error("the state has {vcpus} vCPUs and {devices} devices, the VM here {here_vcpus} and {here_devices}")]
+    Shape {
+        vcpus: usize,
+        devices: usize,
+        here_vcpus: usize,
+        here_devices: usize,
+    },
+    #[error("cannot restore the VM-wide state")]
+    Vm(#[source] crate::vm::state_error::KvmStateError),
+    #[error("cannot reach the vCPU threads")]
+    Vcpus(#[source] crate::vm::vcpu::VcpuError),
+    #[error("cannot restore vCPU {0}")]
+    Vcpu(usize, #[source] crate::vm::state_error::KvmStateError),
+    #[error("cannot restore the serial port")]
+    Serial(#[source] devices::legacy::SerialRestoreError),
+    #[error("cannot restore virtio device {0}")]
+    Device(usize, #[source] devices::virtio::mmio::RestoreError),
 }
 
 /// Decodes the paused guest's state and applies every check that needs neither KVM nor a
 /// device: counts, the UART's FIFO, each queue's size and ring alignment.
 pub fn decode_state(bytes: &[u8]) -> VmResult<MigrationState> {
-    let malformed = |m: String| VmError::Restore(format!("malformed state: {m}").into());
-    let s: MigrationState =
-        migration::envelope::open(bytes).map_err(|e| malformed(e.to_string()))?;
+    check_state(bytes).map_err(|e| VmError::Restore(e.into()))
+}
+
+fn check_state(bytes: &[u8]) -> Result<MigrationState, MalformedState> {
+    let s: MigrationState = migration::envelope::open(bytes).map_err(MalformedState::Envelope)?;
     if s.vcpus.is_empty() || s.vcpus.len() > usize::from(arch::mptable::MAX_VCPUS) {
-        return Err(malformed(format!("{} vCPUs", s.vcpus.len())));
+        return Err(MalformedState::VcpuCount(s.vcpus.len()));
     }
     if s.transports.len() > crate::vm::assembly::MAX_VIRTIO_DEVICES {
-        return Err(malformed(format!("{} devices", s.transports.len())));
+        return Err(MalformedState::DeviceCount(s.transports.len()));
     }
-    s.serial.validate().map_err(|e| malformed(e.to_string()))?;
-    for (d, t) in s.transports.iter().enumerate() {
-        for (i, q) in t.queues.iter().enumerate() {
-            q.validate()
-                .map_err(|e| malformed(format!("device {d} queue {i}: {e}")))?;
+    s.serial.validate().map_err(MalformedState::Serial)?;
+    for (device, t) in s.transports.iter().enumerate() {
+        for (queue, q) in t.queues.iter().enumerate() {
+            q.validate().map_err(|source| MalformedState::Queue {
+                device,
+                queue,
+                source,
+            })?;
         }
     }
     Ok(s)
 }
 
-fn on_off(b: bool) -> &'static str {
-    if b {
-        "on"
-    } else {
-        "off"
-    }
-}
-
 impl Grants {
     /// Matches the source's devices with these grants; the error names the first difference.
-    fn check(&self, vm: &VmConfig, disk_sizes: &[u64]) -> Result<(), String> {
+    fn check(&self, vm: &VmConfig, disk_sizes: &[u64]) -> Result<(), Refusal> {
         if let Some(mem) = self.memory {
             if mem != vm.memory_bytes {
-                return Err(format!(
-                    "the VM has {} MiB of memory, this destination prepared {} MiB (--memory)",
-                    vm.memory_bytes >> 20,
-                    mem >> 20
-                ));
+                return Err(Refusal::MemorySize {
+                    theirs: vm.memory_bytes,
+                    ours: mem,
+                });
             }
         }
         if vm.disks.len() != self.disks.len() {
-            return Err(format!(
-                "the VM has {} disk(s), this destination grants {} (give each with --disk PATH on `vmm run --incoming`)",
-                vm.disks.len(),
-                self.disks.len()
-            ));
+            return Err(Refusal::DiskCount {
+                theirs: vm.disks.len(),
+                ours: self.disks.len(),
+            });
         }
-        for (i, ((theirs, grant), &size)) in
+        for (index, ((theirs, grant), &size)) in
             vm.disks.iter().zip(&self.disks).zip(disk_sizes).enumerate()
         {
             if theirs.path != grant.path {
-                return Err(format!(
-                    "disk {i}: the VM's disk is {}, this destination grants {}; shared storage must be at the same path on both hosts",
-                    theirs.path.display(),
-                    grant.path.display()
-                ));
+                return Err(Refusal::DiskPath {
+                    index,
+                    theirs: theirs.path.clone(),
+                    ours: grant.path.clone(),
+                });
             }
             if theirs.readonly != grant.readonly {
-                return Err(format!(
-                    "disk {i} ({}): readonly={} on the source, readonly={} granted here",
-                    grant.path.display(),
-                    on_off(theirs.readonly),
-                    on_off(grant.readonly)
-                ));
+                return Err(Refusal::DiskReadonly {
+                    index,
+                    path: grant.path.clone(),
+                    theirs: theirs.readonly,
+                    ours: grant.readonly,
+                });
             }
             if theirs.serial != grant.serial {
-                return Err(format!(
-                    "disk {i} ({}): the guest sees serial {:?}, this destination grants {:?}",
-                    grant.path.display(),
-                    theirs.serial.as_deref().unwrap_or("(default)"),
-                    grant.serial.as_deref().unwrap_or("(default)")
-                ));
+                return Err(Refusal::DiskSerial {
+                    index,
+                    path: grant.path.clone(),
+                    theirs: theirs.serial.clone(),
+                    ours: grant.serial.clone(),
+                });
             }
-            let here = devices::virtio::block::disk_size(&grant.path).map_err(|e| {
-                format!(
-                    "disk {} is not usable here ({}); the disk must be on shared storage at the same path",
-                    grant.path.display(),
-                    crate::error_chain(&e)
-                )
-            })?;
+            let here = devices::virtio::block::disk_size(&grant.path)
+                .map_err(|e| Refusal::DiskUnusable(grant.path.clone(), e))?;
             if here != size {
-                return Err(format!(
-                    "disk {} is {here} bytes here but {size} bytes on the source: not the same shared disk",
-                    grant.path.display()
-                ));
+                return Err(Refusal::DiskSize {
+                    path: grant.path.clone(),
+                    here,
+                    theirs: size,
+                });
             }
         }
         if vm.nets.len() != self.nets.len() {
-            return Err(format!(
-                "the VM has {} NIC(s), this destination grants {} (give each with --net tap=NAME on `vmm run --incoming`)",
-                vm.nets.len(),
-                self.nets.len()
-            ));
+            return Err(Refusal::NicCount {
+                theirs: vm.nets.len(),
+                ours: self.nets.len(),
+            });
         }
-        for (i, (theirs, grant)) in vm.nets.iter().zip(&self.nets).enumerate() {
+        for (index, (theirs, grant)) in vm.nets.iter().zip(&self.nets).enumerate() {
             if theirs.mac != grant.mac {
-                return Err(format!(
-                    "NIC {i}: the guest's MAC is {}, this destination grants {} (pass --net tap={},mac={})",
-                    devices::virtio::net::format_mac(&theirs.mac),
-                    devices::virtio::net::format_mac(&grant.mac),
-                    grant.tap,
-                    devices::virtio::net::format_mac(&theirs.mac)
-                ));
+                return Err(Refusal::NicMac {
+                    index,
+                    theirs: theirs.mac,
+                    ours: grant.mac,
+                    tap: grant.tap.clone(),
+                });
             }
         }
         Ok(())
@@ -231,20 +249,18 @@ impl Grants {
 
 impl IncomingBuilder {
     /// Every check before anything is allocated or opened (beyond stat-ing the granted disks).
-    fn check(&self, cfg: &MigrationConfig, kvm: &kvm_ioctls::Kvm) -> Result<(), String> {
+    fn check(&self, cfg: &MigrationConfig, kvm: &kvm_ioctls::Kvm) -> Result<(), Refusal> {
         if let Some(name) = self.name.as_ref().filter(|n| **n != cfg.vm.name) {
-            return Err(format!(
-                "the VM is named '{}' but this destination waits for '{name}'",
-                cfg.vm.name
-            ));
+            return Err(Refusal::Name {
+                theirs: cfg.vm.name.clone(),
+                ours: name.clone(),
+            });
         }
         self.grants.check(&cfg.vm, &cfg.disk_sizes)?;
         if cfg.vm.nested {
-            return Err(
-                "the VM shows hardware virtualization to its guest; it cannot migrate".into(),
-            );
+            return Err(Refusal::Nested);
         }
-        let supported = crate::vm::cpu::supported_cpuid(kvm).map_err(|e| crate::error_chain(&e))?;
+        let supported = crate::vm::cpu::supported_cpuid(kvm).map_err(Refusal::HostCpuid)?;
         let mut missing: Vec<String> = Vec::new();
         for table in &cfg.cpu.cpuids {
             for m in arch::cpuid::missing_features(table, supported.as_slice()) {
@@ -254,19 +270,17 @@ impl IncomingBuilder {
             }
         }
         if !missing.is_empty() {
-            return Err(format!(
-                "this host's CPU lacks features the guest ({} CPU model) may use: {}",
-                cfg.vm.cpu_model,
-                missing.join(", ")
-            ));
+            return Err(Refusal::CpuFeatures {
+                model: cfg.vm.cpu_model.clone(),
+                missing,
+            });
         }
-        if let Some(avail) = mem_available() {
-            if cfg.vm.memory_bytes > avail {
-                return Err(format!(
-                    "the VM needs {} MiB of memory, this host has {} MiB available",
-                    cfg.vm.memory_bytes >> 20,
-                    avail >> 20
-                ));
+        if let Some(available) = mem_available() {
+            if cfg.vm.memory_bytes > available {
+                return Err(Refusal::HostMemory {
+                    needed: cfg.vm.memory_bytes,
+                    available,
+                });
             }
         }
         Ok(())
@@ -309,7 +323,7 @@ impl TargetBuilder for IncomingBuilder {
     fn build(&mut self, config: &[u8]) -> VmResult<Box<dyn TargetVm>> {
         let cfg = decode_config(config)?;
         let kvm = kvm_ioctls::Kvm::new().map_err(|e| VmError::Build(e.into()))?;
-        self.check(&cfg, &kvm).map_err(VmError::Refused)?;
+        self.check(&cfg, &kvm)?;
         let local = self.local_config(&cfg.vm);
         let prepared = self.prepared.take();
         let was_prepared = prepared.is_some();
@@ -369,7 +383,7 @@ impl TargetVm for MachineTarget {
 
     fn restore_state(&self, state: &[u8]) -> VmResult<()> {
         let s = decode_state(state)?;
-        self.restore(s).map_err(VmError::Restore)
+        self.restore(s).map_err(|e| VmError::Restore(e.into()))
     }
 
     fn acquire(&self) -> VmResult<()> {
@@ -389,38 +403,41 @@ impl TargetVm for MachineTarget {
 
 impl MachineTarget {
     /// Restores checked state in the order KVM needs (docs/design.md section 5).
-    fn restore(&self, s: MigrationState) -> Result<(), migration::vm::Cause> {
+    fn restore(&self, s: MigrationState) -> Result<(), RestoreError> {
         let m = &self.machine;
         if s.vcpus.len() != m.vcpus.count() || s.transports.len() != m.transports.len() {
-            return Err(format!(
-                "state has {} vCPUs and {} devices, the VM here {} and {}",
-                s.vcpus.len(),
-                s.transports.len(),
-                m.vcpus.count(),
-                m.transports.len()
-            )
-            .into());
+            return Err(RestoreError::Shape {
+                vcpus: s.vcpus.len(),
+                devices: s.transports.len(),
+                here_vcpus: m.vcpus.count(),
+                here_devices: m.transports.len(),
+            });
         }
         // VM-wide state (clock, irqchip, PIT) before any vCPU.
-        crate::vm::vm_state::restore(&m.vm_fd, &s.vm)?;
+        crate::vm::vm_state::restore(&m.vm_fd, &s.vm).map_err(RestoreError::Vm)?;
         let vcpus = Arc::new(s.vcpus);
         for (i, r) in m
             .vcpus
             .on_each({
                 let vcpus = vcpus.clone();
                 move |i, fd| crate::vm::vcpu_state::restore(fd, &vcpus[i as usize])
-            })?
+            })
+            .map_err(RestoreError::Vcpus)?
             .into_iter()
             .enumerate()
         {
-            r.map_err(|e| format!("vCPU {i}: {e}"))?;
+            r.map_err(|e| RestoreError::Vcpu(i, e))?;
         }
         m.serial
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .restore(&s.serial)?;
-        for (t, snap) in m.transports.iter().zip(&s.transports) {
-            t.lock().unwrap_or_else(|e| e.into_inner()).restore(snap)?;
+            .restore(&s.serial)
+            .map_err(RestoreError::Serial)?;
+        for (i, (t, snap)) in m.transports.iter().zip(&s.transports).enumerate() {
+            t.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .restore(snap)
+                .map_err(|e| RestoreError::Device(i, e))?;
         }
         Ok(())
     }
@@ -571,7 +588,10 @@ mod tests {
         ];
         for (what, cfg) in cases {
             let err = check_limits(&cfg.vm, &cfg).unwrap_err();
-            assert!(err.contains("malformed config"), "{what}: {err}");
+            assert!(
+                err.to_string().contains("malformed config"),
+                "{what}: {err}"
+            );
         }
     }
 
@@ -592,11 +612,11 @@ mod tests {
         };
         granted(disk(path)).check(&source, &[1 << 20]).unwrap();
         let err = Grants::default().check(&source, &[1 << 20]).unwrap_err();
-        assert!(err.contains("grants 0"), "{err}");
+        assert!(err.to_string().contains("grants 0"), "{err}");
         let err = granted(disk("/elsewhere.img"))
             .check(&source, &[1 << 20])
             .unwrap_err();
-        assert!(err.contains("same path"), "{err}");
+        assert!(err.to_string().contains("same path"), "{err}");
         let ro = DiskConfig {
             readonly: true,
             ..disk(path)
@@ -604,9 +624,13 @@ mod tests {
         assert!(granted(ro)
             .check(&source, &[1 << 20])
             .unwrap_err()
+            .to_string()
             .contains("readonly"));
         let err = granted(disk(path)).check(&source, &[2 << 20]).unwrap_err();
-        assert!(err.contains("not the same shared disk"), "{err}");
+        assert!(
+            err.to_string().contains("not the same shared disk"),
+            "{err}"
+        );
         let fifo = DiskConfig {
             path: "/dev/null".into(),
             ..disk(path)
@@ -617,7 +641,7 @@ mod tests {
         };
         let err = granted(fifo).check(&source_null, &[0]).unwrap_err();
         assert!(
-            err.contains("neither a regular file nor a block device"),
+            crate::error_chain(&err).contains("neither a regular file nor a block device"),
             "{err}"
         );
         let nic = |mac| NetConfig {
@@ -635,14 +659,14 @@ mod tests {
         }
         .check(&with_nic, &[])
         .unwrap_err();
-        assert!(err.contains("02:00:00:00:00:01"), "{err}");
+        assert!(err.to_string().contains("02:00:00:00:00:01"), "{err}");
         let err = Grants {
             memory: Some(512 << 20),
             ..Default::default()
         }
         .check(&vm(), &[])
         .unwrap_err();
-        assert!(err.contains("prepared 512 MiB"), "{err}");
+        assert!(err.to_string().contains("prepared 512 MiB"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -25,6 +25,11 @@ pub(crate) const PRE_AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// a real source out: the source's handshake takes milliseconds, a squatter's never ends.
 pub(crate) const MAX_PENDING_HANDSHAKES: usize = 256;
 
+/// A migration address that is not `tcp:HOST:PORT` or `unix:PATH`: the address and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("'{0}': {1}")]
+pub(crate) struct EndpointError(String, &'static str);
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Endpoint {
     Tcp(String),
@@ -32,24 +37,22 @@ pub(crate) enum Endpoint {
 }
 
 impl Endpoint {
-    pub(crate) fn parse(s: &str) -> Result<Self, String> {
+    pub(crate) fn parse(s: &str) -> Result<Self, EndpointError> {
+        let bad = |why| EndpointError(s.to_string(), why);
         if let Some(rest) = s.strip_prefix("tcp:") {
-            let (host, port) = rest
-                .rsplit_once(':')
-                .ok_or_else(|| format!("'{s}': expected tcp:HOST:PORT"))?;
-            port.parse::<u16>()
-                .map_err(|_| format!("'{s}': bad port '{port}'"))?;
+            let (host, port) = rest.rsplit_once(':').ok_or(bad("expected tcp:HOST:PORT"))?;
+            port.parse::<u16>().map_err(|_| bad("bad port"))?;
             if host.is_empty() {
-                return Err(format!("'{s}': missing host"));
+                return Err(bad("missing host"));
             }
             Ok(Endpoint::Tcp(rest.to_string()))
         } else if let Some(path) = s.strip_prefix("unix:") {
             if path.is_empty() {
-                return Err(format!("'{s}': missing path"));
+                return Err(bad("missing path"));
             }
             Ok(Endpoint::Unix(PathBuf::from(path)))
         } else {
-            Err(format!("'{s}': use tcp:HOST:PORT or unix:PATH"))
+            Err(bad("use tcp:HOST:PORT or unix:PATH"))
         }
     }
 

@@ -15,13 +15,36 @@ use migration::sender::{OnTimeout, SendEvent, SendOptions};
 
 use super::security::{self, SecurityOptions};
 use super::source::MachineSource;
-use super::transport::{Endpoint, EndpointConnector, DEFAULT_IO_TIMEOUT};
+use super::transport::{Endpoint, EndpointConnector, EndpointError, DEFAULT_IO_TIMEOUT};
 use crate::api::migration_status::{MigrationPlan, MigrationStatus};
 use crate::api::types::{ChTransportationMode, SendMigration};
 use crate::event_monitor::EventMonitor;
 use crate::events::VmEvent;
 use crate::vm::machine::Machine;
 use migration::protocol::Connector;
+
+/// Why a `vm.send-migration` request was refused before anything started.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SendRequestError {
+    #[error("this VM shows hardware virtualization to its guest (--nested): the state of its nested guests does not migrate")]
+    Nested,
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    #[error("max_bandwidth {0} MiB/s is out of range")]
+    Bandwidth(u64),
+    #[error("the {0} must be at least 1 second")]
+    Timeout(&'static str),
+    #[error("timeout_strategy takes cancel or ignore (force), not '{0}'")]
+    TimeoutStrategy(String),
+    #[error(transparent)]
+    Security(#[from] security::SecurityError),
+    #[error("--connections takes 1 to {max}, not {0}", max = migration::protocol::MAX_CONNECTIONS)]
+    Connections(u32),
+    #[error("--compress takes zstd or zstd:LEVEL (1 to 19), not '{0}'")]
+    Compress(String),
+    #[error("cannot start the migration thread")]
+    Thread(#[source] std::io::Error),
+}
 
 /// Checks the request and starts the worker; errors are about the request itself. The VM was
 /// paused by its user when `user_paused`: a failed migration leaves it paused.
@@ -31,12 +54,9 @@ pub(crate) fn start(
     user_paused: bool,
     reporting: Reporting,
     events: Sender<VmEvent>,
-) -> Result<Canceller, String> {
+) -> Result<Canceller, SendRequestError> {
     if machine.config.nested {
-        return Err(
-            "this VM shows hardware virtualization to its guest (--nested): the state of its nested guests does not migrate"
-                .into(),
-        );
+        return Err(SendRequestError::Nested);
     }
     let endpoint = Endpoint::parse(&req.destination_url)?;
     let mut opts = SendOptions {
@@ -49,11 +69,11 @@ pub(crate) fn start(
     if let Some(mib) = req.max_bandwidth {
         opts.max_bandwidth = mib
             .checked_mul(1 << 20)
-            .ok_or_else(|| format!("max_bandwidth {mib} MiB/s is out of range"))?;
+            .ok_or(SendRequestError::Bandwidth(mib))?;
     }
     if let Some(s) = req.timeout_s {
         if s == 0 {
-            return Err("the timeout must be at least 1 second".into());
+            return Err(SendRequestError::Timeout("timeout"));
         }
         opts.timeout = Duration::from_secs(s);
     }
@@ -70,15 +90,11 @@ pub(crate) fn start(
     {
         None | Some("force") | Some("ignore") => OnTimeout::Force,
         Some("cancel") => OnTimeout::Cancel,
-        Some(other) => {
-            return Err(format!(
-                "timeout_strategy takes cancel or ignore (force), not '{other}'"
-            ))
-        }
+        Some(other) => return Err(SendRequestError::TimeoutStrategy(other.to_string())),
     };
     let io_timeout = match req.io_timeout_s {
         None => DEFAULT_IO_TIMEOUT,
-        Some(0) => return Err("the I/O timeout must be at least 1 second".into()),
+        Some(0) => return Err(SendRequestError::Timeout("I/O timeout")),
         Some(s) => Duration::from_secs(s),
     };
     opts.confirm_timeout = io_timeout;
@@ -90,8 +106,7 @@ pub(crate) fn start(
             insecure: req.insecure,
         },
         &endpoint,
-    )
-    .map_err(|e| crate::error_chain(&e))?;
+    )?;
     if req.insecure {
         if let Some(w) = security::insecure_warning(&endpoint) {
             log::warn!("{w}");
@@ -100,12 +115,7 @@ pub(crate) fn start(
     opts.connections = match req.connections {
         None => 1,
         Some(n) if (1..=migration::protocol::MAX_CONNECTIONS).contains(&n) => n,
-        Some(n) => {
-            return Err(format!(
-                "--connections takes 1 to {}, not {n}",
-                migration::protocol::MAX_CONNECTIONS
-            ))
-        }
+        Some(n) => return Err(SendRequestError::Connections(n)),
     };
     opts.compress = match req.compress.as_deref() {
         None | Some("none") => None,
@@ -144,7 +154,7 @@ pub(crate) fn start(
             let result = run(source, &connector, &opts, token, &reporting, &events);
             let _ = events.send(VmEvent::MigrationFinished(result));
         })
-        .map_err(|e| format!("cannot start the migration thread: {e}"))?;
+        .map_err(SendRequestError::Thread)?;
     Ok(canceller)
 }
 
@@ -157,8 +167,8 @@ pub(crate) struct Reporting {
 
 /// `zstd` or `zstd:LEVEL` (1 to 19; 1 when not given: fast, for links slower than the
 /// compressor).
-pub(crate) fn parse_compress(s: &str) -> Result<i32, String> {
-    let bad = || format!("--compress takes zstd or zstd:LEVEL (1 to 19), not '{s}'");
+pub(crate) fn parse_compress(s: &str) -> Result<i32, SendRequestError> {
+    let bad = || SendRequestError::Compress(s.to_string());
     match s.split_once(':') {
         None if s == "zstd" => Ok(1),
         Some(("zstd", level)) => level

@@ -77,8 +77,8 @@ pub(crate) enum BuildError {
     Tap(#[from] devices::virtio::net::TapError),
     #[error("cannot duplicate the tap descriptor passed for a NIC")]
     DupTap(#[source] std::io::Error),
-    #[error("cannot list the vCPU's MSRs: {0}")]
-    Msrs(String),
+    #[error("cannot list the vCPU's MSRs")]
+    Msrs(#[source] crate::vm::state_error::KvmStateError),
     #[error("too many virtio devices: {0} (at most {max})", max = MAX_VIRTIO_DEVICES)]
     TooManyDevices(usize),
     #[error("the prepared guest memory does not have the layout of {0} MiB")]

@@ -11,6 +11,7 @@ pub(crate) mod event_loop;
 pub(crate) mod host;
 pub(crate) mod machine;
 pub(crate) mod memory;
+pub(crate) mod state_error;
 pub(crate) mod vcpu;
 pub mod vcpu_state;
 pub mod vm_state;

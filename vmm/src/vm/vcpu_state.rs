@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use arch::msr::MSR_IA32_TSC_DEADLINE;
 
+use super::state_error::{ioctl, KvmStateError};
+
 #[derive(Serialize, Deserialize)]
 pub struct VcpuState {
     pub cpuid: Vec<kvm_cpuid_entry2>,
@@ -29,10 +31,6 @@ pub struct VcpuState {
     pub vcpu_events: kvm_vcpu_events,
 }
 
-fn e(what: &str) -> impl Fn(kvm_ioctls::Error) -> String + '_ {
-    move |err| format!("{what} failed: {err}")
-}
-
 /// MTRR MSRs, which KVM's index list leaves out but a guest programs.
 const MTRR_MSRS: &[u32] = &[
     0x200, 0x201, 0x202, 0x203, 0x204, 0x205, 0x206, 0x207, 0x208, 0x209, 0x20a, 0x20b, 0x20c,
@@ -42,10 +40,10 @@ const MTRR_MSRS: &[u32] = &[
 
 /// Every MSR in KVM_GET_MSR_INDEX_LIST plus the MTRRs, keeping only those this vCPU can read
 /// (some in the list are absent on a given CPU model; KVM_GET_MSRS stops at the first).
-pub(crate) fn saveable_msrs(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>, String> {
+pub(crate) fn saveable_msrs(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>, KvmStateError> {
     let mut list: Vec<u32> = kvm
         .get_msr_index_list()
-        .map_err(e("KVM_GET_MSR_INDEX_LIST"))?
+        .map_err(ioctl("KVM_GET_MSR_INDEX_LIST"))?
         .as_slice()
         .to_vec();
     for m in MTRR_MSRS {
@@ -57,7 +55,7 @@ pub(crate) fn saveable_msrs(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>, String
     let mut rest = &list[..];
     while !rest.is_empty() {
         let mut msrs = msrs_to_read(rest)?;
-        let n = vcpu.get_msrs(&mut msrs).map_err(e("KVM_GET_MSRS"))?;
+        let n = vcpu.get_msrs(&mut msrs).map_err(ioctl("KVM_GET_MSRS"))?;
         readable.extend_from_slice(&rest[..n]);
         if n < rest.len() {
             log::debug!("MSR {:#x} is not readable here; not migrated", rest[n]);
@@ -70,7 +68,7 @@ pub(crate) fn saveable_msrs(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>, String
 }
 
 /// A KVM_GET_MSRS buffer asking for `indices`, values zero.
-fn msrs_to_read(indices: &[u32]) -> Result<Msrs, String> {
+fn msrs_to_read(indices: &[u32]) -> Result<Msrs, KvmStateError> {
     let entries: Vec<kvm_msr_entry> = indices
         .iter()
         .map(|&index| kvm_msr_entry {
@@ -78,27 +76,34 @@ fn msrs_to_read(indices: &[u32]) -> Result<Msrs, String> {
             ..Default::default()
         })
         .collect();
-    Msrs::from_entries(&entries).map_err(|e| format!("MSR list: {e:?}"))
+    Msrs::from_entries(&entries).map_err(|_| KvmStateError::TooLong("MSR list"))
 }
 
-pub(crate) fn save(vcpu: &VcpuFd, msr_list: &[u32], cpuid: &CpuId) -> Result<VcpuState, String> {
-    let mp_state = vcpu.get_mp_state().map_err(e("KVM_GET_MP_STATE"))?;
-    let regs = vcpu.get_regs().map_err(e("KVM_GET_REGS"))?;
-    let sregs = vcpu.get_sregs().map_err(e("KVM_GET_SREGS"))?;
-    let xsave = vcpu.get_xsave().map_err(e("KVM_GET_XSAVE"))?;
-    let xcrs = vcpu.get_xcrs().map_err(e("KVM_GET_XCRS"))?;
-    let debugregs = vcpu.get_debug_regs().map_err(e("KVM_GET_DEBUGREGS"))?;
-    let lapic = vcpu.get_lapic().map_err(e("KVM_GET_LAPIC"))?;
+pub(crate) fn save(
+    vcpu: &VcpuFd,
+    msr_list: &[u32],
+    cpuid: &CpuId,
+) -> Result<VcpuState, KvmStateError> {
+    let mp_state = vcpu.get_mp_state().map_err(ioctl("KVM_GET_MP_STATE"))?;
+    let regs = vcpu.get_regs().map_err(ioctl("KVM_GET_REGS"))?;
+    let sregs = vcpu.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
+    let xsave = vcpu.get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?;
+    let xcrs = vcpu.get_xcrs().map_err(ioctl("KVM_GET_XCRS"))?;
+    let debugregs = vcpu.get_debug_regs().map_err(ioctl("KVM_GET_DEBUGREGS"))?;
+    let lapic = vcpu.get_lapic().map_err(ioctl("KVM_GET_LAPIC"))?;
     let mut msrs = msrs_to_read(msr_list)?;
-    let n = vcpu.get_msrs(&mut msrs).map_err(e("KVM_GET_MSRS"))?;
+    let n = vcpu.get_msrs(&mut msrs).map_err(ioctl("KVM_GET_MSRS"))?;
     if n != msr_list.len() {
-        return Err(format!(
-            "KVM_GET_MSRS read {n} of {} MSRs; MSR {:#x} failed",
-            msr_list.len(),
-            msr_list[n]
-        ));
+        return Err(KvmStateError::Msrs {
+            call: "KVM_GET_MSRS",
+            done: n,
+            total: msr_list.len(),
+            index: msr_list[n],
+        });
     }
-    let vcpu_events = vcpu.get_vcpu_events().map_err(e("KVM_GET_VCPU_EVENTS"))?;
+    let vcpu_events = vcpu
+        .get_vcpu_events()
+        .map_err(ioctl("KVM_GET_VCPU_EVENTS"))?;
     Ok(VcpuState {
         cpuid: cpuid.as_slice().to_vec(),
         mp_state,
@@ -113,19 +118,19 @@ pub(crate) fn save(vcpu: &VcpuFd, msr_list: &[u32], cpuid: &CpuId) -> Result<Vcp
     })
 }
 
-pub(crate) fn restore(vcpu: &VcpuFd, s: &VcpuState) -> Result<(), String> {
-    let cpuid = CpuId::from_entries(&s.cpuid).map_err(|e| format!("CPUID table: {e:?}"))?;
-    vcpu.set_cpuid2(&cpuid).map_err(e("KVM_SET_CPUID2"))?;
+pub(crate) fn restore(vcpu: &VcpuFd, s: &VcpuState) -> Result<(), KvmStateError> {
+    let cpuid = CpuId::from_entries(&s.cpuid).map_err(|_| KvmStateError::TooLong("CPUID table"))?;
+    vcpu.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
     vcpu.set_mp_state(s.mp_state)
-        .map_err(e("KVM_SET_MP_STATE"))?;
-    vcpu.set_regs(&s.regs).map_err(e("KVM_SET_REGS"))?;
-    vcpu.set_sregs(&s.sregs).map_err(e("KVM_SET_SREGS"))?;
+        .map_err(ioctl("KVM_SET_MP_STATE"))?;
+    vcpu.set_regs(&s.regs).map_err(ioctl("KVM_SET_REGS"))?;
+    vcpu.set_sregs(&s.sregs).map_err(ioctl("KVM_SET_SREGS"))?;
     // SAFETY: the xsave area was produced by KVM_GET_XSAVE on a vCPU with the same CPUID.
-    unsafe { vcpu.set_xsave(&s.xsave) }.map_err(e("KVM_SET_XSAVE"))?;
-    vcpu.set_xcrs(&s.xcrs).map_err(e("KVM_SET_XCRS"))?;
+    unsafe { vcpu.set_xsave(&s.xsave) }.map_err(ioctl("KVM_SET_XSAVE"))?;
+    vcpu.set_xcrs(&s.xcrs).map_err(ioctl("KVM_SET_XCRS"))?;
     vcpu.set_debug_regs(&s.debugregs)
-        .map_err(e("KVM_SET_DEBUGREGS"))?;
-    vcpu.set_lapic(&s.lapic).map_err(e("KVM_SET_LAPIC"))?;
+        .map_err(ioctl("KVM_SET_DEBUGREGS"))?;
+    vcpu.set_lapic(&s.lapic).map_err(ioctl("KVM_SET_LAPIC"))?;
     // TSC_DEADLINE is relative to the TSC and armed through the LAPIC: set it after both.
     let mut ordered: Vec<kvm_msr_entry> = s
         .msrs
@@ -139,16 +144,17 @@ pub(crate) fn restore(vcpu: &VcpuFd, s: &VcpuState) -> Result<(), String> {
             .filter(|m| m.index == MSR_IA32_TSC_DEADLINE)
             .copied(),
     );
-    let msrs = Msrs::from_entries(&ordered).map_err(|e| format!("MSR list: {e:?}"))?;
-    let n = vcpu.set_msrs(&msrs).map_err(e("KVM_SET_MSRS"))?;
+    let msrs = Msrs::from_entries(&ordered).map_err(|_| KvmStateError::TooLong("MSR list"))?;
+    let n = vcpu.set_msrs(&msrs).map_err(ioctl("KVM_SET_MSRS"))?;
     if n != ordered.len() {
-        return Err(format!(
-            "KVM_SET_MSRS accepted {n} of {} MSRs; MSR {:#x} was refused",
-            ordered.len(),
-            ordered[n].index
-        ));
+        return Err(KvmStateError::Msrs {
+            call: "KVM_SET_MSRS",
+            done: n,
+            total: ordered.len(),
+            index: ordered[n].index,
+        });
     }
     vcpu.set_vcpu_events(&s.vcpu_events)
-        .map_err(e("KVM_SET_VCPU_EVENTS"))?;
+        .map_err(ioctl("KVM_SET_VCPU_EVENTS"))?;
     Ok(())
 }

@@ -9,6 +9,8 @@ use kvm_bindings::{
 use kvm_ioctls::{Cap, VmFd};
 use serde::{Deserialize, Serialize};
 
+use super::state_error::{ioctl, KvmStateError};
+
 #[derive(Clone, Serialize, Deserialize)]
 pub struct VmState {
     pub pit: kvm_pit_state2,
@@ -24,7 +26,7 @@ pub struct VmState {
 /// downtime (given hosts whose clocks agree, e.g. by NTP; a destination clock behind the
 /// source's adds nothing). Otherwise the guest's clock stands still while it is paused and
 /// its NTP (or a later `hwclock`) catches up.
-fn restore_clock(vm: &VmFd, saved: &kvm_clock_data) -> Result<(), String> {
+fn restore_clock(vm: &VmFd, saved: &kvm_clock_data) -> Result<(), KvmStateError> {
     let accepted = u32::try_from(vm.check_extension_int(Cap::AdjustClock)).unwrap_or(0);
     let pair = saved.flags & KVM_CLOCK_REALTIME != 0 && accepted & KVM_CLOCK_REALTIME != 0;
     let plain = kvm_clock_data {
@@ -52,41 +54,33 @@ fn restore_clock(vm: &VmFd, saved: &kvm_clock_data) -> Result<(), String> {
             saved.flags
         );
     }
-    vm.set_clock(&plain)
-        .map_err(|e| format!("KVM_SET_CLOCK failed: {e}"))
+    vm.set_clock(&plain).map_err(ioctl("KVM_SET_CLOCK"))
 }
 
-fn chip(vm: &VmFd, id: u32) -> Result<kvm_irqchip, String> {
+fn chip(vm: &VmFd, id: u32) -> Result<kvm_irqchip, KvmStateError> {
     let mut c = kvm_irqchip {
         chip_id: id,
         ..Default::default()
     };
-    vm.get_irqchip(&mut c)
-        .map_err(|e| format!("KVM_GET_IRQCHIP {id} failed: {e}"))?;
+    vm.get_irqchip(&mut c).map_err(ioctl("KVM_GET_IRQCHIP"))?;
     Ok(c)
 }
 
-pub(crate) fn save(vm: &VmFd) -> Result<VmState, String> {
+pub(crate) fn save(vm: &VmFd) -> Result<VmState, KvmStateError> {
     Ok(VmState {
-        pit: vm
-            .get_pit2()
-            .map_err(|e| format!("KVM_GET_PIT2 failed: {e}"))?,
-        clock: vm
-            .get_clock()
-            .map_err(|e| format!("KVM_GET_CLOCK failed: {e}"))?,
+        pit: vm.get_pit2().map_err(ioctl("KVM_GET_PIT2"))?,
+        clock: vm.get_clock().map_err(ioctl("KVM_GET_CLOCK"))?,
         pic_master: chip(vm, KVM_IRQCHIP_PIC_MASTER)?,
         pic_slave: chip(vm, KVM_IRQCHIP_PIC_SLAVE)?,
         ioapic: chip(vm, KVM_IRQCHIP_IOAPIC)?,
     })
 }
 
-pub(crate) fn restore(vm: &VmFd, s: &VmState) -> Result<(), String> {
-    vm.set_pit2(&s.pit)
-        .map_err(|e| format!("KVM_SET_PIT2 failed: {e}"))?;
+pub(crate) fn restore(vm: &VmFd, s: &VmState) -> Result<(), KvmStateError> {
+    vm.set_pit2(&s.pit).map_err(ioctl("KVM_SET_PIT2"))?;
     restore_clock(vm, &s.clock)?;
     for c in [&s.pic_master, &s.pic_slave, &s.ioapic] {
-        vm.set_irqchip(c)
-            .map_err(|e| format!("KVM_SET_IRQCHIP {} failed: {e}", c.chip_id))?;
+        vm.set_irqchip(c).map_err(ioctl("KVM_SET_IRQCHIP"))?;
     }
     Ok(())
 }

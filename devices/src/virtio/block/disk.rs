@@ -88,13 +88,13 @@ impl Disk {
     }
 
     /// Releases the lock, so another host's VMM can take the disk over.
-    pub fn unlock(&self) {
+    pub(crate) fn unlock(&self) {
         // Unlocking a lock we hold (or none) cannot conflict; there is nothing to report.
         let _ = ofd_setlk(&self.file, libc::F_UNLCK);
     }
 
     /// Forgets cached contents, so reads see what another host wrote to shared storage.
-    pub fn drop_cache(&self) {
+    pub(crate) fn drop_cache(&self) {
         // SAFETY: advisory call on a valid descriptor.
         unsafe { libc::posix_fadvise(self.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
         if self.file.metadata().map(|m| !m.is_file()).unwrap_or(false) {
@@ -122,7 +122,7 @@ impl Disk {
     }
 
     /// Reads `len` bytes at `offset` into a buffer (aligned for O_DIRECT when needed).
-    pub fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    pub(crate) fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
         if self.direct {
             let mut buf = AlignedBuf::new(len);
             self.file.read_exact_at(buf.as_mut_slice(), offset)?;
@@ -133,7 +133,7 @@ impl Disk {
         Ok(buf)
     }
 
-    pub fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+    pub(crate) fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
         if self.direct {
             let mut buf = AlignedBuf::new(data.len());
             buf.as_mut_slice()[..data.len()].copy_from_slice(data);

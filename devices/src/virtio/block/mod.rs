@@ -7,6 +7,6 @@ mod request;
 pub use device::Block;
 pub use disk::{disk_size, Disk, DiskError, DiskOptions};
 
-pub const SECTOR_SIZE: u64 = 512;
+pub(crate) const SECTOR_SIZE: u64 = 512;
 /// Length of the ID string GET_ID returns.
-pub const ID_BYTES: usize = 20;
+pub(crate) const ID_BYTES: usize = 20;

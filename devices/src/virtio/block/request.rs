@@ -13,17 +13,17 @@ use super::disk::Disk;
 use super::{ID_BYTES, SECTOR_SIZE};
 use crate::virtio::GuestMemoryMmap;
 
-pub const VIRTIO_BLK_T_IN: u32 = 0;
+pub(crate) const VIRTIO_BLK_T_IN: u32 = 0;
 pub const VIRTIO_BLK_T_OUT: u32 = 1;
-pub const VIRTIO_BLK_T_FLUSH: u32 = 4;
-pub const VIRTIO_BLK_T_GET_ID: u32 = 8;
+pub(crate) const VIRTIO_BLK_T_FLUSH: u32 = 4;
+pub(crate) const VIRTIO_BLK_T_GET_ID: u32 = 8;
 
-pub const VIRTIO_BLK_S_OK: u8 = 0;
-pub const VIRTIO_BLK_S_IOERR: u8 = 1;
-pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+pub(crate) const VIRTIO_BLK_S_OK: u8 = 0;
+pub(crate) const VIRTIO_BLK_S_IOERR: u8 = 1;
+pub(crate) const VIRTIO_BLK_S_UNSUPP: u8 = 2;
 
 /// Largest data transfer one request may ask for.
-pub const MAX_REQUEST_BYTES: usize = 32 << 20;
+pub(crate) const MAX_REQUEST_BYTES: usize = 32 << 20;
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug)]
@@ -38,7 +38,7 @@ unsafe impl ByteValued for RequestHeader {}
 
 /// A request the device could not even complete with an error status.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Unrecoverable {
+pub(crate) enum Unrecoverable {
     /// The chain has no device-writable byte for the status, or it is outside guest memory.
     NoStatusByte,
 }

@@ -9,9 +9,9 @@ pub use device::{Net, NetBackend};
 pub use tap::{tap_name, Tap, TapError};
 
 /// struct virtio_net_hdr_v1: the header in front of every frame (VIRTIO_F_VERSION_1).
-pub const VNET_HDR_LEN: usize = 12;
+pub(crate) const VNET_HDR_LEN: usize = 12;
 /// Largest frame accepted from the guest or the tap: a 64 KiB GSO frame plus headers.
-pub const MAX_FRAME_LEN: usize = 65562;
+pub(crate) const MAX_FRAME_LEN: usize = 65562;
 
 /// Parses "52:54:00:12:34:56".
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
