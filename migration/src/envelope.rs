@@ -7,7 +7,7 @@ use serde::Serialize;
 
 pub(crate) const MAGIC: &[u8; 4] = b"VMMS";
 pub(crate) const FORMAT_MAJOR: u16 = 1;
-pub(crate) const FORMAT_MINOR: u16 = 0;
+pub(crate) const FORMAT_MINOR: u16 = 1;
 const HEADER_LEN: usize = 4 + 2 + 2 + 4;
 /// Largest payload accepted: VM state is kilobytes; memory never travels in an envelope.
 pub(crate) const MAX_PAYLOAD: usize = 64 << 20;

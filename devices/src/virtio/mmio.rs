@@ -81,8 +81,9 @@ pub struct TransportSnapshot {
     pub config_generation: u32,
     /// The queues: as configured before activation, or as the device holds them after.
     pub queues: Vec<QueueSnapshot>,
-    #[serde(with = "serde_bytes", default)]
-    pub extra: Vec<u8>,
+    /// The device model's own state (typed per device kind).
+    #[serde(default)]
+    pub device: super::DeviceState,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +96,8 @@ pub enum RestoreError {
     Queue(usize, String),
     #[error("activation failed: {0}")]
     Activate(#[from] super::ActivateError),
+    #[error("the device's own state")]
+    Device(#[from] super::DeviceStateError),
 }
 
 impl MmioTransport {
@@ -143,7 +146,7 @@ impl MmioTransport {
             interrupt_status: self.interrupt.status(),
             config_generation: self.config_generation,
             queues,
-            extra: self.device.save_extra(),
+            device: self.device.save_state(),
         }
     }
 
@@ -207,7 +210,7 @@ impl MmioTransport {
         } else {
             self.queues = queues;
         }
-        self.device.restore_extra(&s.extra);
+        self.device.restore_state(&s.device)?;
         Ok(())
     }
 
@@ -552,6 +555,8 @@ pub(crate) mod tests {
         fn process_backend(&mut self, fd: std::os::fd::RawFd) {
             self.0.lock().unwrap().backend.push(fd);
         }
+    }
+    impl crate::virtio::Persist for Dummy {
         fn queue_states(&self) -> Vec<QueueState> {
             vec![
                 Queue::new(16).unwrap().state(),
@@ -559,6 +564,7 @@ pub(crate) mod tests {
             ]
         }
     }
+    impl crate::virtio::HostBackend for Dummy {}
 
     pub fn memory() -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()

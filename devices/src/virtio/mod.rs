@@ -1,12 +1,19 @@
 //! Virtio 1.x devices over the MMIO transport. A device implements [`VirtioDevice`]; the
 //! [`mmio::MmioTransport`] exposes its registers to the guest, and the VMM's event loop calls
 //! [`VirtioDevice::process_queue`] when the guest notifies a queue (through an ioeventfd).
+//! A device also implements [`Persist`] (its state, typed, for a migration) and
+//! [`HostBackend`] (its host resources, handed over at a migration's commit).
 //! Every write a device makes into guest memory goes through vm-memory with the dirty bitmap,
 //! so live migration sees it.
 
 pub mod block;
+pub mod host_backend;
 pub mod mmio;
 pub mod net;
+pub mod persist;
+
+pub use host_backend::{BackendError, BackendFlush, HostBackend};
+pub use persist::{DeviceState, DeviceStateError, NetState, Persist};
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -85,8 +92,10 @@ pub enum ActivateError {
     InvalidQueue(usize),
 }
 
-/// The device side of a virtio device.
-pub trait VirtioDevice: Send {
+/// The device side of a virtio device: its own work (features, config, queues, backend
+/// events). What moves with a migration is [`Persist`]; the host resources it holds are
+/// [`HostBackend`].
+pub trait VirtioDevice: Send + Persist + HostBackend {
     fn device_type(&self) -> u32;
     /// Maximum size of each queue; the length is the number of queues.
     fn queue_max_sizes(&self) -> &[u16];
@@ -114,41 +123,6 @@ pub trait VirtioDevice: Send {
     }
     /// One of [`Self::backend_fds`] is readable.
     fn process_backend(&mut self, _fd: RawFd) {}
-    /// State of the queues while active (they belong to the device after activation).
-    fn queue_states(&self) -> Vec<QueueState> {
-        Vec::new()
-    }
-    /// Device-specific state that must move with the VM (e.g. a received frame not yet delivered).
-    fn save_extra(&self) -> Vec<u8> {
-        Vec::new()
-    }
-    fn restore_extra(&mut self, _extra: &[u8]) {}
-    /// Let go of host resources another host will take over (the disk lock at migration commit).
-    fn release_backend(&mut self) {}
-    /// Take the host resources back (after a migration commit on the destination).
-    fn acquire_backend(&mut self) -> Result<(), BackendError> {
-        Ok(())
-    }
-    /// Tell the network where this device now is (after a migration): RARP from its MAC.
-    fn announce(&mut self) {}
-    /// A flush of the backend (the disk before the final migration state) that runs apart
-    /// from the device: it makes the writes completed so far durable, and may take as long
-    /// as the storage does (a stalled NFS server) without holding the device's lock.
-    fn backend_flush(&self) -> Result<Option<BackendFlush>, BackendError> {
-        Ok(None)
-    }
-}
-
-/// See [`VirtioDevice::backend_flush`].
-pub(crate) type BackendFlush = Box<dyn FnOnce() -> Result<(), BackendError> + Send>;
-
-/// A device's host backend failed a migration step.
-#[derive(Debug, thiserror::Error)]
-pub enum BackendError {
-    #[error("cannot flush {0}")]
-    Flush(std::path::PathBuf, #[source] std::io::Error),
-    #[error(transparent)]
-    Disk(#[from] block::DiskError),
 }
 
 /// A queue's state in a form that serialises (virtio-queue's QueueState has no serde).

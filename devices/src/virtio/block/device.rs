@@ -11,7 +11,7 @@ use crate::virtio::{
     read_config_bytes, ActivateError, GuestMemoryMmap, VirtioDevice, VirtioInterrupt, TYPE_BLOCK,
     VIRTIO_F_VERSION_1,
 };
-use crate::virtio::{BackendError, BackendFlush};
+use crate::virtio::{BackendError, BackendFlush, HostBackend, Persist};
 
 const VIRTIO_BLK_F_SIZE_MAX: u64 = 1 << 1;
 const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
@@ -152,11 +152,16 @@ impl VirtioDevice for Block {
         }
         self.process_requests()
     }
+}
 
+/// Every request completes before the device is frozen: nothing but the queues moves.
+impl Persist for Block {
     fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
         self.active.iter().map(|a| a.queue.state()).collect()
     }
+}
 
+impl HostBackend for Block {
     fn release_backend(&mut self) {
         self.disk.unlock();
     }
