@@ -24,6 +24,7 @@ use crate::api::types::{
 use crate::console::terminal::{spawn_stdin_forwarder, RawTerminal};
 use crate::event_monitor::EventMonitor;
 use crate::events::{EventLine, VcpuOutcome, VmEvent};
+use crate::lifecycle::admission::{self, not_admitted, Phase};
 use crate::migrate::worker::Reporting;
 use crate::vm::event_loop::EventLoop;
 use crate::vm::machine::Machine;
@@ -277,33 +278,18 @@ impl Owner {
         }
     }
 
-    /// Requests while a migration has committed: only the operator's explicit decision (a
-    /// forced resume, or a stop once the outcome is unknown) changes anything.
-    fn request_after_commit(
-        &mut self,
-        request: ApiRequest,
-        reply: Responder,
-        unconfirmed: bool,
-    ) -> Option<RunEnd> {
+    /// Requests while a migration has committed, as far as the admission table lets them
+    /// through: only the operator's explicit decision (a forced resume, or a stop once the
+    /// outcome is unknown) changes anything.
+    fn request_after_commit(&mut self, request: ApiRequest, reply: Responder) -> Option<RunEnd> {
         let name = self.machine.config.name.clone();
-        let waiting = format!(
-            "the migration has committed and waits for the destination's confirmation; if none comes, `vmm resume {name} --force` or `vmm stop {name}` decide"
-        );
         match request {
             ApiRequest::VmInfo => respond(reply, ApiResponse::json(&self.info())),
-            // Paused already, as Cloud Hypervisor refuses a Paused -> Paused transition.
-            ApiRequest::VmPause => respond(reply, ApiResponse::not_now(waiting.clone())),
-            ApiRequest::VmResume { force: true } if unconfirmed => match self.force_resume() {
+            ApiRequest::VmResume { force: true } => match self.force_resume() {
                 Ok(()) => respond(reply, ApiResponse::no_content()),
                 Err(e) => respond(reply, ApiResponse::from_error(405, &e)),
             },
-            ApiRequest::VmResume { .. } if unconfirmed => respond(
-                reply,
-                ApiResponse::not_now(format!(
-                    "the migration committed and its outcome is unknown: the guest may run at the destination. Check it there; if it does not run, resume it here with `vmm resume {name} --force` (vm.resume with {{\"force\": true}}), which takes the disks back first and is refused while another process holds them"
-                )),
-            ),
-            ApiRequest::VmmShutdown | ApiRequest::VmShutdown if unconfirmed => {
+            ApiRequest::VmmShutdown | ApiRequest::VmShutdown => {
                 // The operator's decision: the destination has the guest; this copy goes.
                 if let Some(m) = self.migration.take() {
                     m.canceller.abandon();
@@ -312,7 +298,10 @@ impl Owner {
                 self.ctx.status.finish(
                     MigrationOutcome::Completed,
                     None,
-                    Some("the operator discarded the source's copy after an unconfirmed commit".into()),
+                    Some(
+                        "the operator discarded the source's copy after an unconfirmed commit"
+                            .into(),
+                    ),
                 );
                 respond(reply, ApiResponse::no_content());
                 return Some(if request == ApiRequest::VmmShutdown {
@@ -321,7 +310,7 @@ impl Owner {
                     RunEnd::ShutdownRequested
                 });
             }
-            _ => respond(reply, ApiResponse::not_now(waiting)),
+            other => respond(reply, not_admitted(&other)),
         }
         None
     }
@@ -360,29 +349,29 @@ impl Owner {
     }
 
     fn request(&mut self, request: ApiRequest, reply: Responder) -> Option<RunEnd> {
-        if let Some(unconfirmed) = self.commit_pending().map(|u| u.is_some()) {
-            return self.request_after_commit(request, reply, unconfirmed);
+        let name = self.machine.config.name.clone();
+        let committed = self.commit_pending().map(|u| u.is_some());
+        let phase = match committed {
+            Some(unconfirmed) => Phase::Committed {
+                name: &name,
+                unconfirmed,
+            },
+            None => Phase::Running {
+                paused: self.paused,
+                migrating: self.migration.is_some(),
+                bootable: self.machine.config.has_kernel(),
+            },
+        };
+        if let Some(answer) = admission::refusal(&phase, &request) {
+            respond(reply, answer);
+            return None;
+        }
+        if committed.is_some() {
+            return self.request_after_commit(request, reply);
         }
         let m = &self.machine;
-        let migrating = self.migration.is_some();
         match request {
             ApiRequest::VmInfo => respond(reply, ApiResponse::json(&self.info())),
-            ApiRequest::VmAddNet(_) | ApiRequest::VmAddDisk(_) => {
-                respond(reply, ApiResponse::not_now(crate::config::NO_HOTPLUG))
-            }
-            ApiRequest::VmPause if migrating => respond(
-                reply,
-                ApiResponse::not_now("cannot pause a VM that is migrating"),
-            ),
-            ApiRequest::VmResume { .. } if migrating => respond(
-                reply,
-                ApiResponse::not_now("cannot resume a VM that is migrating"),
-            ),
-            // Cloud Hypervisor refuses Paused -> Paused and Running -> Running: so do we, so a
-            // client learns that its idea of the VM's state was wrong.
-            ApiRequest::VmPause if self.paused => {
-                respond(reply, ApiResponse::not_now("the VM is already paused"))
-            }
             ApiRequest::VmPause => match m.vcpus.pause() {
                 Ok(()) => {
                     self.paused = true;
@@ -391,9 +380,6 @@ impl Owner {
                 }
                 Err(e) => respond(reply, ApiResponse::error(500, format!("pause failed: {e}"))),
             },
-            ApiRequest::VmResume { .. } if !self.paused => {
-                respond(reply, ApiResponse::not_now("the VM is not paused"))
-            }
             ApiRequest::VmResume { .. } => {
                 let _ = m.vcpus.on_each(|_, fd| fd.kvmclock_ctrl());
                 m.vcpus.resume();
@@ -422,14 +408,6 @@ impl Owner {
                     },
                 }
             }
-            ApiRequest::VmReboot | ApiRequest::VmDelete if migrating => respond(
-                reply,
-                ApiResponse::not_now("a migration is running (vm.cancel-migration first)"),
-            ),
-            ApiRequest::VmReboot if !m.config.has_kernel() => respond(
-                reply,
-                ApiResponse::not_now(crate::config::NO_KERNEL_GRANTED),
-            ),
             ApiRequest::VmReboot => {
                 respond(reply, ApiResponse::no_content());
                 return Some(RunEnd::RebootRequested);
@@ -438,23 +416,7 @@ impl Owner {
                 respond(reply, ApiResponse::no_content());
                 return Some(RunEnd::DeleteRequested);
             }
-            ApiRequest::VmCreate(_) => respond(
-                reply,
-                ApiResponse::not_now("a VM exists in this VMM already (vm.delete first)"),
-            ),
-            ApiRequest::VmBoot => respond(reply, ApiResponse::not_now("the VM is running already")),
-            ApiRequest::ReceiveMigration(_) => respond(
-                reply,
-                ApiResponse::not_now("a VM runs in this VMM: it cannot receive another"),
-            ),
             ApiRequest::SendMigration(req) => {
-                if migrating {
-                    respond(
-                        reply,
-                        ApiResponse::not_now("a migration is already running"),
-                    );
-                    return None;
-                }
                 let to = req.destination_url.clone();
                 let reporting = Reporting {
                     status: self.ctx.status.clone(),
@@ -482,16 +444,13 @@ impl Owner {
                 }
             }
             ApiRequest::CancelMigration => match &mut self.migration {
-                None => respond(reply, ApiResponse::not_now("no migration is running")),
                 Some(active) => match active.canceller.cancel() {
                     Ok(()) => active.cancel_waiters.push(reply),
                     Err(e) => respond(reply, ApiResponse::not_now(e.to_string())),
                 },
+                None => respond(reply, not_admitted(&ApiRequest::CancelMigration)),
             },
-            // Answered by the server itself; here for completeness.
-            ApiRequest::VmmPing | ApiRequest::MigrationProgress => {
-                respond(reply, ApiResponse::error(500, "answered by the API server"))
-            }
+            other => respond(reply, not_admitted(&other)),
         }
         None
     }

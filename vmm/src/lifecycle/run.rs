@@ -27,6 +27,7 @@ use crate::api::types::{
 use crate::config::{self, VmConfig};
 use crate::event_monitor::EventMonitor;
 use crate::events::VmEvent;
+use crate::lifecycle::admission::{self, not_admitted, Phase};
 use crate::lifecycle::error::{ReceiveError, ReceiveSpecError, RunError};
 use crate::lifecycle::owner::{OwnerContext, RunEnd};
 use crate::migrate::target::{Grants, Incoming};
@@ -279,15 +280,19 @@ impl Vmm {
                 // Events of a VM that is gone.
                 _ => continue,
             };
+            let phase = match self.created {
+                None => Phase::Empty,
+                Some(_) => Phase::Created(self.api_state()),
+            };
+            if let Some(answer) = admission::refusal(&phase, &request) {
+                respond(reply, answer);
+                continue;
+            }
             match request {
                 ApiRequest::VmmShutdown => {
                     respond(reply, ApiResponse::no_content());
                     return Next::Exit(RunEnd::StopRequested);
                 }
-                ApiRequest::VmCreate(_) if self.created.is_some() => respond(
-                    reply,
-                    ApiResponse::not_now("a VM exists in this VMM already (vm.delete first)"),
-                ),
                 ApiRequest::VmCreate(cfg) => match cfg.to_config(&self.opts.name) {
                     Ok(created) => {
                         self.created = Some(created);
@@ -297,7 +302,7 @@ impl Vmm {
                     }
                     Err(e) => respond(reply, ApiResponse::from_error(400, &e)),
                 },
-                ApiRequest::VmBoot if self.created.is_some() => {
+                ApiRequest::VmBoot => {
                     let config = &self.created.as_ref().expect("checked").0;
                     if !config.has_kernel() {
                         respond(reply, ApiResponse::not_now(config::NO_KERNEL_GRANTED));
@@ -308,7 +313,7 @@ impl Vmm {
                         Err(e) => respond(reply, ApiResponse::from_error(400, &e)),
                     }
                 }
-                ApiRequest::VmInfo if self.created.is_some() => {
+                ApiRequest::VmInfo => {
                     let (config, serial) = self.created.as_ref().expect("checked");
                     respond(
                         reply,
@@ -323,47 +328,33 @@ impl Vmm {
                         }),
                     )
                 }
-                ApiRequest::VmAddNet(net) if self.created.is_some() => {
+                ApiRequest::VmAddNet(net) => {
                     let config = &mut self.created.as_mut().expect("checked").0;
                     match crate::api::types::add_net(config, &net) {
                         Ok(added) => respond(reply, ApiResponse::json(&added)),
                         Err(e) => respond(reply, ApiResponse::from_error(400, &e)),
                     }
                 }
-                ApiRequest::VmAddDisk(disk) if self.created.is_some() => {
+                ApiRequest::VmAddDisk(disk) => {
                     let config = &mut self.created.as_mut().expect("checked").0;
                     match crate::api::types::add_disk(config, &disk) {
                         Ok(added) => respond(reply, ApiResponse::json(&added)),
                         Err(e) => respond(reply, ApiResponse::from_error(400, &e)),
                     }
                 }
-                ApiRequest::VmDelete if self.created.is_some() => {
+                ApiRequest::VmDelete => {
                     self.created = None;
                     self.shut_down = false;
                     self.opts.monitor.emit("vm", "deleted", None);
                     respond(reply, ApiResponse::no_content());
                 }
-                ApiRequest::ReceiveMigration(_) if self.created.is_some() => respond(
-                    reply,
-                    ApiResponse::not_now("a VM is created in this VMM: it cannot receive another"),
-                ),
                 ApiRequest::ReceiveMigration(req) => {
                     match ReceiveSpec::from_api(&req, &self.opts.name) {
                         Ok(spec) => return Next::Receive(Box::new(spec), Some(reply)),
                         Err(e) => respond(reply, ApiResponse::from_error(400, &e)),
                     }
                 }
-                ApiRequest::CancelMigration => {
-                    respond(reply, ApiResponse::not_now("no migration is running"))
-                }
-                _ if self.created.is_none() => respond(reply, ApiResponse::no_vm()),
-                _ => respond(
-                    reply,
-                    ApiResponse::not_now(format!(
-                        "the VM is not running (it is {:?})",
-                        self.api_state()
-                    )),
-                ),
+                other => respond(reply, not_admitted(&other)),
             }
         }
     }
@@ -600,37 +591,46 @@ impl Vmm {
                         }
                     };
                 }
-                VmEvent::Api(ApiRequest::VmInfo, r) => {
-                    let _ = r.send(ApiResponse::json(&ApiVmInfo {
-                        config: None,
-                        state: ApiVmState::Created,
-                        memory_actual_size: None,
-                        name: self.opts.name.clone(),
-                        pid: std::process::id(),
-                        uptime_secs: 0.0,
-                        migration: Some(MigrationInfo {
-                            role,
-                            address: address.clone(),
-                            outcome: committed.then(|| "committed".into()),
-                            detail: detail.clone(),
-                        }),
-                    }));
-                }
-                VmEvent::Api(ApiRequest::VmmShutdown, r) => match canceller.cancel() {
-                    Ok(()) => {
-                        let _ = r.send(ApiResponse::no_content());
-                        ending.get_or_insert(RunEnd::StopRequested);
+                VmEvent::Api(request, r) => {
+                    let phase = Phase::Waiting {
+                        name: &self.opts.name,
+                        address: &address,
+                    };
+                    if let Some(answer) = admission::refusal(&phase, &request) {
+                        let _ = r.send(answer);
+                        continue;
                     }
-                    Err(_) => {
-                        eprintln!("vmm: stop requested after the commit: the VM is this host's now; it stops once it runs");
-                        stop_when_running = Some(LateStop::Request(r));
+                    match request {
+                        ApiRequest::VmInfo => {
+                            let _ = r.send(ApiResponse::json(&ApiVmInfo {
+                                config: None,
+                                state: ApiVmState::Created,
+                                memory_actual_size: None,
+                                name: self.opts.name.clone(),
+                                pid: std::process::id(),
+                                uptime_secs: 0.0,
+                                migration: Some(MigrationInfo {
+                                    role,
+                                    address: address.clone(),
+                                    outcome: committed.then(|| "committed".into()),
+                                    detail: detail.clone(),
+                                }),
+                            }));
+                        }
+                        ApiRequest::VmmShutdown => match canceller.cancel() {
+                            Ok(()) => {
+                                let _ = r.send(ApiResponse::no_content());
+                                ending.get_or_insert(RunEnd::StopRequested);
+                            }
+                            Err(_) => {
+                                eprintln!("vmm: stop requested after the commit: the VM is this host's now; it stops once it runs");
+                                stop_when_running = Some(LateStop::Request(r));
+                            }
+                        },
+                        other => {
+                            let _ = r.send(not_admitted(&other));
+                        }
                     }
-                },
-                VmEvent::Api(_, r) => {
-                    let _ = r.send(ApiResponse::not_now(format!(
-                        "VM '{}' has not arrived yet: this VMM waits for it on {address}",
-                        self.opts.name
-                    )));
                 }
                 VmEvent::Signal(s) => match canceller.cancel() {
                     Ok(()) => {
@@ -653,12 +653,17 @@ impl Vmm {
         let until = Instant::now() + OUTCOME_LINGER;
         while !self.status.outcome_read() && Instant::now() < until {
             match self.rx.recv_timeout(Duration::from_millis(20)) {
-                Ok(VmEvent::Api(ApiRequest::VmmShutdown, r)) => {
-                    let _ = r.send(ApiResponse::no_content());
-                    return;
-                }
-                Ok(VmEvent::Api(_, r)) => {
-                    let _ = r.send(ApiResponse::no_vm());
+                Ok(VmEvent::Api(request, r)) => {
+                    match admission::refusal(&Phase::Exiting, &request) {
+                        Some(answer) => {
+                            let _ = r.send(answer);
+                        }
+                        // vmm.shutdown: exit now.
+                        None => {
+                            let _ = r.send(ApiResponse::no_content());
+                            return;
+                        }
+                    }
                 }
                 Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
