@@ -20,16 +20,20 @@ pub mod wire;
 
 pub use protocol::MigrationError;
 
-/// An error and its sources, joined by ": " (what a log line or a peer should read).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
+/// An error's message and then each of its sources' (what Cloud Hypervisor's error bodies hold).
+pub fn error_messages(e: &dyn std::error::Error) -> Vec<String> {
+    let mut messages = vec![e.to_string()];
     let mut cur = e.source();
     while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        messages.push(c.to_string());
         cur = c.source();
     }
-    s
+    messages
+}
+
+/// An error and its sources, joined by ": " (what a log line or a peer should read).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    error_messages(e).join(": ")
 }
 
 #[cfg(test)]

@@ -107,15 +107,9 @@ impl ApiResponse {
 
     /// An error answer carrying `error` and each of its sources, one message per level.
     pub(crate) fn from_error(status: u16, error: &dyn std::error::Error) -> Self {
-        let mut chain = vec![error.to_string()];
-        let mut cause = error.source();
-        while let Some(c) = cause {
-            chain.push(c.to_string());
-            cause = c.source();
-        }
         ApiResponse {
             status,
-            body: serde_json::to_value(ErrorBody(chain)).ok(),
+            body: serde_json::to_value(ErrorBody(migration::error_messages(error))).ok(),
         }
     }
 

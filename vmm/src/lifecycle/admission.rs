@@ -24,8 +24,9 @@ use crate::api::types::ApiVmState;
 pub(crate) enum Phase<'a> {
     /// No VM: an empty VMM, or after `vm.delete` or a migration away.
     Empty,
-    /// A VM created (or shut down) and not running; its state as the API shows it.
-    Created(ApiVmState),
+    /// A VM created (or shut down) and not running: its state as the API shows it, and
+    /// whether it has a kernel to boot.
+    Created { state: ApiVmState, bootable: bool },
     /// Waiting for (or receiving) VM `name` on `address`.
     Waiting { name: &'a str, address: &'a str },
     /// A VM runs (or is paused); `migrating` while a migration has not committed.
@@ -51,7 +52,8 @@ pub(crate) fn refusal(phase: &Phase<'_>, request: &ApiRequest) -> Option<ApiResp
             R::CancelMigration => refuse("no migration is running".into()),
             _ => Some(ApiResponse::no_vm()),
         },
-        Phase::Created(state) => match request {
+        Phase::Created { state, bootable } => match request {
+            R::VmBoot if !*bootable => refuse(crate::config::NO_KERNEL_GRANTED.into()),
             R::VmmShutdown
             | R::VmInfo
             | R::VmBoot
@@ -173,7 +175,16 @@ mod tests {
             Some(405)
         );
         // Created: boot it, change it, delete it; not pause it or create another.
-        let created = Phase::Created(ApiVmState::Created);
+        let created = Phase::Created {
+            state: ApiVmState::Created,
+            bootable: true,
+        };
+        let unbootable_created = Phase::Created {
+            state: ApiVmState::Created,
+            bootable: false,
+        };
+        assert_eq!(status(&unbootable_created, &put("vm.boot")), Some(405));
+        assert_eq!(status(&unbootable_created, &put("vm.delete")), None);
         assert_eq!(status(&created, &put("vm.boot")), None);
         assert_eq!(status(&created, &put("vm.delete")), None);
         assert_eq!(status(&created, &create), Some(405));

@@ -280,9 +280,12 @@ impl Vmm {
                 // Events of a VM that is gone.
                 _ => continue,
             };
-            let phase = match self.created {
+            let phase = match &self.created {
                 None => Phase::Empty,
-                Some(_) => Phase::Created(self.api_state()),
+                Some((config, _)) => Phase::Created {
+                    state: self.api_state(),
+                    bootable: config.has_kernel(),
+                },
             };
             if let Some(answer) = admission::refusal(&phase, &request) {
                 respond(reply, answer);
@@ -304,10 +307,6 @@ impl Vmm {
                 },
                 ApiRequest::VmBoot => {
                     let config = &self.created.as_ref().expect("checked").0;
-                    if !config.has_kernel() {
-                        respond(reply, ApiResponse::not_now(config::NO_KERNEL_GRANTED));
-                        continue;
-                    }
                     match refuse_emulated_linux(config, self.opts.allow_emulated_kernel) {
                         Ok(()) => return Next::Boot(Some(reply)),
                         Err(e) => respond(reply, ApiResponse::from_error(400, &e)),

@@ -10,7 +10,6 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::state::{MigrationConfig, MigrationState};
 use crate::vm::machine::Machine;
-use crate::vm::state_error::KvmStateError;
 
 pub(crate) struct MachineSource {
     pub(crate) machine: Arc<Machine>,
@@ -225,11 +224,7 @@ impl SourceVm for MachineSource {
             Arc::new(m.cpuids.iter().map(|c| c.as_slice().to_vec()).collect());
         let vcpus = m
             .vcpus
-            .on_each(move |i, fd| {
-                let cpuid = kvm_bindings::CpuId::from_entries(&cpuids[i as usize])
-                    .map_err(|_| KvmStateError::TooLong("CPUID table"))?;
-                crate::vm::vcpu_state::save(fd, &msr_list, &cpuid)
-            })
+            .on_each(move |i, fd| crate::vm::vcpu_state::save(fd, &msr_list, &cpuids[i as usize]))
             .map_err(|e| VmError::Save(e.into()))?
             .into_iter()
             .collect::<Result<Vec<_>, _>>()

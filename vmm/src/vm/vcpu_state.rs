@@ -82,7 +82,7 @@ fn msrs_to_read(indices: &[u32]) -> Result<Msrs, KvmStateError> {
 pub(crate) fn save(
     vcpu: &VcpuFd,
     msr_list: &[u32],
-    cpuid: &CpuId,
+    cpuid: &[kvm_cpuid_entry2],
 ) -> Result<VcpuState, KvmStateError> {
     let mp_state = vcpu.get_mp_state().map_err(ioctl("KVM_GET_MP_STATE"))?;
     let regs = vcpu.get_regs().map_err(ioctl("KVM_GET_REGS"))?;
@@ -105,7 +105,7 @@ pub(crate) fn save(
         .get_vcpu_events()
         .map_err(ioctl("KVM_GET_VCPU_EVENTS"))?;
     Ok(VcpuState {
-        cpuid: cpuid.as_slice().to_vec(),
+        cpuid: cpuid.to_vec(),
         mp_state,
         regs,
         sregs,
