@@ -38,8 +38,20 @@ pub fn libvirt_prefix() -> Option<PathBuf> {
     prefix.join(".complete").exists().then_some(prefix)
 }
 
-/// The `vmm` binary: $VMM_BIN if set, else built here once with cargo.
+/// A binary that replaces [`vmm_bin`]'s for the VMM processes started from now on (None: back
+/// to it). The bench uses it to run an older build against this one in the same run.
+pub fn use_vmm_bin(bin: Option<PathBuf>) {
+    *VMM_BIN_OVERRIDE.lock().unwrap() = bin;
+}
+
+static VMM_BIN_OVERRIDE: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+/// The `vmm` binary: the one [`use_vmm_bin`] set, else $VMM_BIN if set, else built here once
+/// with cargo.
 pub fn vmm_bin() -> PathBuf {
+    if let Some(bin) = VMM_BIN_OVERRIDE.lock().unwrap().clone() {
+        return bin;
+    }
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Some(p) = std::env::var_os("VMM_BIN") {

@@ -211,13 +211,9 @@ fn migrate_tiny(t: &Tiny, count: usize) -> Option<(Vec<serde_json::Value>, f64)>
     Some((summaries, started.elapsed().as_secs_f64()))
 }
 
-/// Runs a migration `runs` times; the median, min and max of its memory-phase throughput
-/// (MB/s), and the median downtime (ms).
-fn migrate_runs(t: &Tiny, runs: usize) -> Option<((f64, f64, f64), f64)> {
-    let summaries: Vec<serde_json::Value> = (0..runs)
-        .filter_map(|_| migrate_tiny(t, 1))
-        .map(|(mut s, _)| s.remove(0))
-        .collect();
+/// The median, min and max memory-phase throughput (MB/s) and the median downtime (ms) of
+/// migration summaries; None when there are none.
+fn throughput_and_downtime(summaries: &[serde_json::Value]) -> Option<((f64, f64, f64), f64)> {
     if summaries.is_empty() {
         return None;
     }
@@ -233,6 +229,28 @@ fn migrate_runs(t: &Tiny, runs: usize) -> Option<((f64, f64, f64), f64)> {
     )
     .0;
     Some((spread(mb_s), downtime))
+}
+
+type RunStats = Option<((f64, f64, f64), f64)>;
+
+/// Runs a migration `runs` times with this build; with a `baseline` binary too, alternating
+/// (baseline, this, baseline, this, ...) so both see the same machine. The throughput and
+/// downtime of this build's runs, and of the baseline's.
+fn migrate_runs(t: &Tiny, runs: usize, baseline: Option<&std::path::Path>) -> (RunStats, RunStats) {
+    let (mut current, mut old) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        if let Some(bin) = baseline {
+            vmm_tests::use_vmm_bin(Some(bin.to_path_buf()));
+            let run = migrate_tiny(t, 1);
+            vmm_tests::use_vmm_bin(None);
+            old.extend(run.map(|(mut s, _)| s.remove(0)));
+        }
+        current.extend(migrate_tiny(t, 1).map(|(mut s, _)| s.remove(0)));
+    }
+    (
+        throughput_and_downtime(&current),
+        throughput_and_downtime(&old),
+    )
 }
 
 /// The QEMU image for the L1 hosts, when the rig is built (None: the bench skips, saying why).
@@ -481,24 +499,44 @@ fn main() {
             },
         ),
     ];
+    // BENCH_BASELINE_VMM=path: an older build of the VMM, run alternately with this one in
+    // each data-path scenario (before/after figures of one run on one machine).
+    let baseline = std::env::var_os("BENCH_BASELINE_VMM").map(std::path::PathBuf::from);
+    // BENCH_RUNS=N: runs per data-path scenario (and per build), default 3.
+    let dataplane_runs = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or(3);
     let mut one_alone = 0.0;
     for (name, t) in &dataplane {
         if !wanted("migrate-dataplane") {
             break;
         }
-        let Some(((median, min, max), downtime)) = migrate_runs(t, 3) else {
+        let (current, old) = migrate_runs(t, dataplane_runs, baseline.as_deref());
+        let Some(((median, min, max), downtime)) = current else {
             continue;
         };
         if *name == "key-file" {
             one_alone = median;
         }
-        for (metric, value, unit) in [
+        let mut rows = vec![
             ("throughput_mb_s", median, "MB/s"),
             ("throughput_mb_s_min", min, "MB/s"),
             ("throughput_mb_s_max", max, "MB/s"),
             ("throughput_vs_loopback", median / loopback, "ratio"),
             ("downtime_ms_median", downtime, "ms"),
-        ] {
+        ];
+        if let Some(((b_median, b_min, b_max), b_downtime)) = old {
+            rows.extend([
+                ("baseline_throughput_mb_s", b_median, "MB/s"),
+                ("baseline_throughput_mb_s_min", b_min, "MB/s"),
+                ("baseline_throughput_mb_s_max", b_max, "MB/s"),
+                ("baseline_downtime_ms_median", b_downtime, "ms"),
+                ("throughput_vs_baseline", median / b_median, "ratio"),
+            ]);
+        }
+        for (metric, value, unit) in rows {
             results.push(Result {
                 scenario: format!("migrate-dataplane:{name}"),
                 name: metric.into(),
