@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -281,6 +282,25 @@ def main():
         c.call(dst, "PUT", "vm.boot", expect=204)
         c.call(dst, "PUT", "vm.delete", expect=204)
         c.call(dst, "GET", "vm.info", expect=404)
+
+        # A serial console on a Unix socket (Cloud Hypervisor's mode Socket): vm.info names it,
+        # it is owner-only, one client at a time, and it goes with the VM.
+        serial_sock = os.path.join(work, "serial.sock")
+        c.call(dst, "PUT", "vm.create", dict(config, serial={"mode": "Socket"}), expect=400)
+        c.call(dst, "PUT", "vm.create", dict(config, serial={"mode": "Socket", "socket": serial_sock}), expect=204)
+        _, info = c.call(dst, "GET", "vm.info", expect=200)
+        assert info["config"]["serial"] == {"mode": "Socket", "socket": serial_sock}, info
+        assert stat.S_IMODE(os.stat(serial_sock).st_mode) == 0o600, oct(os.stat(serial_sock).st_mode)
+        first = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        first.connect(serial_sock)
+        second = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        second.settimeout(10)
+        second.connect(serial_sock)
+        assert b"attached already" in second.recv(200)
+        second.close()
+        first.close()
+        c.call(dst, "PUT", "vm.delete", expect=204)
+        assert not os.path.exists(serial_sock), "the console socket outlived its VM"
         c.call(dst, "PUT", "vmm.shutdown", expect=204)
         if dst_proc.wait(timeout=30) != 0:
             fail(f"the destination VMM exited with {dst_proc.returncode}")

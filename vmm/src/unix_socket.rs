@@ -179,6 +179,31 @@ pub(crate) fn peer_allowed(uid: u32) -> bool {
     uid == me || uid == 0
 }
 
+/// The uid of the process at the other end of a connected Unix socket (SO_PEERCRED).
+pub(crate) fn peer_uid(stream: &impl std::os::fd::AsRawFd) -> io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED writes at most `len` bytes into `cred`, a ucred we own, for a
+    // socket descriptor the caller keeps open across the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
 /// Checks the peer of a connected socket; the error says who it was.
 pub(crate) fn check_peer(stream: &tokio::net::UnixStream) -> io::Result<()> {
     let cred = stream.peer_cred()?;

@@ -14,7 +14,7 @@ pub enum ConfigRequestError {
     Hotplug,
     #[error("payload.kernel is required (firmware boot is not supported)")]
     NoKernel,
-    #[error("--serial {0}: give tty, pty, file=PATH or null")]
+    #[error("--serial {0}: give tty, pty, socket=PATH, file=PATH or null")]
     SerialArg(String),
     #[error("console.mode {0}: this VMM has no virtio console; use serial (console.mode Off, or Pty for a PTY on the serial port)")]
     Console(String),
@@ -24,8 +24,10 @@ pub enum ConfigRequestError {
     TwoConsoles,
     #[error("serial.file is required with mode File")]
     SerialFile,
-    #[error("serial.mode Socket is not supported (Tty, Pty, File, Null, Off)")]
+    #[error("serial.socket is required with mode Socket")]
     SerialSocket,
+    #[error("cannot serve the serial console on the socket {}", .0.display())]
+    Socket(PathBuf, #[source] std::io::Error),
     #[error("disks[].serial is at most 20 ASCII characters")]
     DiskSerial,
     #[error("the VM has the disk {} already", .0.display())]

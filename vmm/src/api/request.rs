@@ -412,7 +412,7 @@ mod tests {
             ),
             (
                 r#"{"payload":{"kernel":"/k"},"serial":{"mode":"Socket"}}"#,
-                "Socket",
+                "serial.socket",
             ),
             (
                 r#"{"payload":{"kernel":"/k"},"serial":{"mode":"Tty"},"console":{"mode":"Pty"}}"#,

@@ -144,6 +144,19 @@ pub struct ConsoleConfig {
     pub mode: ConsoleMode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
+    /// Mode Socket: the Unix socket the VMM serves the console on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+}
+
+impl ConsoleConfig {
+    fn of(mode: ConsoleMode) -> Self {
+        ConsoleConfig {
+            mode,
+            file: None,
+            socket: None,
+        }
+    }
 }
 
 /// The subset of Cloud Hypervisor's `VmConfig` this VMM understands.
@@ -184,21 +197,34 @@ pub enum SerialSink {
     Discard,
     File(PathBuf),
     Pty(std::sync::Arc<crate::console::pty::PtyConsole>),
+    Socket(std::sync::Arc<crate::console::socket::SocketConsole>),
 }
 
 impl SerialSink {
-    /// `vmm run --serial tty|pty|file=PATH|null`.
+    /// `vmm run --serial tty|pty|socket=PATH|file=PATH|null`.
     pub(crate) fn parse(arg: &str) -> Result<Self, ConfigRequestError> {
-        let (mode, file) = match arg {
-            "tty" => (ConsoleMode::Tty, None),
-            "pty" => (ConsoleMode::Pty, None),
-            "null" | "off" => (ConsoleMode::Null, None),
-            _ => match arg.strip_prefix("file=") {
-                Some(path) if !path.is_empty() => (ConsoleMode::File, Some(PathBuf::from(path))),
+        let path_after = |prefix| {
+            arg.strip_prefix(prefix)
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+        };
+        let config = match arg {
+            "tty" => ConsoleConfig::of(ConsoleMode::Tty),
+            "pty" => ConsoleConfig::of(ConsoleMode::Pty),
+            "null" | "off" => ConsoleConfig::of(ConsoleMode::Null),
+            _ => match (path_after("file="), path_after("socket=")) {
+                (Some(file), _) => ConsoleConfig {
+                    file: Some(file),
+                    ..ConsoleConfig::of(ConsoleMode::File)
+                },
+                (_, Some(socket)) => ConsoleConfig {
+                    socket: Some(socket),
+                    ..ConsoleConfig::of(ConsoleMode::Socket)
+                },
                 _ => return Err(ConfigRequestError::SerialArg(arg.to_string())),
             },
         };
-        serial_sink(Some(&ConsoleConfig { mode, file }), None)
+        serial_sink(Some(&config), None)
     }
 
     /// Opens the sink (a file is created or appended to).
@@ -213,6 +239,7 @@ impl SerialSink {
                     .open(path)?,
             ),
             SerialSink::Pty(pty) => Box::new(pty.writer()?),
+            SerialSink::Socket(socket) => Box::new(socket.writer()),
         })
     }
 }
@@ -285,32 +312,27 @@ impl ApiVmConfig {
             disks: Some(vm.disks.iter().map(ApiDisk::from).collect()),
             net: Some(vm.nets.iter().map(ApiNet::from).collect()),
             serial: Some(match serial {
-                SerialSink::Stdout => ConsoleConfig {
-                    mode: ConsoleMode::Tty,
-                    file: None,
-                },
-                SerialSink::Discard => ConsoleConfig {
-                    mode: ConsoleMode::Null,
-                    file: None,
-                },
+                SerialSink::Stdout => ConsoleConfig::of(ConsoleMode::Tty),
+                SerialSink::Discard => ConsoleConfig::of(ConsoleMode::Null),
                 SerialSink::File(p) => ConsoleConfig {
-                    mode: ConsoleMode::File,
                     file: Some(p.clone()),
+                    ..ConsoleConfig::of(ConsoleMode::File)
                 },
                 SerialSink::Pty(pty) => ConsoleConfig {
-                    mode: ConsoleMode::Pty,
                     file: Some(pty.path().to_path_buf()),
+                    ..ConsoleConfig::of(ConsoleMode::Pty)
+                },
+                SerialSink::Socket(socket) => ConsoleConfig {
+                    socket: Some(socket.path().to_path_buf()),
+                    ..ConsoleConfig::of(ConsoleMode::Socket)
                 },
             }),
             console: Some(match serial {
                 SerialSink::Pty(pty) if pty.via_console => ConsoleConfig {
-                    mode: ConsoleMode::Pty,
                     file: Some(pty.path().to_path_buf()),
+                    ..ConsoleConfig::of(ConsoleMode::Pty)
                 },
-                _ => ConsoleConfig {
-                    mode: ConsoleMode::Off,
-                    file: None,
-                },
+                _ => ConsoleConfig::of(ConsoleMode::Off),
             }),
         }
     }
@@ -345,7 +367,14 @@ fn serial_sink(
                 .ok_or(ConfigRequestError::SerialFile)?,
         )),
         (Some(ConsoleMode::Pty), false) => open_pty(false),
-        (Some(ConsoleMode::Socket), false) => Err(ConfigRequestError::SerialSocket),
+        (Some(ConsoleMode::Socket), false) => {
+            let path = serial
+                .and_then(|c| c.socket.clone())
+                .ok_or(ConfigRequestError::SerialSocket)?;
+            crate::console::socket::SocketConsole::open(&path)
+                .map(SerialSink::Socket)
+                .map_err(|e| ConfigRequestError::Socket(path, e))
+        }
     }
 }
 

@@ -141,8 +141,9 @@ enum Command {
     },
     /// Stop a VM: its `vmm run` process exits.
     Stop { name: String },
-    /// Attach this terminal to a VM's serial console, when it is a PTY (`vmm run --serial
-    /// pty`, or serial/console mode Pty through the API). Ctrl-] detaches; the VM runs on.
+    /// Attach this terminal to a VM's serial console, when it is a PTY or a socket (`vmm run
+    /// --serial pty|socket=PATH`, or serial mode Pty or Socket through the API). Ctrl-]
+    /// detaches; the VM runs on.
     Console { name: String },
     /// Move a running VM to another host (live pre-copy; --offline for stop-and-copy). The
     /// destination waits with `vmm run --name NAME --incoming tcp:ADDR:PORT`; the disk must be
@@ -312,9 +313,14 @@ struct RunArgs {
     event_monitor: Option<String>,
     /// Where the serial console (ttyS0) goes: tty (this terminal: Ctrl-A x ends the VM), pty
     /// (a pseudo-terminal the VMM keeps; `vmm console NAME` attaches to it, `vmm info` shows
-    /// its path, and the VM no longer needs this terminal), file=PATH (output appended), or
-    /// null.
-    #[arg(long, value_name = "tty|pty|file=PATH|null", default_value = "tty")]
+    /// its path, and the VM no longer needs this terminal), socket=PATH (a Unix socket,
+    /// owner-only, serving one client at a time: `vmm console NAME` or `socat`), file=PATH
+    /// (output appended), or null.
+    #[arg(
+        long,
+        value_name = "tty|pty|socket=PATH|file=PATH|null",
+        default_value = "tty"
+    )]
     serial: String,
 }
 
@@ -732,7 +738,8 @@ struct VmSummary {
     /// Where a waiting destination listens, or where a migrating VM is going.
     #[serde(skip_serializing_if = "Option::is_none")]
     address: Option<String>,
-    /// The serial console: tty, null, off, file PATH, or pty PATH (`vmm console` attaches).
+    /// The serial console: tty, null, off, file PATH, pty PATH or socket PATH (`vmm console`
+    /// attaches to the last two).
     #[serde(skip_serializing_if = "Option::is_none")]
     console: Option<String>,
 }
@@ -774,7 +781,7 @@ impl VmSummary {
             cmdline: config.payload.cmdline.unwrap_or_default(),
             uptime_secs: i.uptime_secs,
             address: i.migration.map(|m| m.address),
-            console: config.serial.map(|c| match c.file {
+            console: config.serial.map(|c| match c.file.or(c.socket) {
                 Some(f) => format!("{} {}", format!("{:?}", c.mode).to_lowercase(), f.display()),
                 None => format!("{:?}", c.mode).to_lowercase(),
             }),
@@ -790,14 +797,20 @@ fn query_info(dir: &std::path::Path, name: &str) -> anyhow::Result<VmSummary> {
 fn console(dir: &std::path::Path, name: &str) -> anyhow::Result<u8> {
     let info: ApiVmInfo = client(dir, name)?.get("vm.info", CLIENT_TIMEOUT)?;
     let serial = info.config.and_then(|c| c.serial);
-    let path = match serial {
+    let (path, kind) = match serial {
         Some(ConsoleConfig {
             mode: ConsoleMode::Pty,
             file: Some(path),
-        }) => path,
+            ..
+        }) => (path, crate::console::client::Kind::Pty),
+        Some(ConsoleConfig {
+            mode: ConsoleMode::Socket,
+            socket: Some(path),
+            ..
+        }) => (path, crate::console::client::Kind::Socket),
         other => anyhow::bail!(
-            "{name}'s serial console is not a PTY ({}): start it with `vmm run --serial pty`, \
-             or serial mode Pty through the API",
+            "{name}'s serial console is neither a PTY nor a socket ({}): start it with `vmm run \
+             --serial pty` or `--serial socket=PATH`, or serial mode Pty or Socket through the API",
             other.map_or("none".to_string(), |c| format!("mode {:?}", c.mode))
         ),
     };
@@ -805,7 +818,7 @@ fn console(dir: &std::path::Path, name: &str) -> anyhow::Result<u8> {
         "vmm: attached to {name}'s console ({}); Ctrl-] detaches",
         path.display()
     );
-    let ended = crate::console::client::attach(&path)
+    let ended = crate::console::client::attach(&path, kind)
         .with_context(|| format!("cannot open the console {}", path.display()))?;
     match ended {
         crate::console::client::Detached::ByUser => eprintln!("\r\nvmm: detached from {name}"),

@@ -144,6 +144,7 @@ pub(crate) fn own(
             EventLine::new(ctx.events.clone(), || VmEvent::ConsoleQuit),
         ),
         SerialSink::Pty(pty) => pty.attach(machine.serial.clone()),
+        SerialSink::Socket(socket) => socket.attach(machine.serial.clone()),
         SerialSink::Discard | SerialSink::File(_) => {}
     }
     let mut owner = Owner {
