@@ -559,6 +559,45 @@ pub fn start_dirtier(dir: &Path, name: &str, vcpus: u8, extra: &[&str]) -> VmPro
     start_dirtier_env(dir, &[], name, vcpus, extra)
 }
 
+/// Starts the tiny guest `guest_name` as VM `name` (`vmm run --name NAME --kernel GUEST
+/// --memory MEMORY EXTRA...`), with environment variables for the VMM.
+pub fn start_tiny(
+    dir: &Path,
+    env: &[(&str, &str)],
+    (guest_name, memory): (&str, &str),
+    name: &str,
+    extra: &[&str],
+) -> VmProcess {
+    let g = guest(guest_name);
+    let mut args = vec![
+        "--name",
+        name,
+        "--kernel",
+        g.to_str().unwrap(),
+        "--memory",
+        memory,
+    ];
+    args.extend_from_slice(extra);
+    VmProcess::start_env(&[], env, dir, &args)
+}
+
+/// Waits (bounded) until `vmm info NAME` says the VM runs; its `--json` answer.
+pub fn wait_running(dir: &Path, name: &str) -> String {
+    let limit = Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let (st, out, _) = vmm_cli(dir, &["info", name, "--json"], limit);
+        if st.success() && out.contains("running") {
+            return out;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} never ran: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// [`start_dirtier`] with environment variables for the VMM (e.g. `FAILPOINTS`).
 pub fn start_dirtier_env(
     dir: &Path,
@@ -567,20 +606,10 @@ pub fn start_dirtier_env(
     vcpus: u8,
     extra: &[&str],
 ) -> VmProcess {
-    let g = guest("dirtier");
     let v = vcpus.to_string();
-    let mut args = vec![
-        "--name",
-        name,
-        "--kernel",
-        g.to_str().unwrap(),
-        "--memory",
-        "128M",
-        "--vcpus",
-        &v,
-    ];
+    let mut args = vec!["--vcpus", &v];
     args.extend_from_slice(extra);
-    let mut vm = VmProcess::start_env(&[], env, dir, &args);
+    let mut vm = start_tiny(dir, env, ("dirtier", "128M"), name, &args);
     let needles: Vec<String> = (0..vcpus)
         .map(|cpu| format!("cpu{cpu} pass 16 ok"))
         .collect();

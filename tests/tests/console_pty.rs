@@ -8,7 +8,9 @@ use std::io::Write;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vmm_tests::{guest, require_kvm, vmm_bin, vmm_cli, RuntimeDir, Screen, VmProcess};
+use vmm_tests::{
+    guest, require_kvm, start_tiny, vmm_bin, vmm_cli, wait_running, RuntimeDir, Screen, VmProcess,
+};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -86,33 +88,7 @@ impl Drop for Attached {
 
 /// The echo guest as `name`, its serial console `--serial serial`.
 fn start_echo(dir: &RuntimeDir, name: &str, serial: &str) -> VmProcess {
-    let g = guest("echo");
-    VmProcess::start(
-        &dir.0,
-        &[
-            "--name",
-            name,
-            "--kernel",
-            g.to_str().unwrap(),
-            "--memory",
-            "64M",
-            "--serial",
-            serial,
-        ],
-    )
-}
-
-/// Waits (bounded) until `vmm info NAME` says the VM runs; its JSON.
-fn wait_running(dir: &RuntimeDir, name: &str) -> String {
-    let deadline = Instant::now() + T;
-    loop {
-        let (st, out, _) = vmm_cli(&dir.0, &["info", name, "--json"], T);
-        if st.success() && out.contains("running") {
-            return out;
-        }
-        assert!(Instant::now() < deadline, "the VM never ran: {out}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    start_tiny(&dir.0, &[], ("echo", "64M"), name, &["--serial", serial])
 }
 
 /// Boots the echo guest with `--serial serial`, waits until `vmm info` names `names` as its
@@ -121,7 +97,7 @@ fn wait_running(dir: &RuntimeDir, name: &str) -> String {
 fn attach_detach_and_attach_again(dir: &RuntimeDir, serial: &str, names: &str) {
     let vm = start_echo(dir, "echo", serial);
     // Up, with its console where `vmm info` says.
-    let info: serde_json::Value = serde_json::from_str(&wait_running(dir, "echo")).unwrap();
+    let info: serde_json::Value = serde_json::from_str(&wait_running(&dir.0, "echo")).unwrap();
     let text = info.to_string();
     assert!(
         text.contains(names),
@@ -171,7 +147,7 @@ fn vmm_console_attaches_to_a_socket_console_one_client_at_a_time() {
 
     // A second client while one is attached is told so and closed.
     let vm = start_echo(&dir, "busy", &serial);
-    wait_running(&dir, "busy");
+    wait_running(&dir.0, "busy");
     let mut first = Attached::start(&dir.0, "busy");
     first.type_keys(b"one");
     first.wait_for("ONE");

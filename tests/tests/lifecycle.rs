@@ -8,18 +8,7 @@ use vmm_tests::{guest, require_kvm, vmm_cli, RuntimeDir, VmProcess};
 const T: Duration = Duration::from_secs(60);
 
 fn start_heartbeat(dir: &RuntimeDir, name: &str) -> VmProcess {
-    let g = guest("heartbeat");
-    let mut vm = VmProcess::start(
-        &dir.0,
-        &[
-            "--name",
-            name,
-            "--kernel",
-            g.to_str().unwrap(),
-            "--memory",
-            "64M",
-        ],
-    );
+    let mut vm = vmm_tests::start_tiny(&dir.0, &[], ("heartbeat", "64M"), name, &[]);
     vm.wait_for("cpu0 tick 2", T);
     vm
 }

@@ -74,11 +74,13 @@ impl ApiServer {
         listener.set_nonblocking(true)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let runtime = tokio::runtime::Builder::new_current_thread()
+            .on_thread_start(|| crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Api))
             .enable_all()
             .build()?;
         let thread = std::thread::Builder::new()
             .name("api".into())
             .spawn(move || {
+                crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Api);
                 runtime.block_on(async move {
                     let listener = match UnixListener::from_std(listener) {
                         Ok(l) => l,

@@ -54,10 +54,7 @@ pub(crate) fn main() -> anyhow::Result<u8> {
     let socket = cli.api_socket.context(
         "cloud-hypervisor: give --api-socket path=PATH or fd=N (this VMM is driven through its API)",
     )?;
-    empty_vmm(
-        socket,
-        None,
-        paths::runtime_dir(),
-        event_monitor(&cli.event_monitor)?,
-    )
+    let monitor = event_monitor(&cli.event_monitor)?;
+    cli.logging.confine_vmm()?;
+    empty_vmm(socket, None, paths::runtime_dir(), monitor)
 }

@@ -68,7 +68,10 @@ pub(crate) fn buffered(sink: Box<dyn Write + Send>) -> std::io::Result<Box<dyn W
     let theirs = shared.clone();
     std::thread::Builder::new()
         .name("console-out".into())
-        .spawn(move || write_out(&theirs, sink))?;
+        .spawn(move || {
+            crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Console);
+            write_out(&theirs, sink)
+        })?;
     let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
     open.retain(|w| w.strong_count() > 0);
     open.push(Arc::downgrade(&shared));

@@ -90,7 +90,10 @@ impl PtyConsole {
         let weak = Arc::downgrade(&pty);
         std::thread::Builder::new()
             .name("console-pty".into())
-            .spawn(move || forward_input(weak))?;
+            .spawn(move || {
+                crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Console);
+                forward_input(weak)
+            })?;
         Ok(pty)
     }
 

@@ -78,7 +78,10 @@ impl SocketConsole {
         let alive = Arc::downgrade(&console);
         let spawned = std::thread::Builder::new()
             .name("console-socket".into())
-            .spawn(move || serve(&shared, &alive));
+            .spawn(move || {
+                crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Console);
+                serve(&shared, &alive)
+            });
         // On failure `console` drops here and removes the path.
         spawned?;
         Ok(console)

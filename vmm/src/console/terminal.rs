@@ -94,6 +94,7 @@ pub(crate) fn spawn_stdin_forwarder(
     let spawned = std::thread::Builder::new()
         .name("console-in".into())
         .spawn(move || {
+            crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Console);
             let mut stdin = std::io::stdin();
             let mut buf = [0u8; 256];
             let mut escape_pending = false;

@@ -470,6 +470,7 @@ impl Vmm {
             .spawn({
                 let tx = self.tx.clone();
                 move || {
+                    crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Migration);
                     let result = receive(spec, expected_name, token, tx.clone());
                     let _ = tx.send(VmEvent::IncomingFinished);
                     result

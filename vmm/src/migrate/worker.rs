@@ -151,6 +151,7 @@ pub(crate) fn start(
     std::thread::Builder::new()
         .name("migration".into())
         .spawn(move || {
+            crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Migration);
             let result = run(source, &connector, &opts, token, &reporting, &events);
             let _ = events.send(VmEvent::MigrationFinished(result));
         })
@@ -191,6 +192,8 @@ fn data_threads() -> usize {
 pub(crate) fn migration_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(data_threads())
+        .thread_name("migration-lane")
+        .on_thread_start(|| crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Migration))
         .enable_all()
         .build()
 }

@@ -108,6 +108,7 @@ impl EventLoop {
         let thread = std::thread::Builder::new()
             .name("devices".into())
             .spawn(move || {
+                crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Devices);
                 while !stop_flag.load(Ordering::SeqCst) {
                     if let Err(e) = manager.run() {
                         log::error!("event loop: {e:?}");

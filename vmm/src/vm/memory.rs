@@ -76,6 +76,7 @@ pub(crate) fn prefault_in_background(mem: &GuestMemoryMmap, done: impl FnOnce() 
     let spawned = std::thread::Builder::new()
         .name("prefault".into())
         .spawn(move || {
+            crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Helper);
             // Small steps: each holds the address-space lock (for reading) while it runs, and
             // a thread that maps memory (a new thread's stack) waits for it.
             const CHUNK: usize = 4 << 20;

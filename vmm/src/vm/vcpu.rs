@@ -146,7 +146,10 @@ impl VcpuSet {
             let control = control.clone();
             let t = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
-                .spawn(move || vcpu_thread(ctx, control))
+                .spawn(move || {
+                    crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Vcpu);
+                    vcpu_thread(ctx, control)
+                })
                 .map_err(|e| VcpuError::Spawn(index, e))?;
             threads.push(t);
         }
@@ -310,6 +313,7 @@ impl VcpuSet {
         let spawned = std::thread::Builder::new()
             .name("throttle".into())
             .spawn(move || {
+                crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Helper);
                 while !flag.load(std::sync::atomic::Ordering::SeqCst) {
                     for t in &pthreads {
                         // SAFETY: signalling our own vCPU threads, which outlive this thread
