@@ -10,7 +10,7 @@
 //!   events       what the owner of a VM is told (by vCPUs, devices, the API, signals)
 //!   api          Cloud Hypervisor's REST API: requests, bodies, server, client
 //!   console      the serial console's host side: terminal, PTY, output buffer, client
-//!   config, paths, unix_socket, event_monitor, seccomp   the VM's config and host-side plumbing
+//!   config, paths, unix_socket, event_monitor, seccomp, privileges   the VM's config and host-side plumbing
 //! ```
 
 pub mod api;
@@ -22,6 +22,7 @@ pub(crate) mod events;
 pub(crate) mod lifecycle;
 pub mod migrate;
 pub(crate) mod paths;
+pub(crate) mod privileges;
 pub(crate) mod seccomp;
 pub(crate) mod unix_socket;
 pub mod vm;

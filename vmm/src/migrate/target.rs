@@ -322,7 +322,7 @@ fn mem_available() -> Option<u64> {
 impl TargetBuilder for IncomingBuilder {
     fn build(&mut self, config: &[u8]) -> VmResult<Box<dyn TargetVm>> {
         let cfg = decode_config(config)?;
-        let kvm = kvm_ioctls::Kvm::new().map_err(|e| VmError::Build(e.into()))?;
+        let kvm = crate::privileges::open_kvm().map_err(|e| VmError::Build(e.into()))?;
         self.check(&cfg, &kvm)?;
         let local = self.local_config(&cfg.vm);
         let prepared = self.prepared.take();

@@ -171,7 +171,7 @@ pub(crate) fn build(
     console_out: Box<dyn Write + Send>,
     events: Sender<VmEvent>,
 ) -> Result<BuiltVm, BuildError> {
-    let kvm = Kvm::new().map_err(BuildError::OpenKvm)?;
+    let kvm = crate::privileges::open_kvm().map_err(BuildError::OpenKvm)?;
     for cap in REQUIRED_CAPS {
         if !kvm.check_extension(*cap) {
             return Err(BuildError::MissingCap(*cap));
