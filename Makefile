@@ -63,7 +63,7 @@ unit-test:
 	cargo test --workspace --exclude vmm-tests
 
 kvm-test:
-	cargo test -p vmm-tests --test boot --test lifecycle --test cli_errors --test migration --test migration_faults --test migration_security --test migration_robustness --test migration_netns --test migration_commit --test migration_guest_ends --test migration_stalled_flush --test migration_exactly_once --test migration_cpu_model --test migration_net_rx --test console_stall --test console_pty --test reboot --test api --test api_curl --test api_ch_client --test api_fd_passing --test api_ch_crate --test cloud_hypervisor_cli --test libvirt_ch --test seccomp --test unprivileged
+	cargo test -p vmm-tests --test boot --test lifecycle --test cli_errors --test migration --test migration_faults --test migration_security --test migration_robustness --test migration_netns --test migration_commit --test migration_guest_ends --test migration_stalled_flush --test migration_exactly_once --test migration_cpu_model --test migration_net_rx --test console_stall --test console_pty --test reboot --test api --test api_curl --test api_ch_client --test api_fd_passing --test api_ch_crate --test cloud_hypervisor_cli --test libvirt_ch --test seccomp --test unprivileged --test jail
 	# The commit protocol's fault matrix (78 rows, one after another); prints its table.
 	cargo test -p vmm-tests --test migration_fault_matrix -- --nocapture
 	cargo test -p vmm-tests --test migration_soak -- --nocapture

@@ -355,6 +355,13 @@ impl VmProcess {
         Self::spawn(prefix, env, &full, raw_only)
     }
 
+    /// Starts `vmm ARGS...` as given (no runtime directory added), with environment
+    /// variables: `vmm jail`, whose process stays outside the jail and forwards signals.
+    pub fn start_args(env: &[(&str, &str)], args: &[&str]) -> Self {
+        let full: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        Self::spawn(&[], env, &full, false)
+    }
+
     /// Starts an empty VMM (`vmm --api-socket SOCKET`) for an API client to drive.
     pub fn empty(dir: &Path, socket: &Path, extra: &[&str]) -> Self {
         let mut full = vec![
@@ -618,6 +625,19 @@ pub fn start_dirtier_env(
         Duration::from_secs(120),
     );
     vm
+}
+
+/// The dirtier guest goes on: each of its `vcpus` prints another pass of its memory
+/// self-check, and nothing it printed says a page was corrupted.
+pub fn assert_dirtier_goes_on(vm: &mut VmProcess, vcpus: u8) {
+    for cpu in 0..vcpus {
+        vm.wait_for(&format!("cpu{cpu} pass"), Duration::from_secs(120));
+    }
+    let console = vm.console.lock().unwrap().clone();
+    assert!(
+        !console.iter().any(|l| l.contains("CORRUPT")),
+        "memory corrupted: {console:?}"
+    );
 }
 
 /// The source VM is running, answering, and its guest still passes its memory self-check.

@@ -10,6 +10,7 @@
 //!   events       what the owner of a VM is told (by vCPUs, devices, the API, signals)
 //!   api          Cloud Hypervisor's REST API: requests, bodies, server, client
 //!   console      the serial console's host side: terminal, PTY, output buffer, client
+//!   jail         `vmm jail`: namespaces, a root of granted paths, cgroup, rlimits
 //!   config, paths, unix_socket, event_monitor, seccomp, privileges   the VM's config and host-side plumbing
 //! ```
 
@@ -19,6 +20,7 @@ pub mod config;
 pub mod console;
 pub(crate) mod event_monitor;
 pub(crate) mod events;
+pub(crate) mod jail;
 pub(crate) mod lifecycle;
 pub mod migrate;
 pub(crate) mod paths;

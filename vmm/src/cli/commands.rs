@@ -121,8 +121,41 @@ impl Logging {
             crate::privileges::become_user(user)?;
         }
         crate::seccomp::confine_process(self.seccomp.unwrap_or(SeccompMode::Enforce))?;
+        crate::jail::test_open_probe();
         Ok(())
     }
+}
+
+/// `vmm jail`'s options (README, Sandbox).
+#[derive(Args, Debug)]
+struct JailArgs {
+    /// The jail's name: its directory is <chroot-base>/<id>, its cgroup vmm/<id>.
+    #[arg(long)]
+    id: String,
+    /// Where jails are made.
+    #[arg(long, value_name = "DIR", default_value = "/srv/vmm-jail")]
+    chroot_base: PathBuf,
+    /// Join this network namespace (e.g. /var/run/netns/NAME) before starting the VMM.
+    #[arg(long, value_name = "PATH")]
+    netns: Option<PathBuf>,
+    /// The cgroup's memory limit (e.g. 512M, 2G): memory.max, or memory.limit_in_bytes on v1.
+    #[arg(long, value_name = "SIZE")]
+    memory_limit: Option<String>,
+    /// The cgroup's CPU limit in percent of one CPU (150: one and a half): cpu.max, or
+    /// cpu.cfs_quota_us over a 100 ms period on v1.
+    #[arg(long, value_name = "PERCENT")]
+    cpu_quota: Option<u32>,
+    /// The VMM's limit of open files (RLIMIT_NOFILE). Core dumps are always off.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    open_files: u64,
+    /// A file or directory the VMM may reach, bound into the jail at its own path: the
+    /// kernel, initrd, disks, key files, certificate directories. Repeat for each.
+    #[arg(long = "grant", value_name = "PATH")]
+    grants: Vec<PathBuf>,
+    /// The VMM's own arguments, after `--`: `run ...`, or `--api-socket ...` for an empty
+    /// VMM. Its runtime directory is /run/vmm inside the jail.
+    #[arg(last = true, required = true, value_name = "VMM ARGS")]
+    vmm_args: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -153,6 +186,11 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Run a VMM (`vmm run ...` or an empty VMM) jailed, as root: a PID namespace, a mount
+    /// namespace holding only /dev/kvm, /dev/net/tun, /dev/null, /dev/urandom, the PTYs, /proc
+    /// and the granted paths, a cgroup with memory and CPU limits, rlimits, then --user's
+    /// switch and seccomp. Its API socket: <chroot-base>/<id>/root/run/vmm/<name>.sock.
+    Jail(JailArgs),
     /// Stop a VM: its `vmm run` process exits.
     Stop { name: String },
     /// Attach this terminal to a VM's serial console, when it is a PTY or a socket (`vmm run
@@ -369,6 +407,7 @@ pub(crate) fn execute(cli: Cli) -> anyhow::Result<u8> {
             let socket = args.api_socket.clone();
             run_vm(args, dir, socket, monitor)
         }
+        Command::Jail(args) => jail(args, cli.logging.user),
         Command::List { json } => list(&dir, json),
         Command::Info { name, json } => {
             let info = query_info(&dir, &name)?;
@@ -677,6 +716,31 @@ fn disks_and_nets(
         .map(|(i, n)| config::NetConfig::parse(n, &args.name, i))
         .collect::<Result<_, _>>()?;
     Ok((disks, nets))
+}
+
+/// `vmm jail`: builds the jail (this process waits outside it), then runs the VMM inside.
+fn jail(args: JailArgs, user: Option<crate::privileges::User>) -> anyhow::Result<u8> {
+    let spec = crate::jail::JailSpec {
+        id: args.id,
+        chroot_base: args.chroot_base,
+        user,
+        netns: args.netns,
+        memory_limit: args.memory_limit.as_deref().map(memory_size).transpose()?,
+        cpu_percent: args.cpu_quota,
+        open_files: args.open_files,
+        grants: args.grants,
+    };
+    let inner = Cli::try_parse_from(
+        ["vmm", "--runtime-dir", crate::jail::RUNTIME_DIR]
+            .into_iter()
+            .map(String::from)
+            .chain(args.vmm_args),
+    )?;
+    if matches!(inner.command, Some(Command::Jail(_))) || inner.logging.user.is_some() {
+        anyhow::bail!("vmm jail: give --user to the jail, and no jail inside a jail");
+    }
+    crate::jail::enter(&spec)?;
+    execute(inner)
 }
 
 fn run_vm(
