@@ -2,7 +2,8 @@
 //! anything of the VM's run a guest with a disk and migrate it live between them (TCP, key
 //! file) with its memory checked by the guest; each runs with that user's IDs, no
 //! supplementary group, no capability and seccomp on; a disk the user may not read is refused,
-//! naming it, although the VMM was started as root.
+//! naming it, although the VMM was started as root. And without root at all: a VMM started as
+//! nobody, given a /dev/kvm node nobody may open, runs a guest.
 
 use std::os::unix::fs::chown;
 use std::path::Path;
@@ -132,4 +133,57 @@ fn a_vmm_that_left_root_cannot_open_what_its_user_may_not() {
         T,
     );
     assert!(!st.success() && err.contains("root (uid 0)"), "{err}");
+}
+
+#[test]
+fn an_ordinary_user_who_may_open_dev_kvm_runs_a_vm_without_root() {
+    let name = "an_ordinary_user_who_may_open_dev_kvm_runs_a_vm_without_root";
+    if !require_kvm(name) || !require_root(name) {
+        return;
+    }
+    // This host's /dev/kvm is root's (0600). In a mount namespace of the VMM's own, a node of
+    // the same device that nobody owns takes its place; the VMM then starts as nobody (never
+    // root, no groups) and must manage with what that user may open.
+    let dir = RuntimeDir::new("user-plain");
+    give_to_nobody(&dir.0);
+    let node = dir.0.join("kvm");
+    let st = std::process::Command::new("mknod")
+        .arg(&node)
+        .args(["c", "10", "232"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    give_to_nobody(&node);
+    let script = format!(
+        "mount --bind {} /dev/kvm && exec setpriv --reuid {NOBODY} --regid {NOBODY} --clear-groups \"$@\"",
+        node.display()
+    );
+    let g = vmm_tests::guest("heartbeat");
+    let mut vm = VmProcess::start_in(
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ],
+        &dir.0,
+        &[
+            "--name",
+            "plain",
+            "--kernel",
+            g.to_str().unwrap(),
+            "--memory",
+            "64M",
+        ],
+    );
+    vm.wait_for("cpu0 tick 2", T);
+    assert_unprivileged(&vm);
+    let (st, _, err) = vmm_cli(&dir.0, &["stop", "plain"], T);
+    assert!(st.success(), "{err}");
+    let (status, _) = vm.wait_exit(T);
+    assert!(status.success(), "{status:?}");
 }
