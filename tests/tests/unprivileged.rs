@@ -64,7 +64,7 @@ fn two_vmms_that_left_root_migrate_a_guest_with_its_disk() {
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     give_to_nobody(&disk);
     let disk_arg = disk.to_str().unwrap();
-    let as_nobody = ["--user", "65534", "--disk", disk_arg];
+    let as_nobody = ["--user", "nobody", "--disk", disk_arg];
 
     let src = start_dirtier_env(&a.0, &[], "u1", 2, &as_nobody);
     assert_unprivileged(&src);

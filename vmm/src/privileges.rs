@@ -1,4 +1,4 @@
-//! `--user UID[:GID]`: a VMM started as root becomes that user before it opens anything of the
+//! `--user USER[:GROUP]`: a VMM started as root becomes that user before it opens anything of the
 //! VM's. It keeps one thing opened as root, `/dev/kvm` (every VM it builds, at boot, on reboot
 //! or when one is received, is created from that descriptor); the disks, taps, sockets and
 //! the runtime directory are then opened as the user, so the VMM can reach only what that user
@@ -10,7 +10,8 @@
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::OnceLock;
 
-/// `--user UID[:GID]`: numeric IDs (GID defaults to UID).
+/// `--user USER[:GROUP]`: names or numeric IDs; the group defaults to the user's own (its
+/// primary group when named, the same number when numeric).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct User {
     pub uid: libc::uid_t,
@@ -19,8 +20,10 @@ pub struct User {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PrivilegeError {
-    #[error("--user {0}: give UID or UID:GID (numbers)")]
+    #[error("--user {0}: give USER or USER:GROUP (names or numbers)")]
     Parse(String),
+    #[error("--user: no {1} named {0} on this host")]
+    Unknown(String, &'static str),
     #[error("--user {0}: root (uid 0) is what --user leaves; give another user")]
     Root(String),
     #[error(
@@ -35,16 +38,71 @@ pub enum PrivilegeError {
     StillRoot,
 }
 
+/// The uid and primary gid of the user named `name` (getpwnam_r).
+fn lookup_user(name: &str) -> Option<(libc::uid_t, libc::gid_t)> {
+    let c_name = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: passwd is plain data; zeroed is a valid value for getpwnam_r to fill.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: getpwnam_r fills `pwd` with pointers into `buf` (both outlive the call and the
+    // reads of plain fields below) and sets `found` to `&pwd` or null.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            c_name.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    (rc == 0 && !found.is_null()).then_some((pwd.pw_uid, pwd.pw_gid))
+}
+
+/// The gid of the group named `name` (getgrnam_r).
+fn lookup_group(name: &str) -> Option<libc::gid_t> {
+    let c_name = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: group is plain data; zeroed is a valid value for getgrnam_r to fill.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: as in lookup_user, for struct group.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            c_name.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    (rc == 0 && !found.is_null()).then_some(grp.gr_gid)
+}
+
 impl std::str::FromStr for User {
     type Err = PrivilegeError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let parse = |v: &str| {
-            v.parse::<u32>()
-                .map_err(|_| PrivilegeError::Parse(s.into()))
+        let (user, group) = match s.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (s, None),
         };
-        let (uid, gid) = match s.split_once(':') {
-            Some((u, g)) => (parse(u)?, parse(g)?),
-            None => (parse(s)?, parse(s)?),
+        if user.is_empty() || group.is_some_and(str::is_empty) {
+            return Err(PrivilegeError::Parse(s.into()));
+        }
+        let (uid, primary) = match user.parse::<u32>() {
+            Ok(n) => (n, n),
+            Err(_) => {
+                lookup_user(user).ok_or_else(|| PrivilegeError::Unknown(user.into(), "user"))?
+            }
+        };
+        let gid = match group {
+            None => primary,
+            Some(g) => match g.parse::<u32>() {
+                Ok(n) => n,
+                Err(_) => {
+                    lookup_group(g).ok_or_else(|| PrivilegeError::Unknown(g.into(), "group"))?
+                }
+            },
         };
         if uid == 0 || gid == 0 {
             return Err(PrivilegeError::Root(s.into()));
@@ -131,8 +189,19 @@ mod tests {
             Err(PrivilegeError::Root(_))
         ));
         assert!(matches!(
-            "nobody".parse::<User>(),
+            "root".parse::<User>(),
+            Err(PrivilegeError::Root(_))
+        ));
+        assert!(matches!(
+            ":5".parse::<User>(),
             Err(PrivilegeError::Parse(_))
         ));
+        assert!(matches!(
+            "no-such-user-here".parse::<User>(),
+            Err(PrivilegeError::Unknown(_, "user"))
+        ));
+        // Names as the host's passwd database has them (nobody is in every one).
+        let (uid, gid) = lookup_user("nobody").unwrap();
+        assert_eq!("nobody".parse::<User>().unwrap(), User { uid, gid });
     }
 }

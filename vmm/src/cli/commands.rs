@@ -79,11 +79,11 @@ pub(crate) struct Logging {
     /// unfiltered.
     #[arg(long, value_name = "true|false|log", global = true)]
     pub(crate) seccomp: Option<SeccompMode>,
-    /// Started as root: become this user (numeric UID, GID defaulting to it) before opening
-    /// anything of the VM's. Only /dev/kvm is opened as root and kept; disks, taps, sockets and
+    /// Started as root: become this user (a name or a UID; its primary group, or :GROUP)
+    /// before opening anything of the VM's. Only /dev/kvm is opened as root and kept; disks, taps, sockets and
     /// the runtime directory are opened as the user, supplementary groups dropped, no
     /// capability kept (README, Sandbox).
-    #[arg(long, value_name = "UID[:GID]", global = true)]
+    #[arg(long, value_name = "USER[:GROUP]", global = true)]
     pub(crate) user: Option<crate::privileges::User>,
 }
 
