@@ -605,6 +605,26 @@ pub fn wait_running(dir: &Path, name: &str) -> String {
     }
 }
 
+/// A field of a `/proc/.../status` text (`name` with its colon, e.g. `"Uid:"`), its values
+/// joined by single spaces; empty when absent.
+pub fn status_field(status: &str, name: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// Gives `path`, and everything under it when it is a directory, to `uid`:`gid`.
+pub fn chown_tree(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).unwrap().flatten() {
+            chown_tree(&entry.path(), uid, gid);
+        }
+    }
+}
+
 /// [`start_dirtier`] with environment variables for the VMM (e.g. `FAILPOINTS`).
 pub fn start_dirtier_env(
     dir: &Path,

@@ -7,7 +7,6 @@
 //! nothing there (ENOENT); the host's `vmm pause`, `resume` and `stop` reach the jailed VM, and
 //! the jail's directory goes with it.
 
-use std::os::unix::fs::chown;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,12 +19,7 @@ const T: Duration = Duration::from_secs(120);
 const NOBODY: u32 = 65534;
 
 fn give_to_nobody(path: &Path) {
-    chown(path, Some(NOBODY), Some(NOBODY)).unwrap();
-    if path.is_dir() {
-        for entry in std::fs::read_dir(path).unwrap().flatten() {
-            give_to_nobody(&entry.path());
-        }
-    }
+    vmm_tests::chown_tree(path, NOBODY, NOBODY);
 }
 
 /// Jails under `base`, each VM named "j".
@@ -99,11 +93,7 @@ fn vmm_pid(jail: &VmProcess) -> u32 {
 
 fn status_field(pid: u32, name: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(name))
-        .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
+    vmm_tests::status_field(&status, name)
 }
 
 /// What the host sees of a jailed VMM: PID 1 inside, nobody, no capability, seccomp, the

@@ -27,11 +27,7 @@ fn thread_modes(pid: u32) -> Vec<(String, String)> {
         ) else {
             continue; // the thread ended meanwhile
         };
-        let mode = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Seccomp:"))
-            .map(|m| m.trim().to_string())
-            .unwrap_or_default();
+        let mode = vmm_tests::status_field(&status, "Seccomp:");
         modes.push((comm.trim().to_string(), mode));
     }
     modes.sort();

@@ -5,7 +5,6 @@
 //! naming it, although the VMM was started as root. And without root at all: a VMM started as
 //! nobody, given a /dev/kvm node nobody may open, runs a guest.
 
-use std::os::unix::fs::chown;
 use std::path::Path;
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ const T: Duration = Duration::from_secs(120);
 const NOBODY: u32 = 65534;
 
 fn give_to_nobody(path: &Path) {
-    chown(path, Some(NOBODY), Some(NOBODY)).unwrap();
+    vmm_tests::chown_tree(path, NOBODY, NOBODY);
 }
 
 /// The `Uid`, `Gid`, `Groups`, `CapPrm`, `CapEff` and `Seccomp` lines of every thread.
@@ -31,13 +30,7 @@ fn assert_unprivileged(vm: &VmProcess) {
         let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
             continue;
         };
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
-                .unwrap_or_default()
-        };
+        let field = |name: &str| vmm_tests::status_field(&status, name);
         let ids = format!("{NOBODY} {NOBODY} {NOBODY} {NOBODY}");
         assert_eq!(field("Uid:"), ids, "{status}");
         assert_eq!(field("Gid:"), ids, "{status}");
