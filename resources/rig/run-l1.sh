@@ -11,6 +11,7 @@
 #                         (/dev/vda inside) with locking off, as a shared LUN would be
 #   RIG_TOOLS=FILE        a read-only disk image with serial "tools" (QEMU for the benchmark)
 #   RIG_APPEND            more kernel command-line words (rig.NAME=VALUE reach the scenario)
+#   RIG_QMP=PATH          a QMP socket there (the harness asks a silent L1 where its CPUs are)
 # idle=poll keeps the L1 CPUs from halting: Debian's QEMU 7.2 under TCG sometimes never wakes
 # a halted vCPU (docs/design.md section 10), seen with two L1 CPUs and with one (a 1-CPU L1
 # fell silent 20 s into the disk-net scenario's TCP stream).
@@ -28,6 +29,9 @@ fi
 if [ -n "${RIG_LUN:-}" ]; then
   args+=(-drive "file=$RIG_LUN,format=raw,if=none,id=lun,file.locking=off"
          -device "virtio-blk-pci,drive=lun,share-rw=on,serial=lun0")
+fi
+if [ -n "${RIG_QMP:-}" ]; then
+  args+=(-qmp "unix:$RIG_QMP,server=on,wait=off")
 fi
 if [ -n "${RIG_TOOLS:-}" ]; then
   args+=(-drive "file=$RIG_TOOLS,format=raw,if=none,id=tools,readonly=on"

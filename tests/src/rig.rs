@@ -13,6 +13,12 @@ use std::time::{Duration, Instant};
 /// Console silence after which an L1 is taken as hung (a lockup report also counts).
 const SILENCE_LIMIT: Duration = Duration::from_secs(45);
 
+/// Console silence after which the harness asks each L1's QEMU (over QMP) where its CPUs are
+/// and whether they are halted, records that in the log, and stops and continues it: a vCPU
+/// whose wake-up QEMU lost (docs/design.md section 10) re-checks its pending interrupts then.
+/// A host that is merely quiet loses a few milliseconds.
+const NUDGE_AFTER: Duration = Duration::from_secs(20);
+
 pub struct RigRun {
     pub passed: bool,
     pub verdict: String,
@@ -141,11 +147,16 @@ fn attempt_once(
     let start = Instant::now();
     let (tx, rx) = mpsc::channel::<(usize, String)>();
     let mut children = Vec::new();
+    let qmp_dir = crate::RuntimeDir::new(&format!("rig-qmp-{attempt}"));
+    let qmp_paths: Vec<PathBuf> = (0..hosts.len())
+        .map(|i| qmp_dir.0.join(format!("l1-{i}.qmp")))
+        .collect();
     for (i, host) in hosts.iter().enumerate() {
         let mut child = Command::new(&script)
             .arg(rig_dir())
             .arg(&host.scenario)
             .envs(host.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RIG_QMP", &qmp_paths[i])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -154,8 +165,15 @@ fn attempt_once(
         let stdout = child.stdout.take().unwrap();
         let tx = tx.clone();
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
+            // Bytes, not UTF-8 lines: a guest's console may print anything, and a reader that
+            // stopped at a bad byte would look like a silent L1.
+            let mut reader = BufReader::new(stdout);
+            let mut buf = Vec::new();
+            while matches!(reader.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+                let line = String::from_utf8_lossy(&buf)
+                    .trim_end_matches('\n')
+                    .to_string();
+                buf.clear();
                 if tx.send((i, line)).is_err() {
                     break;
                 }
@@ -171,13 +189,28 @@ fn attempt_once(
     let mut verdicts: Vec<Option<String>> = vec![None; hosts.len()];
     let deadline = start + timeout;
     let mut hung = false;
+    let mut last_line = Instant::now();
+    let mut nudged = false;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break;
         }
-        match rx.recv_timeout(left.min(SILENCE_LIMIT)) {
+        let silence_left = if nudged {
+            SILENCE_LIMIT.saturating_sub(last_line.elapsed())
+        } else {
+            NUDGE_AFTER.saturating_sub(last_line.elapsed())
+        };
+        match rx.recv_timeout(left.min(silence_left)) {
             Ok((host, line)) => {
+                last_line = Instant::now();
+                if nudged {
+                    crate::note_retry(
+                        &format!("rig scenario {name}"),
+                        &format!("attempt {attempt}: console silent for {NUDGE_AFTER:?}, spoke again after the harness stopped and continued QEMU"),
+                    );
+                    nudged = false;
+                }
                 let t = start.elapsed().as_secs_f64();
                 let line = line.trim_end_matches('\r').to_string();
                 for m in markers {
@@ -207,6 +240,22 @@ fn attempt_once(
                 if failed || verdicts.iter().all(Option::is_some) {
                     break;
                 }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) if !nudged && Instant::now() < deadline => {
+                // Silent for NUDGE_AFTER: say where each L1's CPUs are, then stop and continue it.
+                for (i, path) in qmp_paths.iter().enumerate() {
+                    let report = match nudge(path) {
+                        Ok(cpus) => format!("CPUs {cpus}; stopped and continued"),
+                        Err(e) => format!("QMP failed: {e}"),
+                    };
+                    let line = format!(
+                        "RIG-HARNESS: console silent for {NUDGE_AFTER:?}; L1 host {}: {report}",
+                        i + 1
+                    );
+                    eprintln!("{line}");
+                    console.push(line);
+                }
+                nudged = true;
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if Instant::now() < deadline {
@@ -264,6 +313,45 @@ fn attempt_once(
         elapsed: start.elapsed(),
         marks,
     })
+}
+
+/// Over an L1's QMP socket: each CPU's RIP and halt flag (HMP's `info registers -a`), then
+/// `stop` and `cont`.
+fn nudge(path: &Path) -> std::io::Result<String> {
+    use std::io::Write;
+    let stream = std::os::unix::net::UnixStream::connect(path)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    let mut reply = |command: &str| -> std::io::Result<serde_json::Value> {
+        writer.write_all(command.as_bytes())?;
+        writer.write_all(b"\n")?;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                return Err(std::io::Error::other("QMP closed"));
+            }
+            let value: serde_json::Value =
+                serde_json::from_str(&line).map_err(std::io::Error::other)?;
+            // Greeting and events (STOP, RESUME) come between the replies.
+            if value.get("return").is_some() || value.get("error").is_some() {
+                return Ok(value);
+            }
+        }
+    };
+    reply(r#"{"execute":"qmp_capabilities"}"#)?;
+    let registers = reply(
+        r#"{"execute":"human-monitor-command","arguments":{"command-line":"info registers -a"}}"#,
+    )?;
+    let text = registers["return"].as_str().unwrap_or_default();
+    let cpus: Vec<String> = text
+        .split_whitespace()
+        .filter(|w| w.starts_with("RIP=") || w.starts_with("HLT="))
+        .map(str::to_string)
+        .collect();
+    reply(r#"{"execute":"stop"}"#)?;
+    reply(r#"{"execute":"cont"}"#)?;
+    Ok(cpus.join(" "))
 }
 
 fn save_log(scenario: &str, attempt: u32, console: &[String]) {

@@ -90,7 +90,13 @@ fn every_thread_of_a_running_vmm_is_confined_and_false_confines_none() {
 /// Starts a VMM in which the first thread of `kind` makes the forbidden call; expects it to
 /// end with 159, naming the kind.
 fn forbidden_call_ends_the_vmm(dir: &RuntimeDir, kind: &str) {
-    let env = [("VMM_TEST_FORBIDDEN_CALL", kind)];
+    forbidden_call_ends_the_vmm_with(dir, kind, "", PERSONALITY);
+}
+
+/// As above, with the hook's call named (`:packet-socket`) and the number the message gives.
+fn forbidden_call_ends_the_vmm_with(dir: &RuntimeDir, kind: &str, call: &str, number: &str) {
+    let asked = format!("{kind}{call}");
+    let env = [("VMM_TEST_FORBIDDEN_CALL", asked.as_str())];
     let name = format!("forbid-{kind}");
     let vm = match kind {
         // The destination's receiving thread, and the thread prefaulting its memory.
@@ -106,7 +112,7 @@ fn forbidden_call_ends_the_vmm(dir: &RuntimeDir, kind: &str) {
     };
     let (status, err) = vm.wait_exit(T);
     assert_eq!(status.code(), Some(159), "{kind}: {status:?}\n{err}");
-    let said = format!("a {kind} thread made a forbidden system call ({PERSONALITY}");
+    let said = format!("a {kind} thread made a forbidden system call ({number}");
     assert!(err.contains(&said), "{kind}: no '{said}' in\n{err}");
 }
 
@@ -126,6 +132,19 @@ fn a_forbidden_call_from_each_kind_of_thread_ends_the_vmm_naming_it() {
         "helper",
     ] {
         forbidden_call_ends_the_vmm(&dir, kind);
+    }
+}
+
+/// `socket` is on the main and migration threads' lists for Unix, IP and route-netlink
+/// sockets only: a packet socket (raw frames of every host interface) ends the VMM.
+#[test]
+fn a_packet_socket_ends_the_vmm_though_its_thread_may_open_ip_sockets() {
+    if !require_kvm("a_packet_socket_ends_the_vmm_though_its_thread_may_open_ip_sockets") {
+        return;
+    }
+    let dir = RuntimeDir::new("seccomp-socket");
+    for kind in ["main", "migration"] {
+        forbidden_call_ends_the_vmm_with(&dir, kind, ":packet-socket", "number 41");
     }
 }
 

@@ -2,7 +2,10 @@
 //! test suite by thread name, then the whole suite in `--seccomp log` with the kernel's log
 //! read back), nothing more. `ioctl` is checked by its request where the kind needs only a
 //! few: a vCPU only KVM's (the request's type byte is KVMIO), the console and API threads only
-//! FIONBIO/FIOCLEX, the device loop none. The main and migration threads get the wide list:
+//! FIONBIO/FIOCLEX, the device loop none; `socket` only for the families the VMM uses (Unix,
+//! IPv4, IPv6, and route netlink, which glibc's getaddrinfo reads to sort a name's addresses),
+//! never packet, crypto (AF_ALG), vsock or the rest of the kernel's socket families, and
+//! `socketpair` only for Unix sockets. The main and migration threads get the wide list:
 //! the main thread starts every other thread, and seccomp filters stack, so its list must hold
 //! theirs; at a destination the migration threads assemble the received VM (KVM, the granted
 //! disks and taps, sockets) as the main thread does at boot.
@@ -193,10 +196,7 @@ pub(super) fn syscalls(kind: ThreadKind) -> Vec<libc::c_long> {
 
 /// The ioctl requests a kind may make: None for any.
 fn ioctl_rules(kind: ThreadKind) -> Result<Option<Vec<SeccompRule>>, BackendError> {
-    let request_is = |value: u64| {
-        SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
-            .and_then(|c| SeccompRule::new(vec![c]))
-    };
+    let request_is = |value: u64| arg_is(1, value);
     Ok(match kind {
         // Any KVM request: its type byte (bits 8-15) is KVMIO.
         ThreadKind::Vcpu => Some(vec![SeccompCondition::new(
@@ -213,6 +213,34 @@ fn ioctl_rules(kind: ThreadKind) -> Result<Option<Vec<SeccompRule>>, BackendErro
     })
 }
 
+fn arg_is(index: u8, value: u64) -> Result<SeccompRule, BackendError> {
+    SeccompCondition::new(index, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
+        .and_then(|c| SeccompRule::new(vec![c]))
+}
+
+/// `socket(domain, type, protocol)`: Unix, IPv4 and IPv6 sockets, and route netlink.
+fn socket_rules() -> Result<Vec<SeccompRule>, BackendError> {
+    let mut rules = [libc::AF_UNIX, libc::AF_INET, libc::AF_INET6]
+        .into_iter()
+        .map(|family| arg_is(0, family as u64))
+        .collect::<Result<Vec<_>, _>>()?;
+    rules.push(SeccompRule::new(vec![
+        SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            libc::AF_NETLINK as u64,
+        )?,
+        SeccompCondition::new(
+            2,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            libc::NETLINK_ROUTE as u64,
+        )?,
+    ])?);
+    Ok(rules)
+}
+
 /// The filter's rules for `kind`: each allowed call, with argument checks where it has them.
 pub(super) fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = syscalls(kind)
@@ -222,29 +250,29 @@ pub(super) fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>,
     if let Some(ioctl) = ioctl_rules(kind)? {
         rules.insert(libc::SYS_ioctl, ioctl);
     }
+    if rules.contains_key(&libc::SYS_socket) {
+        rules.insert(libc::SYS_socket, socket_rules()?);
+        rules.insert(libc::SYS_socketpair, vec![arg_is(0, libc::AF_UNIX as u64)?]);
+    }
     // Every thread: adding a filter (a thread started by another installs its own under its
     // creator's), naming itself (std does at a thread's start, under its creator's filter).
-    let arg0_is = |value: u64| {
-        SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
-            .and_then(|c| SeccompRule::new(vec![c]))
-    };
     if kind == ThreadKind::Helper {
         // Signals only to this process's own threads.
         // SAFETY: getpid has no preconditions and cannot fail.
         let pid = unsafe { libc::getpid() };
-        rules.insert(libc::SYS_tgkill, vec![arg0_is(pid as u64)?]);
+        rules.insert(libc::SYS_tgkill, vec![arg_is(0, pid as u64)?]);
     }
     rules.insert(
         libc::SYS_prctl,
         vec![
-            arg0_is(libc::PR_SET_NO_NEW_PRIVS as u64)?,
-            arg0_is(libc::PR_SET_NAME as u64)?,
-            arg0_is(libc::PR_GET_NAME as u64)?,
+            arg_is(0, libc::PR_SET_NO_NEW_PRIVS as u64)?,
+            arg_is(0, libc::PR_SET_NAME as u64)?,
+            arg_is(0, libc::PR_GET_NAME as u64)?,
         ],
     );
     rules.insert(
         libc::SYS_seccomp,
-        vec![arg0_is(u64::from(libc::SECCOMP_SET_MODE_FILTER))?],
+        vec![arg_is(0, u64::from(libc::SECCOMP_SET_MODE_FILTER))?],
     );
     Ok(rules)
 }

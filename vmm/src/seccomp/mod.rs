@@ -246,7 +246,9 @@ fn install_sigsys_handler() -> Result<(), SeccompError> {
 }
 
 /// Tests only (the failpoints build): `VMM_TEST_FORBIDDEN_CALL=KIND` makes the first thread of
-/// that kind make a call no list allows, right after its filter is installed.
+/// that kind make a call no list allows, right after its filter is installed;
+/// `KIND:packet-socket` makes it open an AF_PACKET socket instead (a call its list has, with
+/// an argument the list refuses).
 #[cfg(feature = "failpoints")]
 mod test_hook {
     use super::ThreadKind;
@@ -255,12 +257,25 @@ mod test_hook {
     static DONE: AtomicBool = AtomicBool::new(false);
 
     pub(super) fn forbidden_call_if_asked(kind: ThreadKind) {
-        let asked = std::env::var("VMM_TEST_FORBIDDEN_CALL").ok();
-        if asked.as_deref() != Some(kind.name()) || DONE.swap(true, Ordering::SeqCst) {
+        let Ok(asked) = std::env::var("VMM_TEST_FORBIDDEN_CALL") else {
+            return;
+        };
+        let (asked_kind, call) = asked.split_once(':').unwrap_or((&asked, "personality"));
+        if asked_kind != kind.name() || DONE.swap(true, Ordering::SeqCst) {
             return;
         }
-        // SAFETY: personality(0xffffffff) only reads the current persona; it is in no list.
-        let r = unsafe { libc::syscall(libc::SYS_personality, 0xffff_ffffu64) };
+        let r = if call == "packet-socket" {
+            // SAFETY: socket takes three integers; a descriptor it returns is closed below.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+            if fd >= 0 {
+                // SAFETY: closes the descriptor just opened, ours alone.
+                unsafe { libc::close(fd) };
+            }
+            i64::from(fd)
+        } else {
+            // SAFETY: personality(0xffffffff) only reads the current persona; it is in no list.
+            unsafe { libc::syscall(libc::SYS_personality, 0xffff_ffffu64) }
+        };
         log::warn!(
             "seccomp test hook: the {} thread's forbidden call returned {r}",
             kind.name()
