@@ -11,10 +11,15 @@ if [ -s "$skips" ]; then
 else
   echo "test summary: no test skipped"
 fi
-if [ -n "$retries" ] && [ -s "$retries" ]; then
-  n=$(wc -l < "$retries")
+if [ -n "$retries" ] && grep -q '^RETRIED' "$retries" 2>/dev/null; then
+  n=$(grep -c '^RETRIED' "$retries")
   echo "test summary: $n attempt(s) RETRIED:"
-  sed 's/^/  /' "$retries"
+  grep '^RETRIED' "$retries" | sed 's/^/  /'
 else
   echo "test summary: no attempt retried"
+fi
+# A silent rig L1 that spoke again after the harness's QMP nudge (tests/src/rig.rs).
+if [ -n "$retries" ] && grep -q '^NUDGED' "$retries" 2>/dev/null; then
+  echo "test summary: $(grep -c '^NUDGED' "$retries") silent L1 host(s) NUDGED:"
+  grep '^NUDGED' "$retries" | sed 's/^/  /'
 fi

@@ -126,6 +126,12 @@ pub fn note_retry(test: &str, why: &str) {
     record(&retry_log(), &format!("RETRIED {test}: {why}"));
 }
 
+/// Records that the rig harness nudged a silent L1 (QMP stop and continue) and it spoke
+/// again, in [`retry_log`]: a quiet phase, or a lost vCPU wake-up that the nudge repaired.
+pub fn note_nudge(test: &str, why: &str) {
+    record(&retry_log(), &format!("NUDGED {test}: {why}"));
+}
+
 /// True when tests needing /dev/kvm can run; otherwise see [`skip`].
 pub fn require_kvm(test: &str) -> bool {
     let ok = std::fs::OpenOptions::new()

@@ -1,8 +1,10 @@
 //! The nested test rig from the outside: boots an L1 host under QEMU (software emulation of an
 //! AMD CPU with SVM, so a real /dev/kvm exists inside) through resources/rig/run-l1.sh, watches
-//! its serial console for the scenario's verdict, and retries once when the L1 hangs (console
-//! silent for too long, a known Debian QEMU 7.2 TCG problem described in docs/design.md section 10). A
-//! scenario may span two L1 hosts joined by a network and a shared disk (run_hosts).
+//! its serial console for the scenario's verdict, nudges a silent L1 over QMP (where are its
+//! CPUs, then stop and continue), and retries up to three attempts when the L1 hangs (console
+//! silent for too long, a known Debian QEMU 7.2 TCG problem described in docs/design.md
+//! section 10). A scenario may span two L1 hosts joined by a network and a shared disk
+//! (run_hosts).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -205,9 +207,9 @@ fn attempt_once(
             Ok((host, line)) => {
                 last_line = Instant::now();
                 if nudged {
-                    crate::note_retry(
+                    crate::note_nudge(
                         &format!("rig scenario {name}"),
-                        &format!("attempt {attempt}: console silent for {NUDGE_AFTER:?}, spoke again after the harness stopped and continued QEMU"),
+                        &format!("attempt {attempt}: console silent for {NUDGE_AFTER:?}; it spoke again after QMP stop and continue"),
                     );
                     nudged = false;
                 }
