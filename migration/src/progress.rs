@@ -70,6 +70,10 @@ pub struct Summary {
     /// Source-side pause to destination resume, milliseconds.
     pub downtime_ms: f64,
     pub downtime_breakdown: DowntimeBreakdown,
+    /// Flushing the disks while the guest still ran, just before the pause (not downtime:
+    /// it leaves the flush inside the pause only the last writes).
+    #[serde(default)]
+    pub pre_pause_flush_ms: f64,
     /// Bytes on the wire, every connection, everything included.
     pub bytes_sent: u64,
     /// Page payload bytes before compression (equal to the page bytes sent without it).

@@ -75,9 +75,10 @@ pub trait SourceVm: Send + Sync {
     /// Stops the guest: vCPUs out of guest mode, devices frozen; bounded in time. On failure
     /// the guest runs as before.
     fn pause(&self) -> VmResult<()>;
-    /// Flushes the paused guest's disks to stable storage (before the destination may open
-    /// them). May block for as long as the storage does (the migration runs it where its
-    /// deadlines still fire).
+    /// Flushes the guest's disks to stable storage: once while it still runs, just before the
+    /// switchover (so that the flush inside the pause has only the last writes to carry), and
+    /// once paused (before the destination may open them). May block for as long as the
+    /// storage does (the migration runs it where its deadlines still fire).
     fn flush(&self) -> VmResult<()> {
         Ok(())
     }
