@@ -5,6 +5,10 @@
 //! a thread may call is the intersection, which is its own list: every creator's list holds
 //! its children's.
 //!
+//! The kinds that open no files get a second filter under which `openat` fails with EACCES
+//! rather than ending the process: glibc opens a few files by itself, once, from whichever
+//! thread comes first (see [`allowlists::opens_fail`]).
+//!
 //! Modes, as Cloud Hypervisor spells `--seccomp`: `true` (the default) traps a forbidden call
 //! and the SIGSYS handler ends the process with a message naming the thread kind and the call;
 //! `log` lets the call through and the kernel logs it (dmesg: `audit: type=1326 ... syscall=N`),
@@ -130,6 +134,25 @@ fn program(kind: ThreadKind, mode: SeccompMode) -> Result<BpfProgram, SeccompErr
         .map_err(|e| SeccompError::Build(kind.name(), e))
 }
 
+/// The second filter of a kind whose opens fail ([`allowlists::opens_fail`]): `openat`
+/// returns an error, every other call is left to the kind's list. Of two stacked filters the
+/// kernel takes the stricter answer, so the list's "allow" and this filter's error give the
+/// error.
+fn open_fails_program(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
+    let rules: BTreeMap<i64, Vec<SeccompRule>> = [(libc::SYS_openat, Vec::new())].into();
+    let arch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|e| SeccompError::Build(kind.name(), e))?;
+    SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(allowlists::OPEN_FAILS_WITH),
+        arch,
+    )
+    .and_then(BpfProgram::try_from)
+    .map_err(|e| SeccompError::Build(kind.name(), e))
+}
+
 /// Sets the process's mode and confines the calling (main) thread; call it before any other
 /// thread starts. Every later [`confine`] follows this mode.
 pub fn confine_process(mode: SeccompMode) -> Result<(), SeccompError> {
@@ -154,7 +177,14 @@ pub(crate) fn confine(kind: ThreadKind) -> Result<(), SeccompError> {
         _ => return Ok(()),
     };
     let program = program(kind, mode)?;
+    let open_fails = allowlists::opens_fail(kind)
+        .then(|| open_fails_program(kind))
+        .transpose()?;
     KIND.with(|k| k.set(Some(kind)));
+    if let Some(open_fails) = open_fails {
+        seccompiler::apply_filter(&open_fails)
+            .map_err(|e| SeccompError::Install(kind.name(), e))?;
+    }
     seccompiler::apply_filter(&program).map_err(|e| SeccompError::Install(kind.name(), e))?;
     test_hook::forbidden_call_if_asked(kind);
     Ok(())
@@ -248,7 +278,8 @@ fn install_sigsys_handler() -> Result<(), SeccompError> {
 /// Tests only (the failpoints build): `VMM_TEST_FORBIDDEN_CALL=KIND` makes the first thread of
 /// that kind make a call no list allows, right after its filter is installed;
 /// `KIND:packet-socket` makes it open an AF_PACKET socket instead (a call its list has, with
-/// an argument the list refuses).
+/// an argument the list refuses); `KIND:open` opens a file as glibc's malloc does (it returns
+/// minus the errno where the open fails).
 #[cfg(feature = "failpoints")]
 mod test_hook {
     use super::ThreadKind;
@@ -264,7 +295,22 @@ mod test_hook {
         if asked_kind != kind.name() || DONE.swap(true, Ordering::SeqCst) {
             return;
         }
-        let r = if call == "packet-socket" {
+        let r = if call == "open" {
+            // SAFETY: a NUL-terminated path; a descriptor it returns is closed below.
+            let fd = unsafe {
+                libc::open(
+                    c"/proc/sys/vm/overcommit_memory".as_ptr(),
+                    libc::O_RDONLY | libc::O_CLOEXEC,
+                )
+            };
+            if fd >= 0 {
+                // SAFETY: closes the descriptor just opened, ours alone.
+                unsafe { libc::close(fd) };
+                i64::from(fd)
+            } else {
+                -i64::from(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+            }
+        } else if call == "packet-socket" {
             // SAFETY: socket takes three integers; a descriptor it returns is closed below.
             let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
             if fd >= 0 {
@@ -302,6 +348,7 @@ mod tests {
             for mode in [SeccompMode::Enforce, SeccompMode::Log] {
                 let p = program(kind, mode).unwrap();
                 assert!(p.len() > 10, "{kind:?}");
+                assert!(open_fails_program(kind).unwrap().len() > 3, "{kind:?}");
             }
         }
     }
