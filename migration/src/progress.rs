@@ -37,6 +37,10 @@ pub struct RoundStats {
     /// Pages of the round left for the next one: written again before their turn came.
     #[serde(default)]
     pub redirtied_pages_skipped: u64,
+    /// From the last frame of the round handed to the connections to the destination's
+    /// acknowledgement: what was still queued, the trip there and back, the last apply.
+    #[serde(default)]
+    pub ack_wait_ms: f64,
 }
 
 /// Where the pause of the switchover went, in milliseconds, from the source's pause to the
@@ -74,6 +78,10 @@ pub struct Summary {
     /// it leaves the flush inside the pause only the last writes).
     #[serde(default)]
     pub pre_pause_flush_ms: f64,
+    /// The downtime the switchover expected when it paused the guest (the pages dirty then
+    /// at the last round's bandwidth), beside `downtime_ms`, what it came to.
+    #[serde(default)]
+    pub expected_downtime_ms: f64,
     /// Bytes on the wire, every connection, everything included.
     pub bytes_sent: u64,
     /// Page payload bytes before compression (equal to the page bytes sent without it).

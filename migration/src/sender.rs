@@ -379,6 +379,7 @@ impl Run<'_> {
         };
         let t0 = Instant::now();
         let stats = lanes::send_round(&self.lanes, &self.vm, &self.regions, dirty, plan).await?;
+        let handed_over = Instant::now();
         // The round counts as sent when the destination has it all (it acknowledges each
         // round): its time then measures the link end to end, not how fast the local socket
         // buffers filled, and nothing is left queued when the guest is paused.
@@ -403,6 +404,7 @@ impl Run<'_> {
             seconds: secs,
             dirty_pages_after: 0,
             redirtied_pages_skipped: stats.redirtied,
+            ack_wait_ms: ms(handed_over.elapsed()),
         })
     }
 
@@ -501,6 +503,7 @@ impl Run<'_> {
                         "{why} reached after {round} rounds with {dirty_pages} pages dirty (expected downtime {expected_ms:.0} ms, budget {budget_ms:.0} ms); the guest keeps running here"
                     )));
                 }
+                self.summary.expected_downtime_ms = expected_ms;
                 self.summary.switchover = if converged {
                     "converged"
                 } else if out_of_time {

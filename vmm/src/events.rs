@@ -23,7 +23,7 @@ pub(crate) enum VmEvent {
     MigrationUnconfirmed(String),
     /// The migration worker finished (the VM left, it failed before the commit and the guest
     /// runs here again, or it committed without a confirmation and the guest stays paused).
-    MigrationFinished(Result<migration::progress::Summary, migration::MigrationError>),
+    MigrationFinished(Box<Result<migration::progress::Summary, migration::MigrationError>>),
     /// The guest wrote the reset command to the i8042 controller.
     GuestReset,
     /// A vCPU thread ended on its own.

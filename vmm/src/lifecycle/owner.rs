@@ -196,7 +196,7 @@ impl Owner {
                 }
                 None
             }
-            VmEvent::MigrationFinished(result) => self.migration_finished(result),
+            VmEvent::MigrationFinished(result) => self.migration_finished(*result),
             VmEvent::GuestReset => self.guest_ended(RunEnd::Rebooted),
             VmEvent::VcpuExited { outcome } => self.guest_ended(match outcome {
                 VcpuOutcome::Reset => RunEnd::Rebooted,

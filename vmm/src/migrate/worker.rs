@@ -153,7 +153,7 @@ pub(crate) fn start(
         .spawn(move || {
             crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Migration);
             let result = run(source, &connector, &opts, token, &reporting, &events);
-            let _ = events.send(VmEvent::MigrationFinished(result));
+            let _ = events.send(VmEvent::MigrationFinished(Box::new(result)));
         })
         .map_err(SendRequestError::Thread)?;
     Ok(canceller)
