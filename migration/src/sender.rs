@@ -72,6 +72,21 @@ impl SendOptions {
     }
 }
 
+/// How many times a switchover may be put off because the guest wrote more while its disks
+/// were flushed before the pause than the budget allows (each time one more round is sent).
+const MAX_SWITCHOVER_RECHECKS: u32 = 3;
+
+/// The downtime the switchover expects for `pages` dirty pages: their bytes at `bandwidth`,
+/// and the round trips the pause waits for besides the pages (the state to the destination and
+/// its Ready, Commit and its Resumed), each at least `rtt_ms`, the shortest wait for a round's
+/// acknowledgement seen so far.
+fn expected_downtime_ms(pages: u64, bandwidth: f64, rtt_ms: f64) -> f64 {
+    if bandwidth <= 0.0 {
+        return 0.0;
+    }
+    (pages * PAGE_SIZE as u64) as f64 / bandwidth * 1000.0 + 2.0 * rtt_ms
+}
+
 /// How long the source tries to tell the destination why it gave up.
 const TELL_DESTINATION: Duration = Duration::from_secs(2);
 /// How long a cancelled or timed-out migration may take to stop at a frame boundary (so the
@@ -447,6 +462,9 @@ impl Run<'_> {
         let mut bandwidth = 0f64;
         let mut throttle = 0u8;
         let mut final_sync_ms = 0.0;
+        // The shortest wait for a round's acknowledgement: a round trip and an apply.
+        let mut rtt_ms = f64::INFINITY;
+        let mut rechecks = 0u32;
         loop {
             let mut rs = self.send_round(&dirty, round).await?;
             let secs = rs.seconds;
@@ -454,6 +472,7 @@ impl Run<'_> {
             if rs.bytes >= 1 << 20 || bandwidth == 0.0 {
                 bandwidth = rs.bytes as f64 / secs;
             }
+            rtt_ms = rtt_ms.min(rs.ack_wait_ms);
             if let Some(paused) = self.paused_at {
                 self.summary.downtime_breakdown.final_sync_ms = final_sync_ms;
                 self.summary.downtime_breakdown.final_pages_ms =
@@ -465,11 +484,7 @@ impl Run<'_> {
             let dirty_pages: u64 = dirty.iter().map(|d| d.count() as u64).sum();
             let remaining = dirty_pages * PAGE_SIZE as u64;
             let dirty_rate = remaining as f64 / secs;
-            let expected_ms = if bandwidth > 0.0 {
-                remaining as f64 / bandwidth * 1000.0
-            } else {
-                0.0
-            };
+            let expected_ms = expected_downtime_ms(dirty_pages, bandwidth, rtt_ms);
             rs.dirty_pages_after = dirty_pages;
             log::info!(
                 "migration round {round}: sent {} pages ({} zero) in {:.3} s, {:.1} MiB/s, {} pages dirty, expected downtime {:.0} ms",
@@ -503,6 +518,34 @@ impl Run<'_> {
                         "{why} reached after {round} rounds with {dirty_pages} pages dirty (expected downtime {expected_ms:.0} ms, budget {budget_ms:.0} ms); the guest keeps running here"
                     )));
                 }
+                self.stopped()?;
+                // What the guest wrote to its disks so far goes to stable storage while it
+                // still runs: the flush inside the pause then carries only the last writes
+                // (over NFS or iSCSI, each flush is round trips to the server).
+                let t = Instant::now();
+                let vm = self.vm.clone();
+                blocking(VmError::Pause, move || vm.flush()).await?;
+                self.summary.pre_pause_flush_ms += ms(t.elapsed());
+                self.stopped()?;
+                // The guest ran on while it was flushed: count what it wrote meanwhile, and
+                // where that no longer fits the budget, send it as one more round rather than
+                // inside the pause.
+                let mut expected_ms = expected_ms;
+                if converged && rechecks < MAX_SWITCHOVER_RECHECKS {
+                    let meanwhile = self.vm.take_dirty().map_err(MigrationError::Source)?;
+                    for (d, m) in dirty.iter_mut().zip(&meanwhile) {
+                        d.union_with(m);
+                    }
+                    let pages: u64 = dirty.iter().map(|d| d.count() as u64).sum();
+                    expected_ms = expected_downtime_ms(pages, bandwidth, rtt_ms);
+                    if expected_ms > budget_ms && !out_of_rounds && !out_of_time {
+                        rechecks += 1;
+                        log::info!(
+                            "migration: {pages} pages dirty after the flush (expected downtime {expected_ms:.0} ms, budget {budget_ms:.0} ms): one more round first"
+                        );
+                        continue;
+                    }
+                }
                 self.summary.expected_downtime_ms = expected_ms;
                 self.summary.switchover = if converged {
                     "converged"
@@ -512,15 +555,6 @@ impl Run<'_> {
                     "round-limit"
                 }
                 .into();
-                self.stopped()?;
-                // What the guest wrote to its disks so far goes to stable storage while it
-                // still runs: the flush inside the pause then carries only the last writes
-                // (over NFS or iSCSI, each flush is round trips to the server).
-                let t = Instant::now();
-                let vm = self.vm.clone();
-                blocking(VmError::Pause, move || vm.flush()).await?;
-                self.summary.pre_pause_flush_ms = ms(t.elapsed());
-                self.stopped()?;
                 self.pause().await?;
                 // The last writes before the pause, and any the VMM made while pausing.
                 let t = Instant::now();
