@@ -579,6 +579,85 @@ fn main() {
             }
         }
     }
+    // The downtime budget kept: BENCH_BUDGET_RUNS (default 20) migrations of the 2-vCPU guest
+    // rewriting 16 MiB over a link capped near its dirty rate, each with a 100 ms budget: the
+    // share within 1.1x of the budget, and achieved against budget and against the estimate.
+    if wanted("migrate-budget") {
+        let runs = std::env::var("BENCH_BUDGET_RUNS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .filter(|&n: &usize| n > 0)
+            .unwrap_or(20);
+        let (budget_ms, link_mib_s) = (100.0, 32.0);
+        let (budget, link) = (format!("{budget_ms}"), format!("{link_mib_s}"));
+        let migrate = [
+            "--downtime-ms",
+            budget.as_str(),
+            "--max-bandwidth",
+            link.as_str(),
+        ];
+        let t = Tiny {
+            label: "budget",
+            guest: "dirtier",
+            memory: "256M",
+            vcpus: "2",
+            ready: "cpu1 pass 16 ok",
+            security: Security::KeyFile,
+            migrate: &migrate,
+            prepare: false,
+        };
+        let summaries: Vec<serde_json::Value> = (0..runs)
+            .filter_map(|_| migrate_tiny(&t, 1).map(|(mut s, _)| s.remove(0)))
+            .collect();
+        let f = |s: &serde_json::Value, k: &str| s[k].as_f64().unwrap_or(0.0);
+        let achieved: Vec<f64> = summaries
+            .iter()
+            .map(|s| f(s, "downtime_ms") / budget_ms)
+            .collect();
+        if !achieved.is_empty() {
+            let within = achieved.iter().filter(|&&r| r <= 1.1).count() as f64;
+            let share = within / achieved.len() as f64;
+            let vs_estimate = spread(
+                summaries
+                    .iter()
+                    .map(|s| f(s, "downtime_ms") / f(s, "expected_downtime_ms").max(0.001))
+                    .collect(),
+            );
+            // The guest's dirty rate in the rounds before the switchover, against the cap.
+            let mut dirty_vs_link: Vec<f64> = summaries
+                .iter()
+                .filter_map(|s| {
+                    let rounds = s["rounds_detail"].as_array()?;
+                    let r = rounds.get(rounds.len().checked_sub(2)?)?;
+                    let secs = r["seconds"].as_f64()?;
+                    let pages = r["dirty_pages_after"].as_f64()?;
+                    Some(pages * 4096.0 / secs / (link_mib_s * 1048576.0))
+                })
+                .collect();
+            if dirty_vs_link.is_empty() {
+                dirty_vs_link.push(0.0);
+            }
+            let dirty_vs_link = spread(dirty_vs_link);
+            let (median, min, max) = spread(achieved.clone());
+            for (metric, value, unit) in [
+                ("migrations", achieved.len() as f64, "count"),
+                ("within_1_1x_budget_share", share, "ratio"),
+                ("downtime_vs_budget_median", median, "ratio"),
+                ("downtime_vs_budget_min", min, "ratio"),
+                ("downtime_vs_budget_max", max, "ratio"),
+                ("downtime_vs_expected_median", vs_estimate.0, "ratio"),
+                ("downtime_vs_expected_max", vs_estimate.2, "ratio"),
+                ("dirty_rate_vs_link_median", dirty_vs_link.0, "ratio"),
+            ] {
+                results.push(Result {
+                    scenario: "migrate-budget:dirtier-100ms".into(),
+                    name: metric.into(),
+                    value,
+                    unit: unit.into(),
+                });
+            }
+        }
+    }
     // Tiny guests on this machine's /dev/kvm (PVM included): idle 1 GiB, 1 GiB of non-zero
     // memory, and a 2-vCPU guest rewriting 16 MiB continuously.
     for (label, guest, memory, vcpus, ready) in [
@@ -641,6 +720,7 @@ fn main() {
         "migrate": "tiny guests on this host's /dev/kvm, two VMM processes over TCP loopback, key-file channel",
         "migrate-dataplane": "1 GiB non-zero tiny guest into a destination that prepared its memory (--memory), 3 runs each: median, min, max of the memory-phase throughput; security modes, connections, zstd",
         "migrate-concurrent": "four 1 GiB guests migrated at once (key file): aggregate page throughput over the wall time, 3 runs",
+        "migrate-budget": "20 migrations of a 2-vCPU guest rewriting 16 MiB over a link capped at 32 MiB/s, 100 ms budget: share within 1.1x, achieved against budget and estimate",
         "bench-io": place,
     });
     println!(
