@@ -581,17 +581,37 @@ pub fn start_tiny(
     name: &str,
     extra: &[&str],
 ) -> VmProcess {
-    let g = guest(guest_name);
+    start_kernel(dir, env, (&guest(guest_name), memory), name, extra)
+}
+
+/// [`start_tiny`] with the guest's ELF at `kernel` (a copy another user may read).
+pub fn start_kernel(
+    dir: &Path,
+    env: &[(&str, &str)],
+    (kernel, memory): (&Path, &str),
+    name: &str,
+    extra: &[&str],
+) -> VmProcess {
     let mut args = vec![
         "--name",
         name,
         "--kernel",
-        g.to_str().unwrap(),
+        kernel.to_str().unwrap(),
         "--memory",
         memory,
     ];
     args.extend_from_slice(extra);
     VmProcess::start_env(&[], env, dir, &args)
+}
+
+/// A copy of `file` in `dir`, with its mode, given to `uid`:`gid`: for a process that runs as
+/// that user, since the checkout itself may be closed to it (a clone in a `mktemp -d`
+/// directory is 0700).
+pub fn copy_for_user(file: &Path, dir: &Path, uid: u32, gid: u32) -> PathBuf {
+    let copy = dir.join(file.file_name().unwrap());
+    std::fs::copy(file, &copy).unwrap();
+    std::os::unix::fs::chown(&copy, Some(uid), Some(gid)).unwrap();
+    copy
 }
 
 /// Waits (bounded) until `vmm info NAME` says the VM runs; its `--json` answer.
@@ -639,10 +659,22 @@ pub fn start_dirtier_env(
     vcpus: u8,
     extra: &[&str],
 ) -> VmProcess {
+    start_dirtier_kernel(dir, env, &guest("dirtier"), name, vcpus, extra)
+}
+
+/// [`start_dirtier_env`] with the dirtier's ELF at `kernel` (a copy another user may read).
+pub fn start_dirtier_kernel(
+    dir: &Path,
+    env: &[(&str, &str)],
+    kernel: &Path,
+    name: &str,
+    vcpus: u8,
+    extra: &[&str],
+) -> VmProcess {
     let v = vcpus.to_string();
     let mut args = vec!["--vcpus", &v];
     args.extend_from_slice(extra);
-    let mut vm = start_tiny(dir, env, ("dirtier", "128M"), name, &args);
+    let mut vm = start_kernel(dir, env, (kernel, "128M"), name, &args);
     let needles: Vec<String> = (0..vcpus)
         .map(|cpu| format!("cpu{cpu} pass 16 ok"))
         .collect();

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use vmm_tests::{
-    destination, free_port, migrate_to_port, require_kvm, require_root, start_dirtier_env,
+    destination, free_port, migrate_to_port, require_kvm, require_root, start_dirtier_kernel,
     test_key, vmm_cli, Incoming, RuntimeDir, VmProcess,
 };
 
@@ -18,6 +18,12 @@ const NOBODY: u32 = 65534;
 
 fn give_to_nobody(path: &Path) {
     vmm_tests::chown_tree(path, NOBODY, NOBODY);
+}
+
+/// A copy of the guest `name`'s ELF in `dir` that nobody may read (the checkout may be
+/// closed to nobody).
+fn guest_for_nobody(name: &str, dir: &Path) -> std::path::PathBuf {
+    vmm_tests::copy_for_user(&vmm_tests::guest(name), dir, NOBODY, NOBODY)
 }
 
 /// The `Uid`, `Gid`, `Groups`, `CapPrm`, `CapEff` and `Seccomp` lines of every thread.
@@ -59,7 +65,8 @@ fn two_vmms_that_left_root_migrate_a_guest_with_its_disk() {
     let disk_arg = disk.to_str().unwrap();
     let as_nobody = ["--user", "nobody", "--disk", disk_arg];
 
-    let src = start_dirtier_env(&a.0, &[], "u1", 2, &as_nobody);
+    let kernel = guest_for_nobody("dirtier", &a.0);
+    let src = start_dirtier_kernel(&a.0, &[], &kernel, "u1", 2, &as_nobody);
     assert_unprivileged(&src);
     let port = free_port();
     let mut dst = destination(
@@ -98,7 +105,7 @@ fn a_vmm_that_left_root_cannot_open_what_its_user_may_not() {
     std::fs::write(&secret, vec![0u8; 1 << 20]).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let g = vmm_tests::guest("heartbeat");
+    let g = guest_for_nobody("heartbeat", &dir.0);
     let (st, _, err) = vmm_cli(
         &dir.0,
         &[
@@ -147,11 +154,15 @@ fn an_ordinary_user_who_may_open_dev_kvm_runs_a_vm_without_root() {
         .unwrap();
     assert!(st.success());
     give_to_nobody(&node);
+    // The VMM and the guest run from copies nobody may read: the checkout may be closed to
+    // nobody. The script drops the path of the VMM it is handed ($1) for the copy's.
+    let vmm = vmm_tests::copy_for_user(&vmm_tests::vmm_bin(), &dir.0, NOBODY, NOBODY);
     let script = format!(
-        "mount --bind {} /dev/kvm && exec setpriv --reuid {NOBODY} --regid {NOBODY} --clear-groups \"$@\"",
-        node.display()
+        "mount --bind {} /dev/kvm && shift && exec setpriv --reuid {NOBODY} --regid {NOBODY} --clear-groups {} \"$@\"",
+        node.display(),
+        vmm.display()
     );
-    let g = vmm_tests::guest("heartbeat");
+    let g = guest_for_nobody("heartbeat", &dir.0);
     let mut vm = VmProcess::start_in(
         &[
             "unshare",
