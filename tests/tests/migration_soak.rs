@@ -58,6 +58,8 @@ fn a_dirtying_guest_survives_many_migrations_back_and_forth() {
     let mut vm = start_dirtier(&hosts[0].0, "soak", vcpus, &[]);
     let mut at = 0usize;
     let mut downtimes = Vec::new();
+    // The longest pause and its migration's summary, to say where the time went.
+    let mut worst: Option<(f64, serde_json::Value)> = None;
     let mut failures = Vec::new();
     let started = Instant::now();
     for i in 0..n {
@@ -98,7 +100,11 @@ fn a_dirtying_guest_survives_many_migrations_back_and_forth() {
             continue;
         }
         let summary: serde_json::Value = serde_json::from_str(&out).expect("a JSON summary");
-        downtimes.push(summary["downtime_ms"].as_f64().unwrap_or(f64::NAN));
+        let downtime = summary["downtime_ms"].as_f64().unwrap_or(f64::NAN);
+        if worst.as_ref().is_none_or(|(d, _)| downtime > *d) {
+            worst = Some((downtime, summary.clone()));
+        }
+        downtimes.push(downtime);
         let (status, src_err) = vm.wait_exit(T);
         assert_eq!(
             status.code(),
@@ -141,6 +147,20 @@ fn a_dirtying_guest_survives_many_migrations_back_and_forth() {
             percentile(&downtimes, 0.9),
             percentile(&downtimes, 0.99),
             downtimes[downtimes.len() - 1]
+        );
+    }
+    if let Some((downtime, s)) = &worst {
+        let last = s["rounds_detail"]
+            .as_array()
+            .and_then(|r| r.last())
+            .map(|r| r["pages_sent"].clone());
+        println!(
+            "soak: longest pause {downtime:.1} ms ({}, {} rounds, expected {:.1} ms, final round {} pages): {}",
+            s["switchover"],
+            s["rounds"],
+            s["expected_downtime_ms"].as_f64().unwrap_or(0.0),
+            last.unwrap_or_default(),
+            s["downtime_breakdown"]
         );
     }
     assert!(
