@@ -72,6 +72,18 @@ impl SendOptions {
     }
 }
 
+/// Pages set over every region's bitmap.
+fn dirty_page_count(dirty: &[DirtyBitmap]) -> u64 {
+    dirty.iter().map(|d| d.count() as u64).sum()
+}
+
+/// Adds to each region's bitmap in `dirty` the pages `more` has set for that region.
+fn add_dirty(dirty: &mut [DirtyBitmap], more: &[DirtyBitmap]) {
+    for (d, m) in dirty.iter_mut().zip(more) {
+        d.union_with(m);
+    }
+}
+
 /// How many times a switchover may be put off because the guest wrote more while its disks
 /// were flushed before the pause than the budget allows (each time one more round is sent).
 const MAX_SWITCHOVER_RECHECKS: u32 = 3;
@@ -481,7 +493,7 @@ impl Run<'_> {
                 break;
             }
             dirty = self.vm.take_dirty().map_err(MigrationError::Source)?;
-            let dirty_pages: u64 = dirty.iter().map(|d| d.count() as u64).sum();
+            let dirty_pages = dirty_page_count(&dirty);
             let remaining = dirty_pages * PAGE_SIZE as u64;
             let dirty_rate = remaining as f64 / secs;
             let expected_ms = expected_downtime_ms(dirty_pages, bandwidth, rtt_ms);
@@ -533,10 +545,8 @@ impl Run<'_> {
                 let mut expected_ms = expected_ms;
                 if converged && rechecks < MAX_SWITCHOVER_RECHECKS {
                     let meanwhile = self.vm.take_dirty().map_err(MigrationError::Source)?;
-                    for (d, m) in dirty.iter_mut().zip(&meanwhile) {
-                        d.union_with(m);
-                    }
-                    let pages: u64 = dirty.iter().map(|d| d.count() as u64).sum();
+                    add_dirty(&mut dirty, &meanwhile);
+                    let pages = dirty_page_count(&dirty);
                     expected_ms = expected_downtime_ms(pages, bandwidth, rtt_ms);
                     if expected_ms > budget_ms && !out_of_rounds && !out_of_time {
                         rechecks += 1;
@@ -559,9 +569,7 @@ impl Run<'_> {
                 // The last writes before the pause, and any the VMM made while pausing.
                 let t = Instant::now();
                 let last = self.vm.take_dirty().map_err(MigrationError::Source)?;
-                for (d, l) in dirty.iter_mut().zip(&last) {
-                    d.union_with(l);
-                }
+                add_dirty(&mut dirty, &last);
                 final_sync_ms = ms(t.elapsed());
             } else if self.opts.auto_converge
                 && round >= 2

@@ -89,6 +89,29 @@ fn every_thread_of_a_running_vmm_is_confined_and_false_confines_none() {
 
 /// Starts a VMM in which the first thread of `kind` makes the forbidden call; expects it to
 /// end with 159, naming the kind.
+/// A VMM `name` that has a thread of `kind`: a waiting destination for the migration and
+/// helper kinds (its receiving thread; with `--memory`, the thread prefaulting it), else the
+/// heartbeat guest with `extra`.
+fn with_thread_of(
+    dir: &RuntimeDir,
+    kind: &str,
+    name: &str,
+    env: &[(&str, &str)],
+    extra: &[&str],
+) -> VmProcess {
+    match kind {
+        "migration" | "helper" => {
+            let listen = format!("unix:{}", dir.0.join(format!("{name}.mig")).display());
+            let mut args = vec!["--name", name, "--incoming", &listen, "--insecure"];
+            if kind == "helper" {
+                args.extend_from_slice(&["--memory", "64M"]);
+            }
+            VmProcess::start_env(&[], env, &dir.0, &args)
+        }
+        _ => heartbeat(dir, name, env, extra),
+    }
+}
+
 fn forbidden_call_ends_the_vmm(dir: &RuntimeDir, kind: &str) {
     forbidden_call_ends_the_vmm_with(dir, kind, "", PERSONALITY);
 }
@@ -97,19 +120,7 @@ fn forbidden_call_ends_the_vmm(dir: &RuntimeDir, kind: &str) {
 fn forbidden_call_ends_the_vmm_with(dir: &RuntimeDir, kind: &str, call: &str, number: &str) {
     let asked = format!("{kind}{call}");
     let env = [("VMM_TEST_FORBIDDEN_CALL", asked.as_str())];
-    let name = format!("forbid-{kind}");
-    let vm = match kind {
-        // The destination's receiving thread, and the thread prefaulting its memory.
-        "migration" | "helper" => {
-            let listen = format!("unix:{}", dir.0.join(format!("{name}.mig")).display());
-            let mut args = vec!["--name", name.as_str(), "--incoming", &listen, "--insecure"];
-            if kind == "helper" {
-                args.extend_from_slice(&["--memory", "64M"]);
-            }
-            VmProcess::start_env(&[], &env, &dir.0, &args)
-        }
-        _ => heartbeat(dir, &name, &env, &[]),
-    };
+    let vm = with_thread_of(dir, kind, &format!("forbid-{kind}"), &env, &[]);
     let (status, err) = vm.wait_exit(T);
     assert_eq!(status.code(), Some(159), "{kind}: {status:?}\n{err}");
     let said = format!("a {kind} thread made a forbidden system call ({number}");
@@ -162,22 +173,7 @@ fn an_open_from_a_thread_that_opens_no_files_fails_and_the_vm_runs_on() {
         let asked = format!("{kind}:open");
         let env = [("VMM_TEST_FORBIDDEN_CALL", asked.as_str())];
         let name = format!("open-{kind}");
-        let mut vm = if kind == "helper" {
-            // The prefaulting thread of a destination.
-            let listen = format!("unix:{}", dir.0.join(format!("{name}.mig")).display());
-            let args = [
-                "--name",
-                name.as_str(),
-                "--incoming",
-                &listen,
-                "--insecure",
-                "--memory",
-                "64M",
-            ];
-            VmProcess::start_env(&[], &env, &dir.0, &args)
-        } else {
-            heartbeat(&dir, &name, &env, &["--serial", "tty"])
-        };
+        let mut vm = with_thread_of(&dir, kind, &name, &env, &["--serial", "tty"]);
         let said = vm.wait_for_stderr(&format!("the {kind} thread's forbidden call returned"), T);
         let returned = said
             .lines()

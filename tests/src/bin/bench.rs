@@ -111,6 +111,15 @@ impl Security {
     }
 }
 
+/// The positive count the environment variable `name` gives, or `default`.
+fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or(default)
+}
+
 /// Median, min and max of some runs.
 fn spread(mut v: Vec<f64>) -> (f64, f64, f64) {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -503,11 +512,7 @@ fn main() {
     // each data-path scenario (before/after figures of one run on one machine).
     let baseline = std::env::var_os("BENCH_BASELINE_VMM").map(std::path::PathBuf::from);
     // BENCH_RUNS=N: runs per data-path scenario (and per build), default 3.
-    let dataplane_runs = std::env::var("BENCH_RUNS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .filter(|&n: &usize| n > 0)
-        .unwrap_or(3);
+    let dataplane_runs = env_count("BENCH_RUNS", 3);
     let mut one_alone = 0.0;
     for (name, t) in &dataplane {
         if !wanted("migrate-dataplane") {
@@ -583,11 +588,7 @@ fn main() {
     // rewriting 16 MiB over a link capped near its dirty rate, each with a 100 ms budget: the
     // share within 1.1x of the budget, and achieved against budget and against the estimate.
     if wanted("migrate-budget") {
-        let runs = std::env::var("BENCH_BUDGET_RUNS")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .filter(|&n: &usize| n > 0)
-            .unwrap_or(20);
+        let runs = env_count("BENCH_BUDGET_RUNS", 20);
         let (budget_ms, link_mib_s) = (100.0, 32.0);
         let (budget, link) = (format!("{budget_ms}"), format!("{link_mib_s}"));
         let migrate = [

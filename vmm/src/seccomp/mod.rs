@@ -119,19 +119,28 @@ thread_local! {
     static KIND: Cell<Option<ThreadKind>> = const { Cell::new(None) };
 }
 
+/// `rules` compiled for this machine: a call they match gets `matched`, any other `mismatch`.
+fn compile(
+    kind: ThreadKind,
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    mismatch: SeccompAction,
+    matched: SeccompAction,
+) -> Result<BpfProgram, SeccompError> {
+    let arch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|e| SeccompError::Build(kind.name(), e))?;
+    SeccompFilter::new(rules, mismatch, matched, arch)
+        .and_then(BpfProgram::try_from)
+        .map_err(|e| SeccompError::Build(kind.name(), e))
+}
+
 fn program(kind: ThreadKind, mode: SeccompMode) -> Result<BpfProgram, SeccompError> {
-    let rules: BTreeMap<i64, Vec<SeccompRule>> =
-        allowlists::rules(kind).map_err(|e| SeccompError::Build(kind.name(), e))?;
+    let rules = allowlists::rules(kind).map_err(|e| SeccompError::Build(kind.name(), e))?;
     let mismatch = match mode {
         SeccompMode::Log => SeccompAction::Log,
         _ => SeccompAction::Trap,
     };
-    let arch = std::env::consts::ARCH
-        .try_into()
-        .map_err(|e| SeccompError::Build(kind.name(), e))?;
-    SeccompFilter::new(rules, mismatch, SeccompAction::Allow, arch)
-        .and_then(BpfProgram::try_from)
-        .map_err(|e| SeccompError::Build(kind.name(), e))
+    compile(kind, rules, mismatch, SeccompAction::Allow)
 }
 
 /// The second filter of a kind whose opens fail ([`allowlists::opens_fail`]): `openat`
@@ -139,18 +148,12 @@ fn program(kind: ThreadKind, mode: SeccompMode) -> Result<BpfProgram, SeccompErr
 /// kernel takes the stricter answer, so the list's "allow" and this filter's error give the
 /// error.
 fn open_fails_program(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
-    let rules: BTreeMap<i64, Vec<SeccompRule>> = [(libc::SYS_openat, Vec::new())].into();
-    let arch = std::env::consts::ARCH
-        .try_into()
-        .map_err(|e| SeccompError::Build(kind.name(), e))?;
-    SeccompFilter::new(
-        rules,
+    compile(
+        kind,
+        [(libc::SYS_openat, Vec::new())].into(),
         SeccompAction::Allow,
         SeccompAction::Errno(allowlists::OPEN_FAILS_WITH),
-        arch,
     )
-    .and_then(BpfProgram::try_from)
-    .map_err(|e| SeccompError::Build(kind.name(), e))
 }
 
 /// Sets the process's mode and confines the calling (main) thread; call it before any other
